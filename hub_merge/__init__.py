@@ -1,0 +1,14 @@
+"""hub-merge: kinship-guided model merging for the Hugging Face Hub.
+
+Pull experts and LoRA adapters from the Hub, measure how related they are (model kinship), search
+for the best merge, and push it back with honest lineage on its model card.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import HubMergeError
+from .refs import ModelRef
+
+__all__ = ["HubMergeError", "ModelRef", "__version__"]

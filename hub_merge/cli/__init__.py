@@ -1,0 +1,68 @@
+"""The ``hub-merge`` command line: a thin layer over the Python API.
+
+Each command lives in its own module (``hub_merge/cli/<command>.py``) exposing a click command
+named ``command``; they are registered in ``COMMANDS`` below. Errors are mapped to one line and an
+exit code in ``main`` only, so commands never print tracebacks unless ``HUB_MERGE_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import HubMergeError
+
+# Order is the order shown in `hub-merge --help`. Add a module name here when adding a command.
+COMMANDS: list[str] = []
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="hub-merge")
+def cli() -> None:
+    """Merge expert models from the Hugging Face Hub, guided by model kinship.
+
+    \b
+    Examples:
+      hub-merge demo --quick                      # everything, end to end, on a local Hub
+      hub-merge kinship org/a org/b --base org/base
+      hub-merge search --base org/base --experts org/a org/b --tasks t.jsonl --out run
+      hub-merge push run --repo me/merged
+    """
+
+
+def _register() -> None:
+    for name in COMMANDS:
+        module = importlib.import_module(f".{name}", __name__)
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; typed errors become one line on stderr and the error's exit code."""
+    try:
+        rv = cli.main(args=argv, prog_name="hub-merge", standalone_mode=False)
+    except HubMergeError as err:
+        if os.environ.get("HUB_MERGE_DEBUG"):
+            raise
+        click.secho(f"Error: {err}", fg="red", err=True)
+        return err.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 130
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

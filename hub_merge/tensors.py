@@ -1,0 +1,289 @@
+"""Lazy tensor access over safetensors checkpoints and peft LoRA adapters.
+
+Merges and kinship walk a model one tensor at a time, so a 70B merge never needs a whole model in
+memory: shards are memory-mapped through ``safetensors.safe_open`` and a tensor is read only when
+asked for. A LoRA adapter is kept in factored form (B, A, scale) keyed by the *base* tensor name it
+changes, so callers can use the cheap factored path (kinship) or materialise ``scale * B @ A`` for
+one tensor at a time (merges). Pickle checkpoints are never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from .errors import IncompatibleModelsError, UnsafeWeightsError, UnsupportedRepoError
+
+SAFE_SINGLE = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _refuse_unsafe(folder: Path) -> None:
+    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    if pickles:
+        raise UnsafeWeightsError(
+            f"{folder} has only pickle weights ({', '.join(pickles[:3])}); hub-merge reads "
+            "safetensors only. Convert the model to safetensors, or pass allow_pickle=True "
+            "(CLI: --allow-pickle) to hub_merge.hub.pull if you trust its author."
+        )
+    if ggufs:
+        raise UnsupportedRepoError(
+            f"{folder} holds GGUF weights ({', '.join(ggufs[:3])}), which cannot be merged "
+            "directly. Load it with transformers (gguf_file=...) and save_pretrained it first."
+        )
+    raise UnsupportedRepoError(
+        f"No safetensors weights in {folder}: expected {SAFE_SINGLE}, {SAFE_INDEX}, or "
+        f"{ADAPTER_WEIGHTS} beside {ADAPTER_CONFIG}."
+    )
+
+
+class CheckpointReader:
+    """Read tensors of one safetensors checkpoint (single file or sharded) lazily, by name.
+
+    Examples:
+        >>> reader = CheckpointReader("path/to/model")  # doctest: +SKIP
+        >>> reader.shape("model.embed_tokens.weight")  # doctest: +SKIP
+        (256, 64)
+    """
+
+    def __init__(self, folder: str | Path, *, weights_file: str | None = None) -> None:
+        self.folder = Path(folder)
+        self._where: dict[str, Path] = {}
+        self._handles: dict[Path, object] = {}
+        if weights_file is not None:
+            files = [self.folder / weights_file]
+        elif (self.folder / SAFE_INDEX).is_file():
+            index = json.loads((self.folder / SAFE_INDEX).read_text())
+            files = sorted({self.folder / f for f in index["weight_map"].values()})
+        elif (self.folder / SAFE_SINGLE).is_file():
+            files = [self.folder / SAFE_SINGLE]
+        else:
+            files = sorted(self.folder.glob("*.safetensors"))
+            if not files:
+                _refuse_unsafe(self.folder)
+        for file in files:
+            if not file.is_file():
+                raise UnsupportedRepoError(f"Shard {file.name} listed in {self.folder} is missing.")
+            handle = self._open(file)
+            for name in handle.keys():
+                self._where[name] = file
+
+    def _open(self, file: Path):
+        handle = self._handles.get(file)
+        if handle is None:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+            self._handles[file] = handle
+        return handle
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def _slice(self, name: str):
+        try:
+            file = self._where[name]
+        except KeyError:
+            raise IncompatibleModelsError(f"Tensor {name!r} is missing from {self.folder}.") from None
+        return self._open(file).get_slice(name)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slice(name).get_shape())
+
+    def dtype(self, name: str) -> torch.dtype:
+        return _DTYPES[self._slice(name).get_dtype()]
+
+    def numel(self, name: str) -> int:
+        return math.prod(self.shape(name))
+
+    def get(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+        if name not in self._where:
+            raise IncompatibleModelsError(f"Tensor {name!r} is missing from {self.folder}.")
+        tensor = self._open(self._where[name]).get_tensor(name)
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        return tensor.to(device) if str(device) != "cpu" else tensor
+
+    def metadata(self) -> dict[str, str]:
+        meta: dict[str, str] = {}
+        for handle in self._handles.values():
+            meta.update(handle.metadata() or {})
+        return meta
+
+    def nbytes(self) -> int:
+        return sum(self.numel(n) * _itemsize(self.dtype(n)) for n in self._where)
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass(frozen=True)
+class LoraFactors:
+    """One adapted matrix in factored form: delta = scale * B @ A (transposed when ``transpose``).
+
+    ``transpose`` is set for embeddings (peft stores their factors the other way round) and for
+    ``fan_in_fan_out`` layers (GPT-2 style Conv1D).
+    """
+
+    A: torch.Tensor  # (r, in)
+    B: torch.Tensor  # (out, r)
+    scale: float
+    transpose: bool = False
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    def dense(self, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> torch.Tensor:
+        a = self.A.to(device=device, dtype=dtype)
+        b = self.B.to(device=device, dtype=dtype)
+        delta = (b @ a) * self.scale  # (out, in)
+        return delta.T if self.transpose else delta
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    # peft matches rank_pattern / alpha_pattern keys as a suffix regex of the module name.
+    for key, value in (patterns or {}).items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+class LoraAdapterReader:
+    """A peft LoRA adapter folder, exposed by the base-model tensor names it changes."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        cfg_path = self.folder / ADAPTER_CONFIG
+        if not cfg_path.is_file():
+            raise UnsupportedRepoError(f"{self.folder} is not a peft adapter: no {ADAPTER_CONFIG}.")
+        self.config: dict = json.loads(cfg_path.read_text())
+        peft_type = str(self.config.get("peft_type", "LORA")).upper()
+        if peft_type != "LORA":
+            raise UnsupportedRepoError(
+                f"{self.folder} is a {peft_type} adapter; hub-merge merges LoRA adapters only."
+            )
+        if self.config.get("use_dora"):
+            raise UnsupportedRepoError(
+                f"{self.folder} is a DoRA adapter, whose delta is not scale*B@A; merge it into its "
+                "base with peft (merge_and_unload) and use the full model instead."
+            )
+        weights = self.folder / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            _refuse_unsafe(self.folder)
+        self._reader = CheckpointReader(self.folder, weights_file=ADAPTER_WEIGHTS)
+        self._factors: dict[str, tuple[str, str, float, bool]] = {}
+        self._overrides: dict[str, str] = {}
+        self._index()
+
+    @property
+    def base_model(self) -> str | None:
+        return self.config.get("base_model_name_or_path")
+
+    @property
+    def rank(self) -> int:
+        return int(self.config.get("r", 8))
+
+    @property
+    def alpha(self) -> float:
+        return float(self.config.get("lora_alpha", self.rank))
+
+    @property
+    def target_modules(self) -> list[str] | str | None:
+        return self.config.get("target_modules")
+
+    def _scale(self, module: str) -> float:
+        r = _pattern_value(self.config.get("rank_pattern", {}), module, self.rank)
+        alpha = _pattern_value(self.config.get("alpha_pattern", {}), module, self.alpha)
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def _index(self) -> None:
+        fan_in_fan_out = bool(self.config.get("fan_in_fan_out"))
+        for key in self._reader.names:
+            name = key.removeprefix("base_model.model.")
+            for _kind, suffix_a, suffix_b, transpose in (
+                ("linear", ".lora_A.weight", ".lora_B.weight", fan_in_fan_out),
+                ("embedding", ".lora_embedding_A", ".lora_embedding_B", True),
+            ):
+                if name.endswith(suffix_a):
+                    module = name[: -len(suffix_a)]
+                    key_b = key[: -len(suffix_a)] + suffix_b
+                    if key_b not in self._reader:
+                        raise UnsupportedRepoError(f"{self.folder}: {key} has no matching {suffix_b}.")
+                    self._factors[f"{module}.weight"] = (key, key_b, self._scale(module), transpose)
+                    break
+            else:
+                if ".lora_" in name:
+                    continue  # B halves are handled with their A; biases of LoRA are not supported
+                # modules_to_save: a full replacement tensor for the base tensor of that name.
+                self._overrides[name.replace(".modules_to_save.default", "").replace(".modules_to_save", "")] = key
+        if not self._factors and not self._overrides:
+            raise UnsupportedRepoError(f"{self.folder}: the adapter holds no LoRA tensors.")
+
+    @property
+    def names(self) -> list[str]:
+        """Base tensor names this adapter changes."""
+        return sorted(set(self._factors) | set(self._overrides))
+
+    def factors(self, base_name: str) -> LoraFactors | None:
+        entry = self._factors.get(base_name)
+        if entry is None:
+            return None
+        key_a, key_b, scale, transpose = entry
+        return LoraFactors(A=self._reader.get(key_a), B=self._reader.get(key_b), scale=scale, transpose=transpose)
+
+    def override(self, base_name: str) -> torch.Tensor | None:
+        key = self._overrides.get(base_name)
+        return None if key is None else self._reader.get(key)
+
+    def delta(self, base_name: str, base_tensor: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """Dense delta for one base tensor, or None when the adapter leaves it untouched."""
+        factors = self.factors(base_name)
+        if factors is not None:
+            delta = factors.dense(dtype=dtype, device=base_tensor.device)
+            if tuple(delta.shape) != tuple(base_tensor.shape):
+                raise IncompatibleModelsError(
+                    f"Adapter {self.folder} changes {base_name!r} with shape {tuple(delta.shape)} "
+                    f"but the base tensor has shape {tuple(base_tensor.shape)}: it was trained on another base."
+                )
+            return delta
+        replacement = self.override(base_name)
+        if replacement is not None:
+            return replacement.to(device=base_tensor.device, dtype=dtype) - base_tensor.to(dtype)
+        return None
+
+
+def is_adapter_folder(folder: str | Path) -> bool:
+    return (Path(folder) / ADAPTER_CONFIG).is_file()

