@@ -8,5 +8,11 @@ import os
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tiny models run far faster on one thread; on a busy 2-core machine extra threads only contend.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-pytest_plugins: list[str] = []
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+pytest_plugins: list[str] = ["tests.fixtures.merge", "tests.fixtures.zoo", "tests.fixtures.hubio", "tests.fixtures.localhub"]
