@@ -41,7 +41,9 @@ _DTYPES = {
 
 
 def _refuse_unsafe(folder: Path) -> None:
-    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(p.name for p in folder.glob("*.pt"))
+    pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
+        p.name for p in folder.glob("*.pt")
+    )
     ggufs = sorted(p.name for p in folder.glob("*.gguf"))
     if pickles:
         raise UnsafeWeightsError(
@@ -115,7 +117,9 @@ class CheckpointReader:
         try:
             file = self._where[name]
         except KeyError:
-            raise IncompatibleModelsError(f"Tensor {name!r} is missing from {self.folder}.") from None
+            raise IncompatibleModelsError(
+                f"Tensor {name!r} is missing from {self.folder}."
+            ) from None
         return self._open(file).get_slice(name)
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -127,13 +131,31 @@ class CheckpointReader:
     def numel(self, name: str) -> int:
         return math.prod(self.shape(name))
 
-    def get(self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> torch.Tensor:
+    def get(
+        self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         if name not in self._where:
             raise IncompatibleModelsError(f"Tensor {name!r} is missing from {self.folder}.")
         tensor = self._open(self._where[name]).get_tensor(name)
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         return tensor.to(device) if str(device) != "cpu" else tensor
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (dim 0) of a tensor, read without loading the rest of it."""
+        piece = self._slice(name)
+        if not piece.get_shape():
+            return self.get(name)
+        return piece[start:stop]
+
+    def release(self) -> None:
+        """Close the open shard handles; they reopen lazily on the next read.
+
+        A handle keeps every page it has read memory-mapped, so walking a whole checkpoint through
+        one handle grows the process's RSS by the checkpoint's size. One-pass walks over many
+        models (kinship, streaming merges) call this after each tensor to stay at a few tensors.
+        """
+        self._handles.clear()
 
     def metadata(self) -> dict[str, str]:
         meta: dict[str, str] = {}
@@ -166,7 +188,9 @@ class LoraFactors:
     def rank(self) -> int:
         return int(self.A.shape[0])
 
-    def dense(self, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> torch.Tensor:
+    def dense(
+        self, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+    ) -> torch.Tensor:
         a = self.A.to(device=device, dtype=dtype)
         b = self.B.to(device=device, dtype=dtype)
         delta = (b @ a) * self.scale  # (out, in)
@@ -241,14 +265,22 @@ class LoraAdapterReader:
                     module = name[: -len(suffix_a)]
                     key_b = key[: -len(suffix_a)] + suffix_b
                     if key_b not in self._reader:
-                        raise UnsupportedRepoError(f"{self.folder}: {key} has no matching {suffix_b}.")
+                        raise UnsupportedRepoError(
+                            f"{self.folder}: {key} has no matching {suffix_b}."
+                        )
                     self._factors[f"{module}.weight"] = (key, key_b, self._scale(module), transpose)
                     break
             else:
                 if ".lora_" in name:
                     continue  # B halves are handled with their A; biases of LoRA are not supported
                 # modules_to_save: a full replacement tensor for the base tensor of that name.
-                self._overrides[name.replace(".modules_to_save.default", "").replace(".modules_to_save", "")] = key
+                # ".base_layer." is the base weight peft saves beside LoRA'd embeddings
+                # (save_embedding_layers, e.g. after resizing the vocabulary): also a replacement.
+                self._overrides[
+                    name.replace(".modules_to_save.default", "")
+                    .replace(".modules_to_save", "")
+                    .replace(".base_layer", "")
+                ] = key
         if not self._factors and not self._overrides:
             raise UnsupportedRepoError(f"{self.folder}: the adapter holds no LoRA tensors.")
 
@@ -262,13 +294,17 @@ class LoraAdapterReader:
         if entry is None:
             return None
         key_a, key_b, scale, transpose = entry
-        return LoraFactors(A=self._reader.get(key_a), B=self._reader.get(key_b), scale=scale, transpose=transpose)
+        return LoraFactors(
+            A=self._reader.get(key_a), B=self._reader.get(key_b), scale=scale, transpose=transpose
+        )
 
     def override(self, base_name: str) -> torch.Tensor | None:
         key = self._overrides.get(base_name)
         return None if key is None else self._reader.get(key)
 
-    def delta(self, base_name: str, base_tensor: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    def delta(
+        self, base_name: str, base_tensor: torch.Tensor, *, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor | None:
         """Dense delta for one base tensor, or None when the adapter leaves it untouched."""
         factors = self.factors(base_name)
         if factors is not None:
@@ -287,3 +323,173 @@ class LoraAdapterReader:
 
 def is_adapter_folder(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+DEFAULT_SHARD_BYTES = 5 * 1024**3
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    """Where one output tensor goes: shard number, byte range inside that shard's data."""
+
+    shard: int
+    start: int
+    end: int
+
+
+class ShardedWriter:
+    """Write a checkpoint as safetensors shards laid out in advance, then finalise atomically.
+
+    Why hand-written: ``safetensors.torch.save_file`` needs a whole shard's tensors in memory at
+    once. A merge knows every output name, shape and dtype before it starts, so the shard layout
+    and headers can be written first and each tensor's bytes written at its offset the moment it is
+    merged; peak memory is then one tensor, not one shard. The files are standard safetensors
+    (8-byte little-endian header size, JSON header, data) and are read back by ``safe_open``.
+
+    Everything goes to a temporary folder beside ``out`` (same file system) that is renamed to
+    ``out`` by :meth:`finalize`; :meth:`abort` (or an exception inside ``with``) removes it, so an
+    interrupted write leaves nothing that looks like a model.
+
+    Examples:
+        >>> with ShardedWriter("out", {"w": ((2, 2), torch.float32)}) as w:  # doctest: +SKIP
+        ...     w.write("w", torch.ones(2, 2))
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        layout: dict[str, tuple[tuple[int, ...], torch.dtype]],
+        *,
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        metadata: dict[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        import tempfile
+
+        self.out = Path(out)
+        if self.out.exists() and not overwrite and any(self.out.iterdir()):
+            raise FileExistsError(
+                f"{self.out} already exists and is not empty; choose another --out or overwrite."
+            )
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.partial-", dir=self.out.parent))
+        self.overwrite = overwrite
+        self.metadata = {"format": "pt", **(metadata or {})}
+        self.layout = dict(layout)
+        self.plan: dict[str, TensorPlan] = {}
+        self._written: set[str] = set()
+        shards: list[list[str]] = [[]]
+        sizes = [0]
+        for name, (shape, dtype) in self.layout.items():
+            nbytes = math.prod(shape) * _itemsize(dtype)
+            if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
+                shards.append([])
+                sizes.append(0)
+            self.plan[name] = TensorPlan(len(shards) - 1, sizes[-1], sizes[-1] + nbytes)
+            shards[-1].append(name)
+            sizes[-1] += nbytes
+        n = len(shards)
+        self.files = (
+            [SAFE_SINGLE]
+            if n == 1
+            else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+        )
+        self._handles = []
+        self._data_start: list[int] = []
+        try:
+            for i, names in enumerate(shards):
+                header: dict[str, object] = {"__metadata__": self.metadata}
+                for name in names:
+                    shape, dtype = self.layout[name]
+                    p = self.plan[name]
+                    header[name] = {
+                        "dtype": _DTYPE_NAMES[dtype],
+                        "shape": list(shape),
+                        "data_offsets": [p.start, p.end],
+                    }
+                raw = json.dumps(header, separators=(",", ":")).encode()
+                raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes
+                fh = open(self.tmp / self.files[i], "wb")  # noqa: SIM115 - closed in finalize/abort
+                self._handles.append(fh)
+                fh.write(len(raw).to_bytes(8, "little"))
+                fh.write(raw)
+                fh.truncate(8 + len(raw) + sizes[i])
+                self._data_start.append(8 + len(raw))
+            self.total_size = sum(sizes)
+        except BaseException:
+            self.abort()
+            raise
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor (any device; cast to the planned dtype)."""
+        shape, dtype = self.layout[name]
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"{name}: shape {tuple(tensor.shape)} differs from planned {tuple(shape)}"
+            )
+        p = self.plan[name]
+        data = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+        buf = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
+        fh = self._handles[p.shard]
+        fh.seek(self._data_start[p.shard] + p.start)
+        fh.write(memoryview(buf))
+        self._written.add(name)
+
+    def add_file(self, name: str, content: bytes | str) -> None:
+        """Put a side file (config, tokenizer...) into the output before it is finalised."""
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+
+    def finalize(self) -> Path:
+        """Check every tensor was written, write the index, and move the folder into place."""
+        import shutil
+
+        missing = [n for n in self.layout if n not in self._written]
+        if missing:
+            self.abort()
+            raise IncompatibleModelsError(
+                f"Output incomplete: {len(missing)} tensor(s) never written, e.g. {missing[0]!r}."
+            )
+        for fh in self._handles:
+            fh.flush()
+            fh.close()
+        self._handles = []
+        if len(self.files) > 1:
+            index = {
+                "metadata": {"total_size": self.total_size},
+                "weight_map": {n: self.files[p.shard] for n, p in self.plan.items()},
+            }
+            (self.tmp / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+        old = None
+        if self.out.exists():
+            old = self.out.with_name(f".{self.out.name}.old-{self.tmp.name.rsplit('-', 1)[-1]}")
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return self.out
+
+    def abort(self) -> None:
+        """Remove everything written so far."""
+        import shutil
+
+        for fh in self._handles:
+            try:
+                fh.close()
+            except OSError:
+                pass
+        self._handles = []
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> ShardedWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif self.tmp.exists():
+            self.finalize()

@@ -1,0 +1,170 @@
+"""hub-merge vs mergekit-yaml: wall time and peak RSS of the same merge, measured in one run.
+
+Builds random-weight Llama models on disk (default: hidden 1024, 24 layers, vocab 32000, bf16,
+~0.47B parameters each; ``--small`` for a quick run), then runs linear and TIES merges with the
+``mergekit-yaml`` CLI and with ``hub-merge merge``, each in its own subprocess; peak RSS is that
+subprocess tree's ``ru_maxrss`` (read in a fresh wrapper process per measurement). Prints ratios.
+
+    python benchmarks/merge_speed.py --small
+    python benchmarks/merge_speed.py --layers 8 --workdir /tmp/mbench
+    python benchmarks/merge_speed.py --cuda           # both on GPU (mergekit-yaml --cuda)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hub_merge.merge import MergeRecipe, ModelEntry  # noqa: E402
+
+_WRAP = (
+    "import json, resource, subprocess, sys, time\n"
+    "t = time.perf_counter()\n"
+    "rc = subprocess.run(json.loads(sys.argv[1]), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)\n"
+    "wall = time.perf_counter() - t\n"
+    "if rc.returncode: sys.stderr.write(rc.stderr.decode()[-3000:]); sys.exit(rc.returncode)\n"
+    "print(json.dumps({'wall': wall, 'rss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))\n"
+)
+
+
+def build_models(
+    root: Path, *, hidden: int, layers: int, vocab: int, inter: int, n_experts: int = 2
+) -> list[Path]:
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        num_key_value_heads=max(1, hidden // 64),
+        tie_word_embeddings=False,
+        dtype="bfloat16",
+        architectures=["LlamaForCausalLM"],
+    )
+    shapes = {
+        "model.embed_tokens.weight": (vocab, hidden),
+        "model.norm.weight": (hidden,),
+        "lm_head.weight": (vocab, hidden),
+    }
+    for i in range(layers):
+        p = f"model.layers.{i}."
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shapes[p + f"self_attn.{n}.weight"] = (hidden, hidden)
+        shapes[p + "mlp.gate_proj.weight"] = (inter, hidden)
+        shapes[p + "mlp.up_proj.weight"] = (inter, hidden)
+        shapes[p + "mlp.down_proj.weight"] = (hidden, inter)
+        shapes[p + "input_layernorm.weight"] = (hidden,)
+        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
+    gen = torch.Generator().manual_seed(0)
+    base = {n: (torch.randn(s, generator=gen) * 0.02).to(torch.bfloat16) for n, s in shapes.items()}
+    folders = []
+    for k in range(n_experts + 1):
+        folder = root / ("base" if k == 0 else f"expert{k}")
+        folder.mkdir(parents=True, exist_ok=True)
+        state = (
+            base
+            if k == 0
+            else {
+                n: (t.float() + 0.002 * torch.randn(t.shape, generator=gen)).to(torch.bfloat16)
+                for n, t in base.items()
+            }
+        )
+        save_file(state, folder / "model.safetensors", metadata={"format": "pt"})
+        cfg.save_pretrained(folder)
+        folders.append(folder)
+        del state
+    return folders
+
+
+def measure(cmd: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAP, json.dumps(cmd)], capture_output=True, text=True
+    )
+    if out.returncode:
+        raise SystemExit(f"{cmd[0]} failed:\n{out.stderr}")
+    return json.loads(out.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--small", action="store_true", help="hidden 256, 4 layers, vocab 8000")
+    ap.add_argument("--layers", type=int, default=24)
+    ap.add_argument("--cuda", action="store_true")
+    ap.add_argument("--methods", default="linear,ties")
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    dims = (
+        dict(hidden=256, layers=4, vocab=8000, inter=1024)
+        if args.small
+        else dict(hidden=1024, layers=args.layers, vocab=32000, inter=4096)
+    )
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-bench-"))
+    base, *experts = build_models(work / "models", **dims)
+    bin_dir = Path(sys.executable).parent
+    print(f"models: {dims}, bf16, in {work}")
+    print(f"{'method':8} {'tool':10} {'wall s':>8} {'peak RSS MB':>12}")
+    for method in args.methods.split(","):
+        params = {"weight": 0.5} if method == "linear" else {"weight": 0.5, "density": 0.5}
+        recipe = MergeRecipe(
+            method=method,
+            base=None if method == "linear" else str(base),
+            models=[ModelEntry(model=str(e), parameters=params) for e in experts],
+        )
+        (work / f"{method}.yaml").write_text(recipe.to_yaml())
+        (work / f"{method}.mk.yaml").write_text(recipe.to_mergekit_yaml(input_dtype="bfloat16"))
+        results = {}
+        for tool, cmd in (
+            (
+                "mergekit",
+                [
+                    str(bin_dir / "mergekit-yaml"),
+                    str(work / f"{method}.mk.yaml"),
+                    str(work / f"out-mk-{method}"),
+                    "--quiet",
+                ]
+                + (["--cuda"] if args.cuda else []),
+            ),
+            (
+                "hub-merge",
+                [
+                    str(bin_dir / "hub-merge"),
+                    "merge",
+                    str(work / f"{method}.yaml"),
+                    "--out",
+                    str(work / f"out-hm-{method}"),
+                    "--json",
+                    "--device",
+                    "cuda" if args.cuda else "cpu",
+                ],
+            ),
+        ):
+            for d in work.glob(f"out-*-{method}"):
+                shutil.rmtree(d)
+            results[tool] = measure(cmd)
+            print(
+                f"{method:8} {tool:10} {results[tool]['wall']:8.2f} {results[tool]['rss_kb'] / 1024:12.0f}"
+            )
+        mk, hm = results["mergekit"], results["hub-merge"]
+        print(
+            f"{method:8} speedup (mergekit wall / hub-merge wall): {mk['wall'] / hm['wall']:.2f}x; "
+            f"peak RSS ratio (hub-merge / mergekit): {hm['rss_kb'] / mk['rss_kb']:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``hub-merge merge``: run one merge recipe into a model folder."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+
+
+def _size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", text.upper())
+    if not match:
+        raise ConfigError(f"--max-shard-size {text!r} is not a size like 5GB, 500MB or 1000000.")
+    factor = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+@click.command("merge")
+@click.argument("recipe", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output model folder.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (CUDA if present), cpu, cuda."
+)
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Shard size limit.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option(
+    "--mergekit-yaml",
+    "show_mergekit",
+    is_flag=True,
+    help="Print the equivalent mergekit config and exit.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(recipe, out, device, max_shard_size, overwrite, show_mergekit, as_json) -> None:
+    """Merge models per RECIPE (YAML: method, base, models, parameters, dtype, seed).
+
+    \b
+    Example:
+      hub-merge merge recipe.yaml --out merged --device auto
+    \b
+    recipe.yaml:
+      method: ties
+      base: ./base
+      models:
+        - {model: ./math, parameters: {weight: 1.0, density: 0.5}}
+        - {model: ./code-lora, parameters: {weight: 0.7, density: 0.5}}
+      seed: 0
+    """
+    from ..merge import MergeRecipe, merge_to_folder
+
+    parsed = MergeRecipe.from_yaml(Path(recipe))
+    if show_mergekit:
+        click.echo(parsed.to_mergekit_yaml())
+        return
+    path = merge_to_folder(
+        parsed,
+        out,
+        device=device,
+        max_shard_bytes=_size(max_shard_size),
+        overwrite=overwrite,
+        progress=not as_json,
+    )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"out": str(path), "recipe_hash": parsed.recipe_hash(), "recipe": parsed.to_dict()}
+            )
+        )
+    else:
+        click.echo(f"Merged ({parsed.method}) into {path}")

@@ -1,0 +1,269 @@
+"""In-memory merges for searches: no disk, the base loaded once, results as state dicts.
+
+A search merges hundreds of candidates; each must be evaluated, not saved. ``MergeSession`` holds
+the base state dict on the device once, loads experts as state dicts (or adapters as factors,
+applied per tensor when merged), merges any mix of them and of previous merges, and loads a
+result into one reusable transformers model built from the base config.
+
+Examples:
+    >>> s = MergeSession("zoo/base", device="auto")  # doctest: +SKIP
+    >>> a, b = s.load("zoo/math"), s.load("zoo/code")  # doctest: +SKIP
+    >>> child = s.merge("slerp", [b], {"t": 0.5}, base=a)  # doctest: +SKIP
+    >>> model = s.to_model(child)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, IncompatibleModelsError
+from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
+from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
+from .recipe import MergeRecipe
+
+StateDict = dict[str, torch.Tensor]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: CUDA when present, else CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class ModelHandle:
+    """A loaded merge input: a full state dict on the device, or an adapter over the base."""
+
+    label: str
+    source: TensorSource
+    state: StateDict | None = None  # set for full models (on the session's device)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_adapter(self) -> bool:
+        return isinstance(self.source, AdapterSource)
+
+    def tensor(self, name: str, device: torch.device) -> torch.Tensor:
+        if self.state is not None:
+            return self.state[name]
+        return self.source.get(name, device=device)
+
+
+ModelLike = ModelHandle | Mapping[str, torch.Tensor] | str | Path
+
+
+class MergeSession:
+    """Merge models in memory against one base kept on the device.
+
+    Args:
+        base (`str | Path | Mapping[str, Tensor]`): base model folder (or its state dict).
+        device (`str`, *optional*): ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda:0"``...
+        dtype (`torch.dtype`, *optional*): storage dtype of loaded models and merge results;
+            default: the base's dtype. Arithmetic is always float32, one tensor at a time.
+    """
+
+    def __init__(
+        self,
+        base: str | Path | Mapping[str, torch.Tensor],
+        *,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.base_path: Path | None = None
+        if isinstance(base, Mapping):
+            src: TensorSource = StateDictSource(base, "<base>")
+        else:
+            self.base_path = Path(base)
+            src = CheckpointSource(self.base_path)
+        first_float = next((n for n in src.names if src.dtype(n).is_floating_point), None)
+        self.dtype = dtype or (src.dtype(first_float) if first_float else torch.float32)
+        self.base = self._materialise("base", src)
+        self.names = list(self.base.state)
+        self.num_layers = self._num_layers()
+        self._model = None
+
+    # --- loading -----------------------------------------------------------------------------
+
+    def _materialise(self, label: str, src: TensorSource) -> ModelHandle:
+        state: StateDict = {}
+        for name in src.names:
+            t = src.get(name, device=self.device)
+            state[name] = t.to(self.dtype) if t.is_floating_point() else t
+        return ModelHandle(label=label, source=StateDictSource(state, label), state=state)
+
+    def _num_layers(self) -> int | None:
+        if self.base_path is not None and (self.base_path / "config.json").is_file():
+            cfg = json.loads((self.base_path / "config.json").read_text())
+            n = cfg.get("num_hidden_layers") or cfg.get("n_layer")
+            if n:
+                return int(n)
+        from .methods import _LAYER
+
+        found = [int(m.group(1)) for n in self.names if (m := _LAYER.search(n))]
+        return max(found) + 1 if found else None
+
+    def load(
+        self, model: str | Path | Mapping[str, torch.Tensor], *, label: str | None = None
+    ) -> ModelHandle:
+        """Load an expert once: a full model onto the device, or an adapter kept factored."""
+        if isinstance(model, Mapping):
+            return self._wrap_state(dict(model), label or "<memory>")
+        src = open_source(model, StateDictSource(self.base.state, "base"))
+        label = label or str(model)
+        if isinstance(src, AdapterSource):
+            return ModelHandle(label=label, source=src, info={"adapter": True})
+        self._check_shapes(src, label)
+        return self._materialise(label, src)
+
+    def _wrap_state(self, state: StateDict, label: str) -> ModelHandle:
+        self._check_shapes(StateDictSource(state, label), label)
+        return ModelHandle(label=label, source=StateDictSource(state, label), state=state)
+
+    def _check_shapes(self, src: TensorSource, label: str) -> None:
+        missing = [n for n in self.names if n not in set(src.names)]
+        if missing:
+            raise IncompatibleModelsError(
+                f"{label} lacks {len(missing)} tensor(s) of the base, e.g. {missing[0]!r}: not the same architecture."
+            )
+        for n in self.names:
+            if tuple(src.shape(n)) != tuple(self.base.state[n].shape):
+                raise IncompatibleModelsError(
+                    f"{label}: tensor {n!r} has shape {tuple(src.shape(n))}, the base "
+                    f"{tuple(self.base.state[n].shape)}"
+                    + (" (different vocabulary)." if "embed" in n or "lm_head" in n else ".")
+                )
+
+    def _handle(self, model: ModelLike) -> ModelHandle:
+        if isinstance(model, ModelHandle):
+            return model
+        if isinstance(model, Mapping):
+            return self._wrap_state(model, "<memory>")  # type: ignore[arg-type]
+        return self.load(model)
+
+    # --- merging -----------------------------------------------------------------------------
+
+    def merge(
+        self,
+        method: str,
+        models: Sequence[ModelLike],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        base: ModelLike | str | None = "session",
+        model_parameters: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+    ) -> StateDict:
+        """Merge ``models`` (handles, state dicts or folders) into a new state dict on the device.
+
+        Args:
+            method: any mergekit method name (``linear``, ``slerp``, ``ties``...).
+            models: the non-base inputs, in order.
+            parameters: global settings, mergekit syntax (scalars, gradients, filter lists).
+            base: the base input of base-using methods: ``"session"`` (default) = the session's
+                base; or a handle/state dict (e.g. slerp's first parent); None = no base.
+            model_parameters: one settings dict per model (``weight``, ``density``...).
+            seed: seeds random methods (DARE, DELLA) per tensor, deterministically.
+        """
+        m = get_method(method)
+        params = dict(parameters or {})
+        mparams = [dict(p) for p in (model_parameters or [{} for _ in models])]
+        if len(mparams) != len(models):
+            raise ConfigError(
+                f"model_parameters has {len(mparams)} entries for {len(models)} models."
+            )
+        handles = [self._handle(x) for x in models]
+        base_handle = None
+        if base is not None and uses_base(m):
+            base_handle = (
+                self.base if isinstance(base, str) and base == "session" else self._handle(base)
+            )
+        validate_parameters(
+            m, params, mparams, n_inputs=len(handles), has_base=base_handle is not None
+        )
+        if needs_base(m) and base_handle is None:
+            raise ConfigError(f"Method {method!r} needs a base.")
+        op = TensorMerge(m, params, mparams, num_layers=self.num_layers, seed=seed)
+        out: StateDict = {}
+        with torch.no_grad():
+            for name in self.names:
+                ref = self.base.state[name]
+                if not ref.is_floating_point():
+                    out[name] = ref
+                    continue
+                tensors = [h.tensor(name, self.device) for h in handles]
+                b = base_handle.tensor(name, self.device) if base_handle is not None else None
+                out[name] = op(name, tensors, b, out_dtype=self.dtype)
+        return out
+
+    def merge_recipe(
+        self, recipe: MergeRecipe, models: Mapping[str, ModelLike] | None = None
+    ) -> StateDict:
+        """Run a recipe in memory; ``models`` maps recipe model strings to loaded handles/dicts."""
+        models = dict(models or {})
+
+        def get(ref: str) -> ModelLike:
+            return models.get(ref, ref)
+
+        base: ModelLike | str | None = None
+        if recipe.base is not None:
+            same = self.base_path is not None and Path(recipe.base) == self.base_path
+            base = "session" if (same and recipe.base not in models) else get(recipe.base)
+        return self.merge(
+            recipe.method,
+            [get(e.model) for e in recipe.models],
+            recipe.parameters,
+            base=base,
+            model_parameters=[e.parameters for e in recipe.models],
+            seed=recipe.seed,
+        )
+
+    # --- models ------------------------------------------------------------------------------
+
+    def to_model(self, state_dict: Mapping[str, torch.Tensor]):
+        """Load a state dict into one reusable transformers model (built once from the base config).
+
+        The returned model is the same object on every call, with new weights: evaluate it before
+        the next ``to_model``. No disk access after the first call.
+        """
+        if self.base_path is None:
+            raise ConfigError("to_model needs a session built from a base folder (for its config).")
+        if self._model is None:
+            from transformers import AutoConfig, AutoModelForCausalLM
+
+            config = AutoConfig.from_pretrained(self.base_path, trust_remote_code=False)
+            # Built once with real (random) init so non-persistent buffers such as rotary
+            # frequencies are correct; every later call only copies weights in.
+            model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+            model.to(self.device)
+            model.eval()
+            self._model = model
+        missing, unexpected = self._model.load_state_dict(
+            dict(state_dict), strict=False, assign=False
+        )
+        missing = [k for k in missing if not _is_tied(self._model, k)]
+        if missing or unexpected:
+            raise IncompatibleModelsError(
+                f"State dict does not fit the base architecture: missing {missing[:3]}, unexpected {unexpected[:3]}."
+            )
+        if getattr(self._model.config, "tie_word_embeddings", False):
+            self._model.tie_weights()
+        return self._model
+
+    def save(self, state_dict: Mapping[str, torch.Tensor], out: str | Path, **kwargs: Any) -> Path:
+        """Write an in-memory merge as a model folder (base config and tokenizer), atomically."""
+        from .run import write_state_dict
+
+        if self.base_path is None:
+            raise ConfigError("save needs a session built from a base folder.")
+        return write_state_dict(state_dict, out, config_from=self.base_path, **kwargs)
+
+
+def _is_tied(model, key: str) -> bool:
+    return key == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))

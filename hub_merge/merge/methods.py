@@ -1,0 +1,220 @@
+"""Merge methods: mergekit's registry, parameter checks, per-tensor parameter resolution.
+
+The arithmetic is mergekit's (``mergekit.merge_methods.api.merge_tensors``); this module only
+(1) finds a method by name and refuses unknown methods/parameters early, naming the valid ones,
+(2) resolves each parameter for one tensor from the recipe's settings (per-model settings first,
+then global ones; filters and layer gradients evaluated by mergekit's own ``evaluate_setting``),
+and (3) calls ``merge_tensors`` with a deterministic per-tensor seed for random methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from mergekit import merge_methods
+from mergekit.config import ConditionalParameter, evaluate_setting
+from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
+
+from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
+from .recipe import Condition
+
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def available_methods() -> list[str]:
+    """Names of every merge method mergekit registers (all usable by hub-merge)."""
+    return sorted(m.spec.name for m in merge_methods.registered_methods())
+
+
+def get_method(name: str) -> MergeMethod:
+    """Look a method up by name; unknown names raise :class:`UnknownMethodError` listing all."""
+    try:
+        return merge_methods.get(name)
+    except (RuntimeError, KeyError):
+        raise UnknownMethodError(
+            f"Unknown merge method {name!r}. Valid methods: {', '.join(available_methods())}."
+        ) from None
+
+
+def parameter_names(method: MergeMethod) -> list[str]:
+    return [p.name for p in method.spec.parameters]
+
+
+def needs_base(method: MergeMethod) -> bool:
+    return method.spec.contract.base == BasePolicy.REQUIRED
+
+
+def uses_base(method: MergeMethod) -> bool:
+    """Whether the base is one of the method's inputs (required or optional)."""
+    return method.spec.contract.base in (BasePolicy.REQUIRED, BasePolicy.OPTIONAL)
+
+
+def validate_parameters(
+    method: MergeMethod,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+    *,
+    n_inputs: int,
+    has_base: bool,
+) -> None:
+    """Refuse unknown parameter names, missing required ones and bad input counts, before any work."""
+    spec = method.spec
+    known = set(parameter_names(method))
+    for where, params in [("parameters", global_params)] + [
+        (f"models[{i}].parameters", p) for i, p in enumerate(model_params)
+    ]:
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise UnknownMethodError(
+                f"Unknown parameter(s) {', '.join(unknown)} in {where} for method {spec.name!r}. "
+                f"Valid parameters: {', '.join(sorted(known)) or '(none)'}."
+            )
+    for p in spec.parameters:
+        if not p.required:
+            continue
+        if p.scope == ParameterScope.SHARED:
+            if p.name not in global_params:
+                raise ConfigError(
+                    f"Method {spec.name!r} needs parameter {p.name!r} (global `parameters`)."
+                )
+        else:
+            for i, mp in enumerate(model_params):
+                if p.name not in mp and p.name not in global_params:
+                    raise ConfigError(
+                        f"Method {spec.name!r} needs {p.name!r} for every model; models[{i}] has none "
+                        "(set it per model or globally)."
+                    )
+    if needs_base(method) and not has_base:
+        raise ConfigError(f"Method {spec.name!r} needs a base model (`base:`).")
+    ids = [f"m{i}" for i in range(n_inputs)]
+    base_id = None
+    if has_base and uses_base(method):
+        ids = ["base", *ids]
+        base_id = "base"
+    try:
+        method.validate_inputs(ids, base_id)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"Method {spec.name!r}: {err}") from None
+
+
+def layer_t(name: str, num_layers: int | None) -> float:
+    """Position of a tensor's layer in [0, 1], as mergekit computes gradients; 0 outside layers."""
+    match = _LAYER.search(name)
+    if match is None or not num_layers:
+        return 0.0
+    return int(match.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
+
+
+def _as_mergekit_setting(value: Any) -> Any:
+    if isinstance(value, list) and value and isinstance(value[0], (Condition, Mapping)):
+        return [
+            ConditionalParameter(**(c.model_dump() if isinstance(c, Condition) else dict(c)))
+            for c in value
+        ]
+    return value
+
+
+def resolve(
+    method: MergeMethod,
+    name: str,
+    t: float,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Parameter values for one tensor: (shared values, one dict per non-base input).
+
+    Precedence as in mergekit: a model's own settings, then the global ones, then the default.
+    """
+    shared: dict[str, Any] = {}
+    per_model: list[dict[str, Any]] = [{} for _ in model_params]
+    for p in method.spec.parameters:
+
+        def value_from(*scopes: Mapping[str, Any], p=p) -> Any:
+            for scope in scopes:
+                if p.name in scope:
+                    v = evaluate_setting(
+                        name, _as_mergekit_setting(scope[p.name]), t, validate=p.validate
+                    )
+                    if v is not None:
+                        return v
+            if p.required:
+                raise ConfigError(
+                    f"No value of {p.name!r} for tensor {name!r} (no filter matched)."
+                )
+            return p.validate(p.default)
+
+        if p.scope == ParameterScope.SHARED:
+            shared[p.name] = value_from(global_params)
+        else:
+            for i, mp in enumerate(model_params):
+                per_model[i][p.name] = value_from(mp, global_params)
+    return shared, per_model
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """Deterministic per-tensor seed: results do not depend on tensor order or threads."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+@dataclass
+class TensorMerge:
+    """Everything needed to merge one tensor with a method (resolved per tensor)."""
+
+    method: MergeMethod
+    global_params: Mapping[str, Any]
+    model_params: Sequence[Mapping[str, Any]]
+    num_layers: int | None = None
+    seed: int | None = None
+
+    def __call__(
+        self,
+        name: str,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None,
+        *,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Merge one tensor in float32 with mergekit; ``base`` joins only if the method uses it."""
+        shared, per_model = resolve(
+            self.method, name, layer_t(name, self.num_layers), self.global_params, self.model_params
+        )
+        ids: list[str] = [f"m{i}" for i in range(len(models))]
+        tensors = list(models)
+        base_index = None
+        if base is not None and uses_base(self.method):
+            ids.insert(0, "base")
+            tensors.insert(0, base)
+            base_index = 0
+        params: dict[str, Any] = dict(shared)
+        for p in self.method.spec.input_parameters:
+            values = {
+                ids[i + (base_index is not None)]: per_model[i][p.name] for i in range(len(models))
+            }
+            if p.scope == ParameterScope.INPUT and base_index is not None:
+                values["base"] = p.validate(p.default) if not p.required else 0.0
+            params[p.name] = values
+        shapes = {tuple(x.shape) for x in tensors}
+        if len(shapes) != 1:
+            raise IncompatibleModelsError(
+                f"Tensor {name!r} has different shapes across inputs: {sorted(shapes)}. "
+                + ("Different vocabularies? " if "embed" in name or "lm_head" in name else "")
+                + "Only models of one architecture and size can be merged."
+            )
+        if self.seed is not None:
+            torch.manual_seed(tensor_seed(self.seed, name))
+        return merge_methods.merge_tensors(
+            tensors,
+            self.method,
+            parameters=params,
+            ids=ids,
+            base_index=base_index,
+            name=name,
+            dtype=torch.float32,
+            out_dtype=out_dtype,
+        )

@@ -1,0 +1,173 @@
+"""The merge recipe: exactly what was merged, as data.
+
+A recipe is what a card shows, what a cache is keyed by (``recipe_hash``) and what the CLI reads.
+Parameter values use mergekit's setting syntax so a recipe exports to an equivalent
+``mergekit-yaml`` config one-to-one: a scalar, a *gradient* (a list of numbers interpolated across
+the layers), or a list of ``{filter, value}`` conditions matched by substring of the tensor name,
+first match wins (``filter`` omitted or ``"*"`` = everything else).
+
+Example (the greedy search's default step)::
+
+    method: slerp
+    base: org/parent-a
+    models: [{model: org/parent-b}]
+    parameters:
+      t:
+        - {filter: self_attn, value: [0, 0.5, 0.3, 0.7, 1]}
+        - {filter: mlp, value: [1, 0.5, 0.7, 0.3, 0]}
+        - {value: 0.5}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+Scalar = bool | int | float | str
+ScalarOrGradient = Scalar | list[Scalar]
+
+
+class Condition(BaseModel):
+    """One per-tensor override: ``value`` applies to tensors whose name contains ``filter``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    value: ScalarOrGradient
+    filter: str | None = None
+
+
+Setting = ScalarOrGradient | list[Condition]
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ModelEntry(BaseModel):
+    """One merge input (a model folder/ref, or a LoRA adapter) with its own parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(
+        description="Hub reference (org/name@rev) or local folder; may be a LoRA adapter."
+    )
+    parameters: dict[str, Setting] = Field(default_factory=dict)
+
+
+class MergeRecipe(BaseModel):
+    """Method, inputs and parameters of one merge; YAML in and out, hashable for caching."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    base: str | None = Field(
+        default=None, description="Base model (required by task-vector methods and adapters)."
+    )
+    models: list[ModelEntry]
+    parameters: dict[str, Setting] = Field(default_factory=dict)
+    dtype: str | None = Field(default=None, description="Output dtype; default: the inputs' dtype.")
+    seed: int | None = Field(default=None, description="Seed for random methods (DARE, DELLA).")
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_as_entries(cls, value: Any) -> Any:
+        # Allow the shorthand `models: [org/a, org/b]`.
+        if isinstance(value, list):
+            return [{"model": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in DTYPES:
+            raise ValueError(f"dtype {value!r} is not one of {', '.join(DTYPES)}")
+        return value
+
+    # --- YAML / JSON ------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, text_or_path: str | Path) -> MergeRecipe:
+        """Parse a recipe from YAML text or a file; errors become :class:`ConfigError`."""
+        text = str(text_or_path)
+        if isinstance(text_or_path, Path) or (("\n" not in text) and Path(text).is_file()):
+            path = Path(text_or_path)
+            if not path.is_file():
+                raise ConfigError(f"Recipe file {path} does not exist.")
+            text = path.read_text()
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Recipe is not valid YAML: {err}") from err
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> MergeRecipe:
+        if not isinstance(data, dict):
+            raise ConfigError("A recipe must be a mapping with at least `method` and `models`.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(f"Invalid merge recipe: {err}") from err
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def recipe_hash(self) -> str:
+        """Stable sha256 of the canonical JSON: equal recipes, equal hash (cache key)."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+    def to_mergekit_yaml(self, *, input_dtype: str | None = None) -> str:
+        """The equivalent ``mergekit-yaml`` config (how a card says to reproduce this merge).
+
+        hub-merge computes in float32 and writes ``dtype`` (default: the inputs' dtype), which
+        is mergekit's ``dtype: float32`` + ``out_dtype``. A LoRA input keeps its folder; mergekit
+        spells an adapter on a base as ``base+adapter``.
+        """
+        from .. import tensors
+
+        def ref(model: str) -> str:
+            if self.base and tensors.is_adapter_folder(model):
+                return f"{self.base}+{model}"
+            return model
+
+        config: dict[str, Any] = {"merge_method": self.method}
+        if self.base is not None:
+            config["base_model"] = self.base
+        models = []
+        for entry in self.models:
+            item: dict[str, Any] = {"model": ref(entry.model)}
+            if entry.parameters:
+                item["parameters"] = _settings_json(entry.parameters)
+            models.append(item)
+        config["models"] = models
+        if self.parameters:
+            config["parameters"] = _settings_json(self.parameters)
+        config["dtype"] = "float32"
+        out_dtype = self.dtype or input_dtype
+        if out_dtype:
+            config["out_dtype"] = out_dtype
+        lines = yaml.safe_dump(config, sort_keys=False)
+        if self.seed is not None:
+            lines = f"# run with: mergekit-yaml --random-seed {self.seed} ...\n" + lines
+        return lines
+
+
+def _settings_json(settings: dict[str, Setting]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in settings.items():
+        if isinstance(value, list) and value and isinstance(value[0], Condition):
+            out[name] = [c.model_dump(exclude_none=True) for c in value]
+        else:
+            out[name] = value
+    return out

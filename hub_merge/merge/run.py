@@ -1,0 +1,275 @@
+"""Stream a recipe's merge into a model folder: read, merge and write overlap, one tensor at a time.
+
+Everything that can be checked is checked before the first byte is written (method, parameters,
+tensor names, shapes, adapters' base). Reading runs one tensor ahead in a thread, merging on the
+device, writing in a background thread behind a bounded queue, so the device is rarely idle and
+memory stays at a few tensors. Output goes to a temporary folder renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, IncompatibleModelsError, MergeError
+from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
+from .inputs import CheckpointSource, TensorSource, open_source
+from .memory import resolve_device
+from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
+from .recipe import MergeRecipe
+
+# Files copied from the base (or the first model) so the output loads and tokenizes like it.
+SIDE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+
+_STR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return {v: k for k, v in _STR_DTYPES.items()}.get(dtype, "float32")
+
+
+def _copy_side_files(writer: ShardedWriter, source: Path, out_dtype: torch.dtype | None) -> None:
+    for name in SIDE_FILES:
+        path = source / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if name == "config.json" and out_dtype is not None:
+            cfg = json.loads(data)
+            for key in ("torch_dtype", "dtype"):
+                if key in cfg:
+                    cfg[key] = _dtype_name(out_dtype)
+            data = json.dumps(cfg, indent=2).encode()
+        writer.add_file(name, data)
+
+
+class _BackgroundWriter:
+    """A thread writing merged tensors while the next ones are merged; bounded to cap memory."""
+
+    def __init__(self, writer: ShardedWriter, maxsize: int = 4) -> None:
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="hub-merge-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # drain
+            try:
+                self.writer.write(*item)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self.error = err
+
+    def put(self, name: str, tensor: torch.Tensor) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((name, tensor))
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _check_inputs(names: list[str], sources: list[TensorSource]) -> None:
+    for src in sources:
+        have = set(src.names)
+        missing = [n for n in names if n not in have]
+        if missing:
+            raise IncompatibleModelsError(
+                f"{src.label} lacks {len(missing)} tensor(s), e.g. {missing[0]!r}: not the same architecture."
+            )
+        for n in names:
+            a, b = tuple(src.shape(n)), tuple(sources[0].shape(n))
+            if a != b:
+                vocab = (
+                    " They have different vocabularies." if ("embed" in n or "lm_head" in n) else ""
+                )
+                raise IncompatibleModelsError(
+                    f"Tensor {n!r} is {a} in {src.label} but {b} in {sources[0].label}.{vocab} "
+                    "Only models of one architecture and size can be merged."
+                )
+
+
+def merge_to_folder(
+    recipe: MergeRecipe,
+    out: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_tensor: Callable[[str], None] | None = None,
+) -> Path:
+    """Merge per ``recipe`` into ``out`` (a model folder loadable by transformers).
+
+    Args:
+        recipe: what to merge; models are local folders (pull Hub refs first).
+        out: output folder; must not exist unless ``overwrite``.
+        device: ``"auto"`` (CUDA if present), ``"cpu"``, ``"cuda"``.
+        max_shard_bytes: shard size limit; bigger outputs get an index.
+        on_tensor: called after each tensor (tests use it to simulate an interruption).
+
+    Raises:
+        UnknownMethodError, ConfigError, IncompatibleModelsError: before anything is written.
+        MergeError: the write failed (e.g. a full disk); nothing was left behind.
+    """
+    dev = resolve_device(device)
+    method = get_method(recipe.method)
+    if needs_base(method) and recipe.base is None:
+        raise ConfigError(f"Method {recipe.method!r} needs `base:`.")
+    base_src = CheckpointSource(recipe.base) if recipe.base is not None else None
+    sources = [open_source(e.model, base_src) for e in recipe.models]
+    validate_parameters(
+        method,
+        recipe.parameters,
+        [e.parameters for e in recipe.models],
+        n_inputs=len(sources),
+        has_base=base_src is not None,
+    )
+    base_in = base_src if (base_src is not None and uses_base(method)) else None
+    reference = base_src or sources[0]
+    names = reference.names
+    _check_inputs(names, ([base_in] if base_in else []) + sources)
+    first_float = next((n for n in names if reference.dtype(n).is_floating_point), None)
+    in_dtype = reference.dtype(first_float) if first_float else torch.float32
+    out_dtype = _STR_DTYPES[recipe.dtype] if recipe.dtype else in_dtype
+    layout = {
+        n: (
+            reference.shape(n),
+            out_dtype if reference.dtype(n).is_floating_point else reference.dtype(n),
+        )
+        for n in names
+    }
+    config_dir = Path(recipe.base) if recipe.base is not None else Path(recipe.models[0].model)
+    num_layers = _num_layers(config_dir)
+    op = TensorMerge(
+        method, recipe.parameters, [e.parameters for e in recipe.models], num_layers, recipe.seed
+    )
+    meta = {"hub_merge_recipe": recipe.canonical_json()}
+
+    try:
+        writer = ShardedWriter(
+            out, layout, max_shard_bytes=max_shard_bytes, metadata=meta, overwrite=overwrite
+        )
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from None
+    except OSError as err:
+        raise MergeError(f"Cannot create the output beside {out}: {err}") from err
+
+    def load(name: str):
+        base_t = base_in.get(name, device=dev) if base_in is not None else None
+        return [s.get(name, device=dev) for s in sources], base_t
+
+    bg = None
+    try:
+        _copy_side_files(writer, config_dir, out_dtype)
+        bg = _BackgroundWriter(writer)
+        iterator = names
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(names, desc=f"merge ({recipe.method})", unit="tensor", leave=False)
+        with ThreadPoolExecutor(1, thread_name_prefix="hub-merge-read") as pool, torch.no_grad():
+            pending = pool.submit(load, names[0]) if names else None
+            for i, name in enumerate(iterator):
+                tensors, base_t = pending.result()
+                pending = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
+                if not tensors[0].is_floating_point():
+                    merged = base_t if base_t is not None else tensors[0]
+                else:
+                    merged = op(name, tensors, base_t, out_dtype=out_dtype)
+                bg.put(name, merged)
+                del tensors, base_t, merged
+                if on_tensor is not None:
+                    on_tensor(name)
+        bg.close()
+        bg = None
+        return writer.finalize()
+    except OSError as err:
+        _abort(bg, writer)
+        raise MergeError(
+            f"Writing the merge to {out} failed ({err}); nothing was left behind. Free disk space and retry."
+        ) from err
+    except BaseException:
+        _abort(bg, writer)
+        raise
+
+
+def _abort(bg: _BackgroundWriter | None, writer: ShardedWriter) -> None:
+    if bg is not None:
+        try:
+            bg.close()
+        except BaseException:  # noqa: BLE001 - the original error matters more
+            pass
+    writer.abort()
+
+
+def _num_layers(folder: Path) -> int | None:
+    path = folder / "config.json"
+    if path.is_file():
+        cfg = json.loads(path.read_text())
+        n = cfg.get("num_hidden_layers") or cfg.get("n_layer")
+        return int(n) if n else None
+    return None
+
+
+def write_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    out: str | Path,
+    *,
+    config_from: str | Path,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write an in-memory state dict as a model folder (config/tokenizer from ``config_from``)."""
+    layout = {
+        n: (tuple(t.shape), (dtype or t.dtype) if t.is_floating_point() else t.dtype)
+        for n, t in state_dict.items()
+    }
+    try:
+        writer = ShardedWriter(
+            out, layout, max_shard_bytes=max_shard_bytes, metadata=metadata, overwrite=overwrite
+        )
+    except FileExistsError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        first = next((t.dtype for t in state_dict.values() if t.is_floating_point()), None)
+        _copy_side_files(writer, Path(config_from), dtype or first)
+        for n, t in state_dict.items():
+            writer.write(n, t)
+        return writer.finalize()
+    except OSError as err:
+        writer.abort()
+        raise MergeError(f"Writing {out} failed ({err}); nothing was left behind.") from err
+    except BaseException:
+        writer.abort()
+        raise
+
+
+__all__ = ["merge_to_folder", "write_state_dict"]

@@ -1,0 +1,59 @@
+"""ShardedWriter: standard safetensors shards, an index, and all-or-nothing output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from hub_merge.errors import IncompatibleModelsError
+from hub_merge.tensors import CheckpointReader, ShardedWriter
+
+
+def _layout():
+    return {
+        "a": ((64, 64), torch.bfloat16),
+        "b": ((100,), torch.float32),
+        "c": ((32, 64), torch.float16),
+        "i": ((3,), torch.int64),
+    }
+
+
+def test_sharded_writer_round_trip(tmp_path):
+    tensors = {
+        "a": torch.randn(64, 64).bfloat16(),
+        "b": torch.randn(100),
+        "c": torch.randn(32, 64).half(),
+        "i": torch.tensor([1, 2, 3]),
+    }
+    with ShardedWriter(tmp_path / "m", _layout(), max_shard_bytes=8192, metadata={"k": "v"}) as w:
+        for name in reversed(list(tensors)):  # any order
+            w.write(name, tensors[name])
+        assert not (tmp_path / "m").exists()  # nothing looks like a model until finalised
+    index = json.loads((tmp_path / "m" / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) == 2
+    reader = CheckpointReader(tmp_path / "m")
+    for name, t in tensors.items():
+        assert torch.equal(reader.get(name), t)
+    shard = tmp_path / "m" / index["weight_map"]["a"]
+    with safe_open(str(shard), "pt") as f:
+        assert f.metadata()["k"] == "v"
+
+
+def test_single_file_and_incomplete_output(tmp_path):
+    w = ShardedWriter(tmp_path / "one", _layout())
+    assert w.files == ["model.safetensors"]
+    w.write("a", torch.zeros(64, 64))
+    with pytest.raises(IncompatibleModelsError, match="never written"):
+        w.finalize()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_error_inside_with_removes_everything(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ShardedWriter(tmp_path / "m", _layout()) as w:
+            w.write("b", torch.ones(100))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
