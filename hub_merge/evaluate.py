@@ -1,0 +1,443 @@
+"""Fitness of a model on the user's tasks: small labelled JSONL sets scored in memory, batched.
+
+A search scores hundreds of candidates, so everything here works on an in-memory transformers
+model (a merged candidate is never written to disk to be scored) and every score is cached by a
+hash of the candidate's recipe, so nothing is evaluated twice, even across a resumed run.
+
+Metrics (``Metric``):
+- ``answer_loss``: mean cross-entropy over the answer tokens plus EOS given the prompt. Graded and
+  cheap, so it is the default for small models, where exact match is all-or-nothing.
+- ``exact_match``: greedy generation compared with the answer (whitespace-stripped).
+- ``choice``: multiple choice by log-likelihood: the choice whose tokens are most likely wins.
+
+Fitness is always higher-is-better: the (weighted) mean of the per-task scores, negated for a
+loss. The raw per-task values are kept beside it (``scores``) so cards can show real numbers.
+
+We hand-write the scoring loop instead of using lm-eval: it would pull in a large dependency to
+run three small loops, and it scores models from disk, which a search must avoid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+
+from .errors import ConfigError, TaskFileError
+
+Metric = Literal["answer_loss", "exact_match", "choice"]
+METRICS: tuple[str, ...] = get_args(Metric)
+LOWER_IS_BETTER: frozenset[str] = frozenset({"answer_loss"})
+
+__all__ = [
+    "METRICS",
+    "Evaluator",
+    "Example",
+    "Metric",
+    "ScoreCache",
+    "Task",
+    "fitness_from_scores",
+    "load_task",
+    "load_tasks",
+]
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example. ``answer`` is a choice's text when ``choices`` is given."""
+
+    prompt: str
+    answer: str
+    choices: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """A named list of examples. ``digest`` hashes the examples used, for cache keys."""
+
+    name: str
+    examples: tuple[Example, ...]
+    path: Path | None = None
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for ex in self.examples:
+            h.update(json.dumps([ex.prompt, ex.answer, ex.choices], ensure_ascii=False).encode())
+        return h.hexdigest()[:16]
+
+    def head(self, limit: int | None) -> Task:
+        """The task restricted to its first ``limit`` examples (all when None)."""
+        if limit is None or limit >= len(self.examples):
+            return self
+        if limit < 1:
+            raise ConfigError(f"limit must be a positive number of examples; got {limit}.")
+        return Task(self.name, self.examples[:limit], self.path)
+
+
+def _parse_example(raw: str, path: Path, lineno: int) -> Example:
+    where = f"{path}, line {lineno}"
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise TaskFileError(
+            f"{where}: not valid JSON ({err.msg}). Each line must be one JSON object."
+        ) from None
+    if not isinstance(obj, dict):
+        raise TaskFileError(f"{where}: expected a JSON object with 'prompt' and 'answer'.")
+    prompt, answer, choices = obj.get("prompt"), obj.get("answer"), obj.get("choices")
+    if not isinstance(prompt, str) or not prompt:
+        raise TaskFileError(f"{where}: 'prompt' is missing or not a non-empty string.")
+    if choices is not None:
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) for c in choices)
+        ):
+            raise TaskFileError(f"{where}: 'choices' must be a list of at least two strings.")
+        if isinstance(answer, int) and not isinstance(answer, bool):
+            if not 0 <= answer < len(choices):
+                raise TaskFileError(
+                    f"{where}: answer index {answer} is outside the {len(choices)} choices."
+                )
+            answer = choices[answer]
+        elif answer not in choices:
+            raise TaskFileError(
+                f"{where}: 'answer' {answer!r} is not one of the choices {choices}."
+            )
+        return Example(prompt, answer, tuple(choices))
+    if not isinstance(answer, str) or not answer:
+        raise TaskFileError(f"{where}: 'answer' is missing or not a non-empty string.")
+    return Example(prompt, answer)
+
+
+def load_task(path: str | Path, *, name: str | None = None, limit: int | None = None) -> Task:
+    """Read a task JSONL file (one ``{"prompt", "answer"[, "choices"]}`` object per line).
+
+    Raises:
+        TaskFileError: the file is missing, empty, or a line is malformed (the line is named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskFileError(
+            f"Task file {path} does not exist: pass a JSONL file of prompt/answer lines."
+        )
+    examples: list[Example] = []
+    with path.open(encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if raw.strip():
+                examples.append(_parse_example(raw, path, lineno))
+    if not examples:
+        raise TaskFileError(f"Task file {path} is empty: it needs at least one prompt/answer line.")
+    task = Task(name or path.stem, tuple(examples), path)
+    return task.head(limit)
+
+
+def load_tasks(paths: Iterable[str | Path], *, limit: int | None = None) -> list[Task]:
+    """Load several task files; names (file stems) must be unique."""
+    tasks = [load_task(p, limit=limit) for p in paths]
+    names = [t.name for t in tasks]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise TaskFileError(f"Task names must be unique; {dupes} appear twice. Rename the files.")
+    if not tasks:
+        raise TaskFileError("No task files given: pass at least one JSONL file.")
+    return tasks
+
+
+def fitness_from_scores(
+    scores: Mapping[str, float], metric: str, weights: Mapping[str, float] | None = None
+) -> float:
+    """Higher-is-better fitness: the weighted mean of per-task scores, negated for a loss."""
+    if not scores:
+        raise ConfigError("No task scores to combine into a fitness.")
+    w = {name: float((weights or {}).get(name, 1.0)) for name in scores}
+    total = sum(w.values())
+    if total <= 0:
+        raise ConfigError(f"Task weights must sum to a positive number; got {dict(weights or {})}.")
+    mean = sum(w[n] * float(s) for n, s in scores.items()) / total
+    return -mean if metric in LOWER_IS_BETTER else mean
+
+
+# --- score cache ------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreCache:
+    """Per-task scores keyed by a candidate's recipe hash; persisted atomically when ``path`` is set.
+
+    Keys should also cover the evaluation settings (see ``Evaluator.key``) so a cache is never
+    reused for a different task set or metric.
+    """
+
+    path: Path | None = None
+    entries: dict[str, dict[str, float]] = field(default_factory=dict)
+    hits: int = 0
+    misses: int = 0
+
+    def __post_init__(self) -> None:
+        if self.path is not None:
+            self.path = Path(self.path)
+            if self.path.is_file():
+                try:
+                    self.entries = {
+                        k: dict(v) for k, v in json.loads(self.path.read_text()).items()
+                    }
+                except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as err:
+                    from .errors import SearchStateError
+
+                    raise SearchStateError(
+                        f"Score cache {self.path} is corrupt ({err}); delete it to re-score."
+                    ) from err
+
+    def get(self, key: str) -> dict[str, float] | None:
+        found = self.entries.get(key)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return dict(found)
+
+    def put(self, key: str, scores: Mapping[str, float]) -> None:
+        self.entries[key] = {k: float(v) for k, v in scores.items()}
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)  # atomic: an interrupt never leaves half a cache
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+def _pad(
+    seqs: Sequence[Sequence[int]], pad_id: int, side: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad to a batch; returns (input_ids, attention_mask)."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if side == "left":
+            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+        else:
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    # Position ids from the mask, so left padding does not shift real tokens' positions.
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+class Evaluator:
+    """Scores in-memory causal LMs on a fixed task set with one tokenizer.
+
+    Args:
+        tasks (`list[Task]`): the task set; each task is scored separately.
+        tokenizer: the base model's tokenizer (candidates share the base's vocabulary).
+        metric (`Metric`, *optional*): ``answer_loss`` (default), ``exact_match`` or ``choice``.
+        batch_size (`int`, *optional*): sequences per forward pass.
+        device (`str`, *optional*): where inputs go; the model must already be there.
+        limit (`int`, *optional*): score only the first N examples of each task.
+        weights (`dict`, *optional*): task name -> weight in the fitness mean.
+        padding_side (`str`, *optional*): ``right`` or ``left``; scores do not depend on it.
+        max_new_tokens (`int`, *optional*): generation budget for ``exact_match`` (default: the
+            longest answer's token count + 2).
+
+    >>> ev = Evaluator(load_tasks(["reverse.jsonl"]), tokenizer, limit=32)  # doctest: +SKIP
+    >>> scores = ev.score(model); ev.fitness(scores)                        # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        tokenizer: Any,
+        *,
+        metric: str = "answer_loss",
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        limit: int | None = None,
+        weights: Mapping[str, float] | None = None,
+        padding_side: str = "right",
+        max_new_tokens: int | None = None,
+    ) -> None:
+        if metric not in METRICS:
+            raise ConfigError(f"Unknown metric {metric!r}; choose one of {list(METRICS)}.")
+        if padding_side not in ("left", "right"):
+            raise ConfigError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1; got {batch_size}.")
+        self.tasks = [t.head(limit) for t in tasks]
+        if metric == "choice":
+            for t in self.tasks:
+                if any(ex.choices is None for ex in t.examples):
+                    raise TaskFileError(
+                        f"Task {t.name!r} has examples without 'choices'; metric 'choice' needs them."
+                    )
+        unknown = sorted(set(weights or {}) - {t.name for t in self.tasks})
+        if unknown:
+            raise ConfigError(
+                f"Weights name unknown tasks {unknown}; tasks are {[t.name for t in self.tasks]}."
+            )
+        self.tokenizer = tokenizer
+        self.metric = metric
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.weights = dict(weights or {})
+        self.padding_side = padding_side
+        self.max_new_tokens = max_new_tokens
+        self.eos_id = tokenizer.eos_token_id
+        if self.eos_id is None:
+            raise ConfigError("The tokenizer has no EOS token; answer scoring needs one.")
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.evaluations = 0
+
+    @property
+    def key(self) -> str:
+        """A fingerprint of what is scored and how; part of every cache key."""
+        spec = [
+            self.metric,
+            self.weights,
+            [(t.name, t.digest) for t in self.tasks],
+            self.max_new_tokens,
+        ]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+    def fitness(self, scores: Mapping[str, float]) -> float:
+        return fitness_from_scores(scores, self.metric, self.weights)
+
+    # -- tokenisation ----------------------------------------------------------------------------
+
+    def _encode(self, text: str, special: bool) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def _split(self, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+        """Prompt and answer ids, encoded separately and concatenated.
+
+        This is how supervised fine-tunes (and the zoo's experts) are trained: prompt ids then
+        answer ids, so an expert is scored on exactly the token sequence it learned.
+        """
+        return self._encode(prompt, True), self._encode(answer, False)
+
+    # -- metrics ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _continuation_logprobs(
+        self, model: Any, pairs: Sequence[tuple[list[int], list[int]]]
+    ) -> list[torch.Tensor]:
+        """Per-token log-probabilities of each continuation given its context."""
+        out: list[torch.Tensor] = []
+        for start in range(0, len(pairs), self.batch_size):
+            chunk = pairs[start : start + self.batch_size]
+            seqs = [c + a for c, a in chunk]
+            ids, mask = _pad(seqs, self.pad_id, self.padding_side)
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+            width = ids.shape[1]
+            for i, (c, a) in enumerate(chunk):
+                offset = width - len(c) - len(a) if self.padding_side == "left" else 0
+                # token at position p is predicted by the logits at p - 1
+                pos = torch.arange(offset + len(c), offset + len(c) + len(a), device=self.device)
+                target = ids[i, pos]
+                out.append(logp[i, pos - 1].gather(-1, target[:, None])[:, 0].cpu())
+        return out
+
+    def _answer_loss(self, model: Any, task: Task) -> float:
+        pairs = []
+        for ex in task.examples:
+            ctx, ans = self._split(ex.prompt, ex.answer)
+            pairs.append((ctx, ans + [self.eos_id]))
+        lps = self._continuation_logprobs(model, pairs)
+        return float(sum(-lp.mean().item() for lp in lps) / len(lps))
+
+    def _choice(self, model: Any, task: Task) -> float:
+        pairs, owners = [], []
+        for i, ex in enumerate(task.examples):
+            for choice in ex.choices or ():
+                pairs.append(self._split(ex.prompt, choice))
+                owners.append(i)
+        lps = self._continuation_logprobs(model, pairs)
+        best: dict[int, tuple[float, int]] = {}
+        seen: dict[int, int] = {}
+        for i, lp in zip(owners, lps, strict=True):
+            j = seen.get(i, 0)
+            seen[i] = j + 1
+            total = lp.sum().item()
+            if i not in best or total > best[i][0]:
+                best[i] = (total, j)
+        correct = sum(
+            1
+            for i, ex in enumerate(task.examples)
+            if ex.choices and ex.choices[best[i][1]] == ex.answer
+        )
+        return correct / len(task.examples)
+
+    @torch.inference_mode()
+    def _exact_match(self, model: Any, task: Task) -> float:
+        budget = self.max_new_tokens or 2 + max(
+            len(self._encode(ex.answer, False)) for ex in task.examples
+        )
+        correct = 0
+        for start in range(0, len(task.examples), self.batch_size):
+            chunk = task.examples[start : start + self.batch_size]
+            # generation always pads on the left so every row continues from its last real token
+            ids, mask = _pad([self._encode(ex.prompt, True) for ex in chunk], self.pad_id, "left")
+            gen = model.generate(
+                input_ids=ids.to(self.device),
+                attention_mask=mask.to(self.device),
+                max_new_tokens=budget,
+                do_sample=False,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_id,
+            )
+            new = gen[:, ids.shape[1] :]
+            for ex, row in zip(chunk, new.tolist(), strict=True):
+                if self.eos_id in row:
+                    row = row[: row.index(self.eos_id)]
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                correct += int(text.strip() == ex.answer.strip())
+        return correct / len(task.examples)
+
+    def score(self, model: Any) -> dict[str, float]:
+        """Raw per-task scores of an in-memory model (loss: lower is better; others: accuracy)."""
+        fn = {
+            "answer_loss": self._answer_loss,
+            "exact_match": self._exact_match,
+            "choice": self._choice,
+        }[self.metric]
+        was_training = getattr(model, "training", False)
+        if hasattr(model, "eval"):
+            model.eval()
+        try:
+            scores = {t.name: fn(model, t) for t in self.tasks}
+        finally:
+            if was_training:
+                model.train()
+        self.evaluations += 1
+        for name, value in scores.items():
+            if math.isnan(value):
+                scores[name] = math.inf if self.metric in LOWER_IS_BETTER else 0.0
+        return scores

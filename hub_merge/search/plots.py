@@ -1,0 +1,129 @@
+"""Pictures of a search: fitness by generation, and the family tree with the winner highlighted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..lineage import FamilyTree
+
+__all__ = ["plot_family_tree", "plot_fitness"]
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt, plt.subplots(figsize=(width, height))
+
+
+def _save(fig, path: Path, dpi: int = 120) -> Path:
+    from ..plots import _save_atomically  # one atomic PNG writer for the package
+
+    path = Path(path)
+    _save_atomically(fig, path, dpi)
+    return path
+
+
+def plot_fitness(tree: FamilyTree, path: str | Path) -> Path:
+    """Best fitness per generation, every node's fitness as dots, and top-k kinship on a 2nd axis."""
+    plt, (fig, ax) = _figure(7, 4)
+    try:
+        gens = [g.generation for g in tree.generations]
+        ax.plot(
+            gens, [g.best_fitness for g in tree.generations], "o-", color="C0", label="best fitness"
+        )
+        nodes = [n for n in tree.nodes.values() if n.fitness is not None]
+        ax.scatter(
+            [n.generation for n in nodes],
+            [n.fitness for n in nodes],
+            s=12,
+            color="C0",
+            alpha=0.35,
+            label="every model",
+        )
+        ax.set_xlabel("generation")
+        ax.set_ylabel(
+            f"fitness ({'-' if tree.score_metric == 'answer_loss' else ''}{tree.score_metric})"
+        )
+        ax.set_xticks(gens)
+        kin = [(g.generation, g.top_kinship) for g in tree.generations if g.top_kinship is not None]
+        handles, labels = ax.get_legend_handles_labels()
+        if kin:
+            ax2 = ax.twinx()
+            ax2.plot(
+                [k[0] for k in kin],
+                [k[1] for k in kin],
+                "s--",
+                color="C3",
+                label=f"top-k kinship ({tree.kinship_metric})",
+            )
+            ax2.set_ylabel("mean kinship among the top-k")
+            h2, l2 = ax2.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        ax.legend(handles, labels, loc="lower right", fontsize=8)
+        ax.set_title("Greedy merge search: fitness by generation")
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_family_tree(tree: FamilyTree, path: str | Path) -> Path:
+    """Nodes placed by generation (x) and fitness rank (y), edges to parents, winner in gold."""
+    by_gen: dict[int, list[str]] = {}
+    for node in tree.nodes.values():
+        if node.kind != "base":
+            by_gen.setdefault(node.generation, []).append(node.id)
+    widest = max((len(v) for v in by_gen.values()), default=1)
+    plt, (fig, ax) = _figure(max(6.0, 2.2 * len(by_gen)), max(3.0, 0.55 * widest + 1))
+    try:
+        pos: dict[str, tuple[float, float]] = {}
+        for gen, ids in by_gen.items():
+            ids.sort(key=lambda i: -(tree.nodes[i].fitness or float("-inf")))
+            for rank, node_id in enumerate(ids):
+                pos[node_id] = (gen, -rank + (len(ids) - 1) / 2)
+        lineage = set(tree.ancestors(tree.winner)) if tree.winner else set()
+        for node_id, (x, y) in pos.items():
+            for parent in tree.nodes[node_id].parents:
+                if parent in pos:
+                    px, py = pos[parent]
+                    on_path = node_id == tree.winner or node_id in lineage
+                    ax.plot(
+                        [px, x],
+                        [py, y],
+                        "-",
+                        color="goldenrod" if on_path else "0.75",
+                        lw=1.6 if on_path else 0.7,
+                        zorder=1,
+                    )
+        fits = [tree.nodes[i].fitness for i in pos if tree.nodes[i].fitness is not None]
+        lo, hi = (min(fits), max(fits)) if fits else (0.0, 1.0)
+        for node_id, (x, y) in pos.items():
+            node = tree.nodes[node_id]
+            shade = 0.5 if hi == lo or node.fitness is None else (node.fitness - lo) / (hi - lo)
+            winner = node_id == tree.winner
+            ax.scatter(
+                [x],
+                [y],
+                s=260 if winner else 120,
+                c=[plt.cm.viridis(shade)],
+                zorder=2,
+                edgecolors="gold" if winner else "black",
+                linewidths=3 if winner else 0.5,
+                marker="*" if winner else ("s" if node.kind == "expert" else "o"),
+            )
+            label = node.name if len(node.name) <= 18 else node.name[:17] + "…"
+            if node.fitness is not None:
+                label += f"\n{node.fitness:.3g}"
+            ax.annotate(
+                label, (x, y), xytext=(8, 0), textcoords="offset points", fontsize=7, va="center"
+            )
+        ax.set_xticks(sorted(by_gen))
+        ax.set_xlabel("generation (0 = experts)")
+        ax.set_yticks([])
+        ax.set_xlim(min(by_gen, default=0) - 0.3, max(by_gen, default=0) + 0.9)
+        ax.set_title(f"Family tree (winner: {tree.winner}; colour = fitness)")
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)

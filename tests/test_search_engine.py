@@ -1,0 +1,260 @@
+"""The greedy search wired to the real merge engine, kinship and evaluator, on the tiny zoo."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from hub_merge.cli import main
+from hub_merge.errors import SearchStateError
+from hub_merge.evaluate import Evaluator, load_tasks
+from hub_merge.kinship import kinship_matrix
+from hub_merge.lineage import FamilyTree
+from hub_merge.search import SearchConfig, greedy_search
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only spins (~100x slower).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def config(zoo, out, **kw) -> SearchConfig:
+    names = kw.pop("names", ["add", "reverse", "uppercase"])
+    models = kw.pop("models", zoo.experts)
+    return SearchConfig(
+        base=str(zoo.base),
+        experts=[str(models[n]) for n in names],
+        tasks=[str(zoo.tasks[n]) for n in names],
+        out=str(out),
+        device="cpu",
+        progress=False,
+        **{"k": 3, "generations": 2, "limit": 8, "kinship_stop": None, **kw},
+    )
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_zoo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("search") / "run"
+    return out, greedy_search(config(tiny_zoo, out))
+
+
+def test_search_runs_end_to_end_with_complete_lineage(tiny_zoo, finished):
+    out, result = finished
+    for name in (
+        "state.json",
+        "scores.json",
+        "kinship.json",
+        "family_tree.json",
+        "fitness.png",
+        "family_tree.png",
+        "recipes.json",
+    ):
+        assert (out / name).is_file(), name
+    tree = FamilyTree.load(out / "family_tree.json")
+    tree.validate()
+    assert tree.winner == result.winner and tree.base == "base"
+    assert {n.name for n in tree.experts()} == {"add", "reverse", "uppercase"}
+    for node in tree.nodes.values():
+        assert all(p in tree.nodes for p in node.parents)
+        if node.kind == "expert":
+            assert node.path == str(tiny_zoo.experts[node.name].resolve()) and node.repo_id is None
+        if node.kind == "merge":
+            assert node.method == "slerp" and node.parameters["t"][0]["filter"] == "self_attn"
+            assert (
+                node.merge_gain is not None and node.parent_kinship is not None and node.recipe_hash
+            )
+    # generation 1 merged every pair of the three experts
+    assert len(tree.generations[1].children) == 3
+    assert len(tree.kinship_matrix) == 3 and tree.kinship_matrix[0][0] == 1.0
+    # scores were cached once per node
+    assert (
+        len(json.loads((out / "scores.json").read_text())) == len(tree.nodes) - 1
+    )  # minus the base
+    assert result.evaluations == len(tree.nodes) - 1
+
+
+def test_winner_folder_scores_what_the_search_measured_in_memory(tiny_zoo, finished):
+    out, result = finished
+    tok = AutoTokenizer.from_pretrained(out / "winner")
+    model = AutoModelForCausalLM.from_pretrained(out / "winner", dtype=torch.float32)
+    tasks = load_tasks([tiny_zoo.tasks[n] for n in ("add", "reverse", "uppercase")], limit=8)
+    scores = Evaluator(tasks, tok).score(model)
+    for task, value in result.winner_node.scores.items():
+        assert math.isclose(scores[task], value, rel_tol=1e-4), task
+
+
+def test_parent_kinship_is_the_kinship_of_the_parents(tiny_zoo, finished):
+    _, result = finished
+    tree = result.tree
+    child = next(n for n in tree.merges() if n.generation == 1)
+    a, b = (tiny_zoo.experts[p] for p in child.parents)
+    direct = kinship_matrix([a, b], tiny_zoo.base, "pearson", device="cpu").pair(0, 1)
+    assert math.isclose(child.parent_kinship, direct, rel_tol=1e-5)
+    # later generations record their parents' kinship too (merged state dicts minus the base)
+    later = [n for n in tree.merges() if n.generation == 2]
+    assert all(n.parent_kinship is not None for n in later)
+
+
+def test_resume_evaluates_only_new_nodes_and_refuses_other_settings(tiny_zoo, finished, tmp_path):
+    out, first = finished
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    again = greedy_search(config(tiny_zoo, run, resume=True))
+    assert again.evaluations == 0 and again.kinship_computed == 0
+    assert again.winner == first.winner
+    further = greedy_search(config(tiny_zoo, run, resume=True, generations=3))
+    new = [n for n in further.tree.nodes.values() if n.generation == 3]
+    assert further.evaluations == len(new)
+    with pytest.raises(SearchStateError, match="different settings"):
+        greedy_search(config(tiny_zoo, run, resume=True, k=2))
+    with pytest.raises(SearchStateError, match="--resume"):
+        greedy_search(config(tiny_zoo, run))
+
+
+def test_adapters_can_be_searched(tiny_zoo, tmp_path):
+    result = greedy_search(
+        config(
+            tiny_zoo,
+            tmp_path / "run",
+            models=tiny_zoo.adapters,
+            names=["add", "sort"],
+            k=2,
+            generations=1,
+            materialize=[],
+        )
+    )
+    tree = result.tree
+    assert all(n.is_adapter for n in tree.experts())
+    assert [n.id for n in tree.merges()] == ["g1-1"]
+    assert result.winner_path is None
+
+
+def test_cli_search_json_and_errors(tiny_zoo, tmp_path, capsys):
+    args = [
+        "search",
+        "--base",
+        str(tiny_zoo.base),
+        "--experts",
+        str(tiny_zoo.experts["add"]),
+        str(tiny_zoo.experts["sort"]),
+        "--tasks",
+        str(tiny_zoo.tasks["add"]),
+        str(tiny_zoo.tasks["sort"]),
+        "--k",
+        "2",
+        "--generations",
+        "1",
+        "--limit",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main([*args, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (
+        data["evaluations"] == 3 and data["nodes"] == 4 and data["winner_path"].endswith("winner")
+    )
+    assert main([*args, "--json", "--resume", "--save-node", "add"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluations"] == 0
+    assert (tmp_path / "run" / "nodes" / "add" / "config.json").is_file()
+    assert main([*args, "--resume", "--save-node", "g9-9"]) == 2
+    assert "no such node" in capsys.readouterr().err
+    assert main([*args, "--resume", "--method", "linear"]) == 4
+    assert "different settings" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert (
+        main(
+            [
+                "search",
+                "--base",
+                str(tiny_zoo.base),
+                "--experts",
+                "a",
+                "b",
+                "--tasks",
+                str(bad),
+                "--out",
+                str(tmp_path / "r2"),
+            ]
+        )
+        == 2
+    )
+    assert "line 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["linear", "ties"])
+def test_other_merge_methods_use_the_common_base(tiny_zoo, tmp_path, method):
+    result = greedy_search(
+        config(
+            tiny_zoo,
+            tmp_path / "run",
+            names=["add", "sort"],
+            k=2,
+            generations=1,
+            method=method,
+            materialize=[],
+        )
+    )
+    child = result.tree.nodes["g1-1"]
+    assert child.method == method and "base_model" not in child.parameters
+    recipes = json.loads((tmp_path / "run" / "recipes.json").read_text())
+    assert recipes["g1-1"]["base"] == "@base" and len(recipes["g1-1"]["models"]) == 2
+    assert child.fitness is not None and math.isfinite(child.fitness)
+
+
+def test_ctrl_c_saves_state_and_resume_finishes_without_rescoring(
+    tiny_zoo, tmp_path, monkeypatch, capsys
+):
+    calls = {"n": 0}
+    real_score = Evaluator.score
+
+    def interrupted(self, model):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_score(self, model)
+
+    monkeypatch.setattr(Evaluator, "score", interrupted)
+    args = [
+        "search",
+        "--base",
+        str(tiny_zoo.base),
+        "--experts",
+        str(tiny_zoo.experts["add"]),
+        str(tiny_zoo.experts["sort"]),
+        str(tiny_zoo.experts["reverse"]),
+        "--tasks",
+        str(tiny_zoo.tasks["add"]),
+        "--k",
+        "2",
+        "--generations",
+        "2",
+        "--limit",
+        "4",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    assert main(args) == 130
+    assert "--resume" in capsys.readouterr().err
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["status"] == "interrupted"
+    assert len(json.loads((tmp_path / "run" / "scores.json").read_text())) == 4
+    monkeypatch.setattr(Evaluator, "score", real_score)
+    assert main([*args, "--resume", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["cache_hits"] == 4 and data["evaluations"] == data["nodes"] - 1 - 4
