@@ -35,6 +35,7 @@ from huggingface_hub.file_download import repo_folder_name
 from . import __version__
 from .errors import (
     AuthError,
+    CardValidationError,
     HubError,
     HubMergeError,
     RemoteCodeError,
@@ -128,6 +129,37 @@ def get_api(endpoint: str | None = None, token: str | None = None) -> HfApi:
     return HfApi(
         endpoint=endpoint, token=token, library_name="hub-merge", library_version=__version__
     )
+
+
+def validate_card_on_hub(
+    text: str, *, repo_type: str = "model", endpoint: str | None = None, token: str | None = None
+) -> None:
+    """Ask the Hub's ``/api/validate-yaml`` whether it would accept this README, before uploading.
+
+    ``ModelCard.validate`` does the same call but always against ``constants.ENDPOINT`` (fixed at
+    import), so it cannot check a card for a local or enterprise Hub chosen per call; this posts
+    the same body through huggingface_hub's own HTTP session to the endpoint in use.
+
+    Raises:
+        CardValidationError: the Hub rejected the metadata (its message, one problem per line).
+        HubError: the Hub could not be asked (network, auth).
+    """
+    from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+
+    url = f"{resolve_endpoint(endpoint)}/api/validate-yaml"
+    headers = build_hf_headers(token=token, library_name="hub-merge", library_version=__version__)
+    headers["Accept"] = "text/plain"
+    with hub_errors("validate the model card", endpoint=endpoint, token=token):
+        response = get_session().post(
+            url, json={"repoType": repo_type, "content": text}, headers=headers
+        )
+        if response.status_code == 400:
+            raise CardValidationError(
+                "The Hub rejected the model card's metadata: "
+                + scrub(response.text.strip(), token)
+                + " Fix the card (or the --license) and push again; nothing was uploaded."
+            )
+        hf_raise_for_status(response)
 
 
 def _known_tokens(token: str | None) -> list[str]:

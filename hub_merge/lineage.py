@@ -69,7 +69,7 @@ class GenerationRecord:
     best_id: str
     top: list[str]
     top_kinship: float | None = None
-    evaluations: int = 0
+    evaluations: int = 0  # distinct candidates first scored in this generation (cached or not)
     children: list[str] = field(default_factory=list)
     note: str = ""
 
@@ -129,11 +129,19 @@ class FamilyTree:
         for node in self.nodes.values():
             for parent in node.parents:
                 if parent not in order or order[parent] >= order[node.id]:
-                    raise SearchStateError(f"Node {node.id!r} has parent {parent!r} that is missing or later.")
+                    raise SearchStateError(
+                        f"Node {node.id!r} has parent {parent!r} that is missing or later."
+                    )
             if node.kind == "merge" and (not node.parents or not node.method):
                 raise SearchStateError(f"Merged node {node.id!r} lacks parents or a method.")
-            if node.is_original and node.repo_id and not (node.revision and len(node.revision) == 40):
-                raise SearchStateError(f"Original {node.id!r} from {node.repo_id} has no resolved commit sha.")
+            if (
+                node.is_original
+                and node.repo_id
+                and not (node.revision and len(node.revision) == 40)
+            ):
+                raise SearchStateError(
+                    f"Original {node.id!r} from {node.repo_id} has no resolved commit sha."
+                )
         if self.winner is not None and self.winner not in self.nodes:
             raise SearchStateError(f"Winner {self.winner!r} is not in the tree.")
 
@@ -165,6 +173,10 @@ class FamilyTree:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:
-            raise SearchStateError(f"No family tree at {path}: is this a hub-merge run folder?") from None
+            raise SearchStateError(
+                f"No family tree at {path}: is this a hub-merge run folder?"
+            ) from None
         except (json.JSONDecodeError, TypeError) as err:
-            raise SearchStateError(f"Family tree {path} is corrupt ({err}); re-run the search.") from err
+            raise SearchStateError(
+                f"Family tree {path} is corrupt ({err}); re-run the search."
+            ) from err

@@ -17,7 +17,17 @@ from .. import __version__
 from ..errors import HubMergeError
 
 # Order is the order shown in `hub-merge --help`. Add a module name here when adding a command.
-COMMANDS: list[str] = ["pull", "discover", "kinship", "merge", "search", "card", "hub"]
+COMMANDS: list[str] = [
+    "pull",
+    "discover",
+    "kinship",
+    "merge",
+    "search",
+    "card",
+    "push",
+    "demo",
+    "hub",
+]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

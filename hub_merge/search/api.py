@@ -54,6 +54,7 @@ class SearchConfig:
     keep_models: int = 4
     allow_pickle: bool = False
     endpoint: str | None = None  # Hub URL (default: HF_ENDPOINT / the public Hub)
+    cache_dir: str | None = None  # Hub download cache (default: huggingface_hub's)
     token: str | None = field(default=None, repr=False)  # never stored in the run folder
 
     def settings(self) -> GreedySettings:
@@ -133,6 +134,7 @@ def greedy_search(config: SearchConfig) -> SearchResult:
         "allow_pickle": config.allow_pickle,
         "endpoint": config.endpoint,
         "token": config.token,
+        "cache_dir": config.cache_dir,
     }
     base = hub.pull(config.base, **hub_kw)
     if base.kind != "full":

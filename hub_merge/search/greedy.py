@@ -248,6 +248,9 @@ class GreedySearch:
         self.merged_pairs: set[frozenset[str]] = set()
         self.evaluations = 0
         self.kinship_computed = 0
+        # Distinct candidates scored so far in this search, cached or not: generation records
+        # count these, so a resumed run (all cache hits) writes the same records as the first.
+        self._scored: set[str] = set()
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -265,6 +268,7 @@ class GreedySearch:
             scores = self.backend.evaluate(cand)
             self.evaluations += 1
             self.scores.put(key, scores)
+        self._scored.add(key)
         node.scores = scores
         node.fitness = self._fitness(scores)
 
@@ -343,7 +347,7 @@ class GreedySearch:
         for i, (a, b) in enumerate(pairs, start=1):
             self.merged_pairs.add(frozenset((a, b)))
             children.append(self._child(a, b, generation, i))
-        before = self.evaluations
+        before = len(self._scored)
         bar = tqdm(
             children,
             desc=f"generation {generation}",
@@ -369,7 +373,7 @@ class GreedySearch:
             best_id=best.id,
             top=top,
             top_kinship=self.top_kinship(top),
-            evaluations=self.evaluations - before,
+            evaluations=len(self._scored) - before,
             children=[c.id for c in children],
             note=note,
         )
@@ -419,7 +423,7 @@ class GreedySearch:
                     best_fitness=self.tree.nodes[top[0]].fitness,
                     best_id=top[0],
                     top=top,
-                    evaluations=self.evaluations,
+                    evaluations=len(self._scored),
                     note="experts",
                 )
             )

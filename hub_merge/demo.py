@@ -1,0 +1,292 @@
+"""``hub-merge demo``: the whole product, end to end, on an embedded local Hub.
+
+A user who has never merged a model runs one command and sees every step a real merge takes:
+a Hub holding a base model and its experts (each its own repo with its own card), discovery
+through the Hub's model tree, pull, kinship, the kinship-guided greedy search, the model card,
+the push, and the merged model pulled back from the Hub and generating.
+
+Everything lives in one folder (default ``./hub-merge-demo``): the local Hub's data (``hub/``),
+the download cache (``hf-cache/``), the search run (``run/``) and ``kinship.png``. A second run
+reuses all of it: the zoo is cached, the Hub keeps its commits, the search resumes its finished
+run without re-evaluating, and the push of unchanged files makes no new commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import hub
+from .card import base_models
+from .errors import SearchStateError
+from .kinship import KinshipResult, kinship_matrix
+from .localhub import LocalHub
+from .publish import PublishResult, publish
+from .search import SearchConfig, SearchResult, greedy_search
+from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+
+ZOO_USER = "hub-merge-zoo"  # owner of the seeded experts (zoo.REPO_OWNER)
+DEMO_USER = "demo"  # the user who merges and publishes
+
+
+@dataclass
+class DemoConfig:
+    """Settings of the demo; the defaults are what ``hub-merge demo`` runs.
+
+    ``quick`` uses the tiny zoo (seconds; too small for merging to help) instead of SmolLM2-135M
+    with four LoRA experts (minutes on a laptop CPU; merging beats every expert).
+    """
+
+    quick: bool = False
+    out: Path = Path("hub-merge-demo")
+    repo_id: str | None = None  # default: demo/<zoo>-merged
+    k: int = 3
+    generations: int | None = None  # default: 2
+    limit: int | None = None  # examples per task; default 16 (quick) or 32
+    device: str = "auto"
+    progress: bool = True
+    zoo_cache: Path | None = None  # parent of zoo/<name>; default $HUB_MERGE_CACHE or ~/.cache
+
+
+@dataclass
+class DemoResult:
+    """What the demo did, for printing or for a test to check."""
+
+    out: Path
+    endpoint: str
+    zoo: str
+    base: str
+    discovered: list[hub.Candidate]
+    experts: dict[str, str]  # task -> repo id
+    kinship: KinshipResult
+    search: SearchResult
+    published: PublishResult
+    generated: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # task -> in/want/got
+    listed_as_merge: bool = False  # the Hub's model tree lists the push under its parents
+    resumed: bool = False
+    seconds: float = 0.0
+
+    def comparison(self) -> list[tuple[str, dict[str, float], float]]:
+        """(name, per-task answer loss, mean) for each expert and the winner, lower is better."""
+        rows = []
+        tree = self.search.tree
+        for node in [*tree.experts(), self.search.winner_node]:
+            mean = sum(node.scores.values()) / max(len(node.scores), 1)
+            label = f"winner {node.id}" if node.id == tree.winner else node.name
+            rows.append((label, dict(node.scores), mean))
+        return rows
+
+
+def _load_or_build_zoo(config: DemoConfig) -> Zoo:
+    build = build_tiny_zoo if config.quick else build_smol_zoo
+    return build(config.zoo_cache, progress=config.progress)
+
+
+def _pick_experts(zoo: Zoo, found: list[hub.Candidate]) -> dict[str, str]:
+    """One discovered candidate per task the zoo has a dev set for, adapters first, by task name.
+
+    The choice must not depend on listing order, or a second run would not resume the first.
+    """
+    by_repo = {repo: key for key, repo in zoo.repo_ids.items()}
+    chosen: dict[str, str] = {}
+    for kind in ("adapter", "expert"):
+        for cand in found:
+            key = by_repo.get(cand.id, "")
+            if key.startswith(f"{kind}/"):
+                task = key.split("/", 1)[1]
+                if task in zoo.tasks and task not in chosen:
+                    chosen[task] = cand.id
+    return dict(sorted(chosen.items()))
+
+
+def _generate(folder: Path, zoo: Zoo, tasks: list[str], device: str) -> dict[str, tuple]:
+    """Greedy answers of the pulled-back merge to the first dev example of each task."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import load_tasks
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else device
+    model.to("cpu" if dev == "auto" else dev)
+    out: dict[str, tuple[str, str, str]] = {}
+    for task in load_tasks([str(zoo.tasks[t]) for t in tasks], limit=1):
+        ex = task.examples[0]
+        ids = tok(ex.prompt, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            gen = model.generate(
+                **ids,
+                max_new_tokens=len(tok(ex.answer)["input_ids"]) + 2,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        out[task.name] = (ex.prompt, ex.answer, text.strip())
+    return out
+
+
+def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> DemoResult:
+    """Run the end-to-end demo; ``echo`` receives step headings and rich tables (default: rich).
+
+    Raises:
+        Any HubMergeError of the steps it runs (the message says which step and what to do).
+    """
+    if echo is None:
+        from rich.console import Console
+
+        echo = Console().print
+    if not config.progress:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        disable_progress_bars()  # downloads and uploads; the search and kinship obey `progress`
+        hf_logging.disable_progress_bar()
+    start = time.monotonic()
+    out = Path(config.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    zoo_token, user_token = f"hf_zoo_{secrets.token_hex(12)}", f"hf_demo_{secrets.token_hex(12)}"
+    tokens = {zoo_token: (ZOO_USER, "write"), user_token: (DEMO_USER, "write")}
+    cache_dir = out / "hf-cache"
+
+    echo("[bold]1. The model zoo[/bold] (built once, then cached)")
+    zoo = _load_or_build_zoo(config)
+    echo(
+        f"   {zoo.name}: base + {len(zoo.experts)} experts + {len(zoo.adapters)} adapters in {zoo.root}"
+    )
+
+    with LocalHub(out / "hub", tokens=tokens) as server:
+        endpoint = server.endpoint
+        echo(f"[bold]2. A local Hub[/bold] at {endpoint} (data in {out / 'hub'})")
+        seeded = upload_zoo(zoo, endpoint=endpoint, token=zoo_token, progress=config.progress)
+        base_repo = seeded.base
+        echo(
+            f"   {len(seeded.repo_ids)} repos of {ZOO_USER}, each with its own card "
+            f"({len(seeded.created)} uploaded now, {len(seeded.repo_ids) - len(seeded.created)} kept)"
+        )
+
+        echo(f"[bold]3. Discover[/bold] experts of {base_repo} through the Hub's model tree")
+        found = hub.discover(
+            base_repo, ("finetune", "adapter"), limit=50, endpoint=endpoint, token=user_token
+        )
+        experts = _pick_experts(zoo, found)
+        for cand in found:
+            mark = "->" if cand.id in experts.values() else "  "
+            echo(f"   {mark} {cand.id}  ({cand.relation}, license {cand.license})")
+        if len(experts) < 2:
+            raise SearchStateError(
+                f"The local Hub lists fewer than two usable experts of {base_repo}; delete "
+                f"{out / 'hub'} and run the demo again to re-seed it."
+            )
+
+        echo("[bold]4. Pull[/bold] what a merge needs, pinned to exact commits")
+        hub_kw = {"endpoint": endpoint, "token": user_token, "cache_dir": cache_dir}
+        base = hub.pull(base_repo, **hub_kw)
+        pulled = {task: hub.pull(repo, **hub_kw) for task, repo in experts.items()}
+        for p in pulled.values():
+            echo(f"   {p.repo_id}@{p.revision[:10]}  {p.kind}  -> {p.path}")
+
+        echo("[bold]5. Kinship[/bold]: how related are the experts? (one pass over the weights)")
+        kin = kinship_matrix(
+            {task: p.path for task, p in pulled.items()},
+            base.path,
+            device=config.device,
+            progress=config.progress,
+        )
+        echo(kin.table())
+        from .plots import plot_kinship
+
+        plot_kinship(kin, out / "kinship.png")
+
+        echo("[bold]6. Kinship-guided top-k greedy merging[/bold] on the experts' dev sets")
+        run_dir = out / "run"
+        resume = (run_dir / "state.json").is_file()
+        search_config = SearchConfig(
+            base=base_repo,
+            experts=list(experts.values()),
+            tasks=[str(zoo.tasks[t]) for t in experts],
+            out=str(run_dir),
+            k=config.k,
+            generations=config.generations or 2,
+            limit=config.limit or (16 if config.quick else 32),
+            device=config.device,
+            progress=config.progress,
+            resume=resume,
+            endpoint=endpoint,
+            token=user_token,
+            cache_dir=str(cache_dir),
+        )
+        try:
+            result = greedy_search(search_config)
+        except SearchStateError:
+            if not resume:
+                raise
+            # The folder holds a run of other settings (another zoo, a re-seeded Hub): it is the
+            # demo's own scratch, so start over rather than ask the user to clean up.
+            echo("   (the previous demo run used other settings; starting it over)")
+            shutil.rmtree(run_dir)
+            search_config.resume, resume = False, False
+            result = greedy_search(search_config)
+        echo(
+            f"   winner {result.winner} after {result.generations} generation(s) "
+            f"({result.stop_reason}); {result.evaluations} evaluations"
+            + (f", {result.cache_hits} reused from the earlier run" if resume else "")
+        )
+
+        echo("[bold]7. Card and push[/bold]: lineage, kinship, scores and recipe, one commit")
+        repo_id = config.repo_id or f"{DEMO_USER}/{zoo.name.split('-')[0]}-merged"
+        published = publish(run_dir, repo_id, endpoint=endpoint, token=user_token)
+        echo(f"   {published.url}")
+        # The Hub's model tree now lists the merge under the models its card names as parents.
+        parent = base_models(result.tree, result.winner)[0][0]
+        tree_list = hub.discover(parent, ("merge",), endpoint=endpoint, token=user_token)
+        listed = any(c.id == repo_id for c in tree_list)
+
+        echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub and generate")
+        back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **hub_kw)
+        generated = _generate(back.path, zoo, list(experts), config.device)
+
+    return DemoResult(
+        out=out,
+        endpoint=endpoint,
+        zoo=zoo.name,
+        base=base_repo,
+        discovered=found,
+        experts=experts,
+        kinship=kin,
+        search=result,
+        published=published,
+        generated=generated,
+        listed_as_merge=listed,
+        resumed=resume,
+        seconds=time.monotonic() - start,
+    )
+
+
+def summary_table(result: DemoResult) -> Any:
+    """A rich Table: answer-token loss per task of each expert and of the winner (lower is better)."""
+    from rich.table import Table
+
+    tasks = result.search.tree.tasks or sorted(result.experts)
+    table = Table(title="Answer-token loss on the dev sets (lower is better)")
+    table.add_column("model")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("mean", justify="right")
+    rows = result.comparison()
+    best = min(mean for _, _, mean in rows)
+    for label, scores, mean in rows:
+        style = "bold green" if mean == best else ""
+        cells = [f"{scores[t]:.3f}" if t in scores else "-" for t in tasks]
+        table.add_row(label, *cells, f"{mean:.3f}", style=style)
+    return table
