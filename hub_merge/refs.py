@@ -34,7 +34,9 @@ class ModelRef:
 
     def __post_init__(self) -> None:
         if (self.repo_id is None) == (self.path is None):
-            raise InvalidReferenceError("A model reference needs exactly one of a repo id or a path.")
+            raise InvalidReferenceError(
+                "A model reference needs exactly one of a repo id or a path."
+            )
         if self.path is not None and self.revision is not None:
             raise InvalidReferenceError(
                 f"A local folder has no revision: {self.path!r}@{self.revision!r}. "
@@ -50,7 +52,9 @@ class ModelRef:
             return cls(path=str(text.expanduser().resolve()))
         raw = str(text).strip()
         if not raw:
-            raise InvalidReferenceError("Empty model reference: give 'org/name[@revision]' or a folder.")
+            raise InvalidReferenceError(
+                "Empty model reference: give 'org/name[@revision]' or a folder."
+            )
         local = Path(raw).expanduser()
         if raw.startswith((".", "/", "~")) or local.is_dir():
             if not local.is_dir():
@@ -64,7 +68,12 @@ class ModelRef:
             raise InvalidReferenceError(
                 f"Missing revision after '@' in {raw!r}: write 'org/name@main' or drop the '@'."
             )
-        if not _REPO_ID.match(repo_id) or "--" in repo_id or ".." in repo_id or repo_id.endswith((".", "-")):
+        if (
+            not _REPO_ID.match(repo_id)
+            or "--" in repo_id
+            or ".." in repo_id
+            or repo_id.endswith((".", "-"))
+        ):
             raise InvalidReferenceError(
                 f"{repo_id!r} is not a Hub repo id nor an existing folder. Write 'org/name' "
                 "(letters, digits, '-', '_', '.'), optionally '@revision'."
