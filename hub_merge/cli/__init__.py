@@ -30,7 +30,17 @@ COMMANDS: list[str] = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _OrderedGroup(click.Group):
+    """List commands in pipeline order (COMMANDS), not alphabetically as click does."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(
+    cls=_OrderedGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="hub-merge")
 def cli() -> None:
     """Merge expert models from the Hugging Face Hub, guided by model kinship.

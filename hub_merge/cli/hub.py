@@ -11,7 +11,13 @@ from ..errors import ConfigError
 
 @click.group(name="hub")
 def command() -> None:
-    """A local, Hub-compatible server (for tests, the demo and offline work)."""
+    """A local, Hub-compatible server (for tests, the demo and offline work).
+
+    \b
+    Example:
+      hub-merge hub serve --data hub-data --port 8000 --token alice:hf_alice:write
+      HF_ENDPOINT=http://127.0.0.1:8000 HF_HUB_DISABLE_XET=1 hf download alice/model
+    """
 
 
 @command.command(name="serve")
