@@ -1,0 +1,225 @@
+"""The Space's non-UI logic: one user's session folder, task files, a cancellable search run.
+
+``app.py`` stays a thin Gradio layer over this module and the hub-merge Python API. Nothing here
+is global: every piece of a user's work (pulled models, task files, runs, plots) lives in that
+user's :class:`Session` folder, which Gradio hands back only to the browser tab that made it.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import ctypes
+import re
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub_merge.errors import ConfigError, TaskFileError
+
+# Seed of the built-in task examples: any fixed value works; fixed keeps runs reproducible.
+BUILTIN_SEED = 2024
+_ID_SPLIT = re.compile(r"[\s,]+")
+
+
+def parse_ids(text: str | None) -> list[str]:
+    """Model ids pasted one per line (or comma separated), in order, without repeats."""
+    out: list[str] = []
+    for part in _ID_SPLIT.split(text or ""):
+        if part and part not in out:
+            out.append(part)
+    return out
+
+
+def merge_ids(*groups: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for group in groups:
+        for ref in group or []:
+            if ref and ref not in out:
+                out.append(ref)
+    return out
+
+
+class SearchRun:
+    """``greedy_search`` in a worker thread, so the UI can poll it for live plots and cancel it.
+
+    The search runs in a copy of the caller's context so that Gradio's ``track_tqdm`` progress
+    (bound to the calling event through a context variable) follows the search's tqdm bars.
+    """
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        ctx = contextvars.copy_context()
+        self._thread = threading.Thread(target=ctx.run, args=(self._target,), daemon=True)
+
+    def _target(self) -> None:
+        from hub_merge.search import greedy_search
+
+        try:
+            self.result = greedy_search(self.config)
+        except KeyboardInterrupt:
+            self.cancelled = True  # greedy_search saved its state before re-raising
+        except BaseException as err:  # noqa: BLE001 - reported to the user by the UI thread
+            self.error = err
+
+    def start(self) -> SearchRun:
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds; True once the search has ended (any way)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def cancel(self) -> None:
+        """Stop the search the way Ctrl-C does: ``greedy_search`` saves its state and returns.
+
+        Python offers no other way to interrupt a thread from outside, and a search has no stop
+        hook; raising ``KeyboardInterrupt`` asynchronously in the worker uses the path the search
+        already documents and tests (it checkpoints the run folder, then re-raises).
+        """
+        ident = self._thread.ident
+        if ident is None or not self._thread.is_alive():
+            return
+        self.cancelled = True
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(
+            ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
+        )
+
+
+@dataclass
+class Session:
+    """One browser tab's work: a private temp folder, and what the steps found so far."""
+
+    root: Path
+    base: str | None = None
+    experts: list[str] = field(default_factory=list)
+    run_dir: Path | None = None
+    runs: int = 0
+    search: SearchRun | None = field(default=None, repr=False)
+
+    @classmethod
+    def create(cls, parent: str | Path | None = None) -> Session:
+        """A session in a fresh private folder under ``parent`` (default: the system temp dir)."""
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        return cls(root=Path(tempfile.mkdtemp(prefix="hub-merge-space-", dir=parent)))
+
+    @property
+    def cache_dir(self) -> Path:
+        """Hub download cache of this session only: a private model one user could pull must
+        never be served from disk to another user."""
+        return self.root / "hub-cache"
+
+    def new_run_dir(self) -> Path:
+        self.runs += 1
+        self.run_dir = self.root / f"run-{self.runs}"
+        return self.run_dir
+
+    def close(self) -> None:
+        """Stop a running search and delete the session's folder (the tab was closed)."""
+        if self.search is not None and self.search.running:
+            self.search.cancel()
+            self.search.wait(30)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def close_session(session: Session | None) -> None:
+    if isinstance(session, Session):
+        session.close()
+
+
+def task_files(
+    session: Session, builtin: list[str] | None, n_examples: int, uploads: list[Any] | None
+) -> list[str]:
+    """JSONL task files for a search: generated built-in tasks plus the user's uploads.
+
+    Uploads keep their file name, since the task name is the file stem.
+    """
+    from hub_merge.zoo import TASKS, make_examples
+
+    folder = session.root / f"tasks-{session.runs + 1}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    paths: list[str] = []
+    for task in builtin or []:
+        if task not in TASKS:
+            raise ConfigError(f"Unknown built-in task {task!r}; choose from {', '.join(TASKS)}.")
+        rows = make_examples(task, int(n_examples), seed=BUILTIN_SEED)
+        path = folder / f"{task}.jsonl"
+        path.write_text("".join(_json_line(r) for r in rows), encoding="utf-8")
+        paths.append(str(path))
+    for upload in uploads or []:
+        src = Path(upload if isinstance(upload, str) else getattr(upload, "name", upload))
+        if src.suffix.lower() != ".jsonl":
+            raise TaskFileError(
+                f"{src.name} is not a .jsonl file; upload JSONL with one "
+                '{"prompt": ..., "answer": ...} object per line.'
+            )
+        dst = folder / src.name
+        if dst.exists():
+            raise TaskFileError(f"Two tasks are named {src.stem!r}; rename one of the files.")
+        shutil.copyfile(src, dst)
+        paths.append(str(dst))
+    if not paths:
+        raise TaskFileError("Pick at least one built-in task or upload a JSONL task file.")
+    return paths
+
+
+def _json_line(row: dict[str, str]) -> str:
+    import json
+
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def live_fitness_plot(session: Session, run_dir: Path) -> str | None:
+    """Plot fitness by generation from the tree the search checkpoints after each generation."""
+    from hub_merge.lineage import FamilyTree
+    from hub_merge.search.plots import plot_fitness
+
+    tree_path = run_dir / "family_tree.json"
+    if not tree_path.is_file():
+        return None
+    try:
+        tree = FamilyTree.load(tree_path)
+        if not tree.generations:
+            return None
+        # a new name per generation, so the browser does not show a cached image
+        out = session.root / "live" / f"{run_dir.name}-gen{len(tree.generations)}.png"
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            plot_fitness(tree, out)
+        return str(out)
+    except (OSError, ValueError, KeyError):  # a checkpoint mid-write; the next poll gets it
+        return None
+
+
+def generation_table(run_dir: Path) -> list[list[Any]]:
+    """Rows of generation, best fitness, best node, top-k kinship (for a progress table)."""
+    from hub_merge.lineage import FamilyTree
+
+    tree_path = run_dir / "family_tree.json"
+    if not tree_path.is_file():
+        return []
+    try:
+        tree = FamilyTree.load(tree_path)
+    except (OSError, ValueError, KeyError):
+        return []
+    return [
+        [
+            g.generation,
+            round(g.best_fitness, 5) if g.best_fitness is not None else None,
+            g.best_id,
+            round(g.top_kinship, 4) if g.top_kinship is not None else None,
+        ]
+        for g in tree.generations
+    ]

@@ -1,0 +1,199 @@
+"""The Gradio Space driven through its API with gradio_client, against a local Hub with the tiny zoo.
+
+One flow as a user would do it: discover the base's family, measure kinship, run a short search,
+push the winner, then read the pushed repo back from the Hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+
+import pytest
+
+pytest.importorskip("gradio")
+pytest.importorskip("gradio_client")
+
+from gradio_client import Client  # noqa: E402
+from gradio_client.exceptions import AppError  # noqa: E402
+from huggingface_hub import HfApi  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+TASKS = ["reverse", "sort"]
+
+
+@pytest.fixture(scope="module")
+def client(space_app):
+    return Client(space_app.url, verbose=False)
+
+
+def _experts(space_app) -> list[str]:
+    return [space_app.repo_ids[f"expert/{t}"] for t in TASKS]
+
+
+def test_discover_kinship_search_push_and_read_back(space_app, client, tmp_path):
+    # 1. discovery through the model tree, anonymously (public repos)
+    table, chosen, note = client.predict(
+        space_app.base, ["finetune", "adapter"], 20, "", api_name="/discover"
+    )
+    found = {row[0]: row[1] for row in table["data"]}
+    for task in ("add", "reverse", "sort", "uppercase"):
+        assert found[space_app.repo_ids[f"expert/{task}"]] == "finetune"
+        assert found[space_app.repo_ids[f"adapter/{task}"]] == "adapter"
+    # the candidates list is refilled with every model found, all ticked
+    assert {c[0] for c in chosen["choices"]} == set(found) == set(chosen["value"])
+    assert "Found 8 model(s)" in note
+
+    # 2. kinship of two experts: a heatmap file and a symmetric table with 1 on the diagonal
+    experts = _experts(space_app)
+    heatmap, kin = client.predict(space_app.base, experts, "", "", api_name="/kinship")
+    assert heatmap.endswith(".png")
+    with open(heatmap, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    kin = kin.get("value", kin)  # the table comes as a component update (new headers)
+    assert kin["headers"] == ["model", *experts]
+    rows = {r[0]: r[1:] for r in kin["data"]}
+    assert list(rows) == experts
+    assert rows[experts[0]][0] == pytest.approx(1.0)
+    assert rows[experts[0]][1] == pytest.approx(rows[experts[1]][0])
+    assert -1.0 <= rows[experts[0]][1] < 1.0
+
+    # 3. a short search on two built-in tasks, one pasted id added to the picked one
+    status, gens, fitness, tree, card = client.predict(
+        space_app.base,
+        experts[:1],
+        experts[1],
+        TASKS,
+        8,
+        None,
+        2,
+        1,
+        "linear",
+        4,
+        "merged",
+        "",
+        "",
+        api_name="/search",
+    )
+    assert status.startswith("**Done**"), status
+    assert [g[0] for g in gens["data"]] == [0, 1]
+    assert fitness.endswith(".png") and tree.endswith(".png")
+    assert "merged" in card and "linear" in card.lower()
+
+    # 4. pushing without a token says how to get one, and pushes nothing
+    with pytest.raises(AppError, match="sign in|token"):
+        client.predict("merged", "", False, "", api_name="/push")
+
+    # 5. push as the demo user (a bare name gets the user's namespace), then read it back
+    message, url = client.predict("merged", "", False, space_app.token, api_name="/push")
+    repo = f"{space_app.user}/merged"
+    assert url.endswith(f"/{repo}") and repo in message
+    api = HfApi(endpoint=space_app.endpoint, token=space_app.token)
+    files = set(api.list_repo_files(repo))
+    assert {"README.md", "hub_merge.json", "config.json"} <= files
+    assert any(f.endswith(".safetensors") for f in files)
+    readme = api.hf_hub_download(repo, "README.md", local_dir=tmp_path)
+    text = open(readme, encoding="utf-8").read()
+    for expert in experts:
+        assert expert in text  # lineage names both parents
+    meta = json.loads(open(api.hf_hub_download(repo, "hub_merge.json", local_dir=tmp_path)).read())
+    assert meta  # the machine-readable lineage came along
+
+
+def test_errors_reach_the_user_as_messages(space_app, client):
+    with pytest.raises(AppError, match="at least two"):
+        client.predict(space_app.base, [], "", "", api_name="/kinship")
+    with pytest.raises(AppError, match="base model"):
+        client.predict("", ["finetune"], 5, "", api_name="/discover")
+    # a typed hub-merge error (no such repo) arrives as its own message
+    with pytest.raises(AppError, match="nobody/nothing|not found|does not exist"):
+        client.predict("nobody/nothing", [], "a/b\nc/d", "", api_name="/kinship")
+    with pytest.raises(AppError, match="Run a search first"):
+        Client(space_app.url, verbose=False).predict("x", "", False, "t", api_name="/push")
+
+
+def test_sessions_are_isolated(space_app):
+    """A second visitor sees neither the first one's run nor can push it."""
+    first, second = Client(space_app.url, verbose=False), Client(space_app.url, verbose=False)
+    first.predict(space_app.base, ["finetune"], 5, "", api_name="/discover")
+    with pytest.raises(AppError, match="Run a search first"):
+        second.predict("stolen", "", False, space_app.token, api_name="/push")
+
+
+def test_token_helpers_never_fall_back_to_the_server_token(space_app, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_server_owner_secret_token")
+    assert space_app.app.user_token("", None) is False
+    assert space_app.app.user_token("  hf_typed  ", None) == "hf_typed"
+    import gradio as gr
+
+    signed_in = gr.OAuthToken(token="hf_oauth_user", scope="write-repos", expires_at=0)
+    assert space_app.app.user_token("", signed_in) == "hf_oauth_user"
+
+
+def test_cancel_stops_a_running_search(space_app):
+    """Cancel ends the search early (its state saved), so there is no finished winner to push."""
+    import time
+
+    client = Client(space_app.url, verbose=False)
+    experts = [space_app.repo_ids[f"expert/{t}"] for t in ("add", "reverse", "sort", "uppercase")]
+    job = client.submit(
+        space_app.base,
+        [],
+        "\n".join(experts),
+        ["reverse", "sort", "add", "uppercase"],
+        64,
+        None,
+        3,
+        5,
+        "slerp",
+        64,
+        "",
+        "",
+        "",
+        api_name="/search",
+    )
+    deadline = time.monotonic() + 60
+    answer = "Nothing is running."
+    while answer == "Nothing is running." and time.monotonic() < deadline:
+        time.sleep(0.5)
+        answer = client.predict(api_name="/cancel")
+    assert answer.startswith("Cancelling"), "the search never started"
+    with contextlib.suppress(Exception):  # a cancelled job may end with an error of its own
+        job.result(timeout=60)
+    message = ""
+    while time.monotonic() < deadline + 60:
+        with pytest.raises(AppError) as err:
+            client.predict("cancelled", "", False, space_app.token, api_name="/push")
+        message = str(err.value)
+        if "still running" not in message:
+            break
+        time.sleep(0.5)
+    # stopped before a winner was written: nothing finished to publish
+    assert re.search(r"Run a search first|original experts|not written as a model", message), (
+        message
+    )
+    # and the search saved its state as interrupted (resumable), as Ctrl-C does
+    states = [json.loads(p.read_text()) for p in space_app.sessions.glob("*/run-*/state.json")]
+    assert "interrupted" in {s.get("status") for s in states}
+
+
+def test_space_front_matter_matches_the_app():
+    """The Space's README declares the installed Gradio, OAuth with repo-writing scopes, and
+    the project's license, so the Hub builds the Space the tests ran."""
+    from pathlib import Path
+
+    import gradio
+    from huggingface_hub import SpaceCard
+
+    from tests.fixtures.space import SPACES
+
+    data = SpaceCard.load(SPACES / "README.md").data.to_dict()
+    assert data["sdk"] == "gradio" and data["sdk_version"] == gradio.__version__
+    assert (SPACES / data["app_file"]).is_file()
+    assert data["hf_oauth"] is True
+    assert {"write-repos", "manage-repos"} <= set(data["hf_oauth_scopes"])
+    assert data["license"] == "lgpl-3.0"
+    assert len(data["short_description"]) <= 60  # the Hub's limit
+    assert "-e .[space]" in Path(SPACES / "requirements.txt").read_text()
