@@ -17,6 +17,23 @@ import time
 from pathlib import Path
 
 
+def _summarise(row: dict, evaluator) -> dict:
+    """Add mean loss and fitness to a result row (idempotent), for the table and the JSON."""
+    row["mean_loss"] = sum(row["scores"].values()) / len(row["scores"])
+    row["fitness"] = evaluator.fitness(row["scores"])
+    return row
+
+
+def _progress(row: dict, evaluator) -> None:
+    """One line per finished strategy, so a long CPU run shows partial results as it goes."""
+    _summarise(row, evaluator)
+    print(
+        f"done: {row['strategy']}: mean loss {row['mean_loss']:.4f}, "
+        f"{row['evaluations']} evaluations, {row['seconds']:.1f} s",
+        flush=True,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -73,6 +90,7 @@ def main() -> None:
             "seconds": time.perf_counter() - t0,
         }
     )
+    _progress(rows[-1], evaluator)
     for method, params in (("linear", {"weight": 1.0}), ("ties", {"weight": 1.0, "density": 0.5})):
         t0 = time.perf_counter()
         merged = session.merge(method, list(handles.values()), params, seed=0)
@@ -84,6 +102,7 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0,
             }
         )
+        _progress(rows[-1], evaluator)
         del merged
     del handles, session
     if torch.cuda.is_available():
@@ -119,22 +138,28 @@ def main() -> None:
                 "top_kinship": [g.top_kinship for g in result.tree.generations],
             }
         )
+        _progress(rows[-1], evaluator)
 
     for row in rows:
-        row["mean_loss"] = sum(row["scores"].values()) / len(row["scores"])
-        row["fitness"] = evaluator.fitness(row["scores"])
+        _summarise(row, evaluator)
     width = max(len(r["strategy"]) for r in rows)
+    best_loss = rows[0]["mean_loss"]
     print(
-        f"zoo={args.zoo} tasks={names} limit={args.limit} k={args.k} generations<={args.generations}"
+        f"zoo={args.zoo} tasks={names} limit={args.limit} k={args.k} "
+        f"generations<={args.generations} device={evaluator.device}"
     )
     print(
-        f"{'strategy':<{width}}  {'mean loss':>9}  "
+        "scores: answer-token loss per task, lower is better; 'vs best' = mean loss / best expert's"
+    )
+    print(
+        f"{'strategy':<{width}}  {'mean loss':>9}  {'vs best':>7}  "
         + "  ".join(f"{n:>10}" for n in names)
         + "  evals   time s"
     )
     for r in rows:
+        r["vs_best_expert"] = r["mean_loss"] / best_loss
         print(
-            f"{r['strategy']:<{width}}  {r['mean_loss']:>9.4f}  "
+            f"{r['strategy']:<{width}}  {r['mean_loss']:>9.4f}  {r['vs_best_expert']:>7.3f}  "
             + "  ".join(f"{r['scores'][n]:>10.4f}" for n in names)
             + f"  {r['evaluations']:>5}  {r['seconds']:>7.1f}"
         )

@@ -15,4 +15,10 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-pytest_plugins: list[str] = ["tests.fixtures.merge", "tests.fixtures.zoo", "tests.fixtures.hubio", "tests.fixtures.localhub", "tests.fixtures.space"]
+pytest_plugins: list[str] = [
+    "tests.fixtures.merge",
+    "tests.fixtures.zoo",
+    "tests.fixtures.hubio",
+    "tests.fixtures.localhub",
+    "tests.fixtures.space",
+]

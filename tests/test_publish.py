@@ -78,7 +78,9 @@ def test_push_round_trip_reads_back_identical_files_and_loads_by_repo_id(hub_run
         p.relative_to(result.folder).as_posix() for p in result.folder.rglob("*") if p.is_file()
     )
     remote = api.list_repo_files("alice/merged", revision=sha)
-    assert sorted(f for f in remote if f != ".gitattributes") == local  # the Hub adds .gitattributes
+    assert (
+        sorted(f for f in remote if f != ".gitattributes") == local
+    )  # the Hub adds .gitattributes
     for name in ("model.safetensors", "README.md", "hub_merge.json", "config.json"):
         remote = hf_hub_download(
             "alice/merged",
