@@ -279,11 +279,11 @@ def summary_table(result: DemoResult) -> Any:
 
     tasks = result.search.tree.tasks or sorted(result.experts)
     table = Table(title="Answer-token loss on the dev sets (lower is better)")
-    table.add_column("model")
+    rows = result.comparison()
+    table.add_column("model", no_wrap=True, min_width=max(len(label) for label, _, _ in rows))
     for task in tasks:
         table.add_column(task, justify="right")
     table.add_column("mean", justify="right")
-    rows = result.comparison()
     best = min(mean for _, _, mean in rows)
     for label, scores, mean in rows:
         style = "bold green" if mean == best else ""
