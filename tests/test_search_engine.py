@@ -258,3 +258,42 @@ def test_ctrl_c_saves_state_and_resume_finishes_without_rescoring(
     assert main([*args, "--resume", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["cache_hits"] == 4 and data["evaluations"] == data["nodes"] - 1 - 4
+
+
+def test_batched_kinship_equals_pairwise_and_takes_fewer_passes(tiny_zoo, monkeypatch):
+    """The exploration step's kinships share passes over the weights but give the same values."""
+    import hub_merge.kinship as kinship_module
+    from hub_merge.merge import MergeSession
+    from hub_merge.search.backend import EngineBackend
+    from hub_merge.search.greedy import Candidate
+
+    names = ["add", "reverse", "sort", "uppercase"]
+    folders = {n: tiny_zoo.experts[n] for n in names}
+    tasks = load_tasks([str(tiny_zoo.tasks["add"])], limit=2)
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    backend = EngineBackend(session, Evaluator(tasks, tok), folders, keep_models=2)
+    original = {n: Candidate(n, {"model": n}) for n in names}
+    merged = [
+        Candidate(
+            f"m{i}",
+            {
+                "method": "linear",
+                "parameters": {"weight": 0.5},
+                "base": "@base",
+                "models": [{"model": a}, {"model": b}],
+            },
+        )  # fmt: skip
+        for i, (a, b) in enumerate([("add", "reverse"), ("sort", "uppercase"), ("add", "sort")])
+    ]
+    anchor, others = original["add"], [original["reverse"], original["sort"], *merged]
+
+    passes = []
+    real = kinship_module.kinship_matrix
+    monkeypatch.setattr(
+        kinship_module, "kinship_matrix", lambda *a, **k: passes.append(1) or real(*a, **k)
+    )
+    batched = backend.kinship_many(anchor, others)
+    assert len(passes) < len(others)  # keep_models=2: one merged node per pass, originals free
+    pairwise = [backend.kinship(anchor, other) for other in others]
+    assert batched == pytest.approx(pairwise, rel=1e-9, abs=1e-12)

@@ -124,6 +124,36 @@ class EngineBackend:
         )
         return float(result.pair(0, 1))
 
+    def kinship_many(self, anchor: Candidate, others: list[Candidate]) -> list[float]:
+        """The anchor's kinship to each of ``others``, several per pass over the weights.
+
+        Originals (on disk, adapters factored) cost no memory and all join the first pass;
+        merged nodes are held in memory while measured, so at most ``keep_models - 1`` of them
+        share a pass, keeping peak memory near the LRU's.
+        """
+        from ..kinship import kinship_matrix
+
+        on_disk = [c for c in others if "model" in c.recipe]
+        in_memory = [c for c in others if "model" not in c.recipe]
+        per_pass = max(1, self.keep_models - 1)
+        passes = [on_disk + in_memory[:per_pass]]
+        passes += [in_memory[i : i + per_pass] for i in range(per_pass, len(in_memory), per_pass)]
+        values: dict[str, float] = {}
+        for group in passes:
+            if not group:
+                continue
+            result = kinship_matrix(
+                [self._kinship_input(anchor.recipe)]
+                + [self._kinship_input(c.recipe) for c in group],
+                self.session.base.state,
+                self.kinship_metric,
+                names=[anchor.id] + [c.id for c in group],
+                device=self.session.device,
+            )
+            for i, c in enumerate(group, start=1):
+                values[c.id] = float(result.pair(0, i))
+        return [values[c.id] for c in others]
+
     # -- output ------------------------------------------------------------------------------
 
     def materialize(self, recipe: dict[str, Any], out: str | Path) -> Path:

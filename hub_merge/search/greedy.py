@@ -110,6 +110,9 @@ class SearchBackend(Protocol):
         """Kinship of two candidates' task vectors relative to the common base."""
         ...
 
+    # Optional: ``kinship_many(anchor, others) -> list[float]``, the anchor's kinship to each of
+    # ``others`` in fewer passes over the weights; used when present (see ``_kinship_row``).
+
 
 # --- settings and result ----------------------------------------------------------------------
 
@@ -272,6 +275,28 @@ class GreedySearch:
         node.scores = scores
         node.fitness = self._fitness(scores)
 
+    def _kinship_row(self, anchor: str, others: Sequence[str]) -> None:
+        """Measure the anchor's kinship to several nodes at once, when the backend can.
+
+        Each kinship is a pass over every weight of both models; a backend with ``kinship_many``
+        shares one pass between many pairs (the one-pass matrix), so the exploration step costs
+        about one pass instead of one per pool member. Values land in the same cache that
+        :meth:`kinship` reads, so the search's decisions do not depend on which path ran.
+        """
+        many = getattr(self.backend, "kinship_many", None)
+        ha = recipe_hash(self.recipes[anchor])
+        todo = [
+            m
+            for m in others
+            if m != anchor and self.kin.get(ha, recipe_hash(self.recipes[m])) is None
+        ]
+        if many is None or len(todo) < 2:
+            return
+        values = many(self._candidate(anchor), [self._candidate(m) for m in todo])
+        for m, value in zip(todo, values, strict=True):
+            self.kin.put(ha, recipe_hash(self.recipes[m]), float(value))
+            self.kinship_computed += 1
+
     def kinship(self, a: str, b: str) -> float:
         ha, hb = recipe_hash(self.recipes[a]), recipe_hash(self.recipes[b])
         value = self.kin.get(ha, hb)
@@ -301,6 +326,8 @@ class GreedySearch:
         pairs = list(itertools.combinations(top, 2))
         if not pairs:
             return None
+        for i, a in enumerate(top[:-1]):
+            self._kinship_row(a, top[i + 1 :])
         values = [self.kinship(a, b) for a, b in pairs]
         return sum(values) / len(values)
 
@@ -472,6 +499,7 @@ class GreedySearch:
                 if s.kinship_guided:
                     best = record.top[0]
                     others = [m for m in snapshot if m != best]
+                    self._kinship_row(best, others)
                     far = min(
                         others,
                         key=lambda m: (self._closeness(self.kinship(best, m)), snapshot.index(m)),
