@@ -297,3 +297,17 @@ def test_batched_kinship_equals_pairwise_and_takes_fewer_passes(tiny_zoo, monkey
     assert len(passes) < len(others)  # keep_models=2: one merged node per pass, originals free
     pairwise = [backend.kinship(anchor, other) for other in others]
     assert batched == pytest.approx(pairwise, rel=1e-9, abs=1e-12)
+
+
+def test_state_cache_fits_free_memory(tiny_zoo):
+    from types import SimpleNamespace
+
+    from hub_merge.merge import MergeSession
+    from hub_merge.search.api import auto_keep_models
+
+    tiny = MergeSession(tiny_zoo.base, device="cpu")  # well under 1 MB: the cap applies
+    assert auto_keep_models(tiny) == 16
+    huge = SimpleNamespace(  # a 4 TB state dict on the meta device: keep the minimum
+        device="cpu", base=SimpleNamespace(state={"w": torch.empty(10**12, device="meta")})
+    )
+    assert auto_keep_models(huge) == 2

@@ -51,7 +51,7 @@ class SearchConfig:
     resume: bool = False
     progress: bool = True
     materialize: list[str] = field(default_factory=lambda: ["winner"])  # node ids, or "winner"
-    keep_models: int = 4
+    keep_models: int | None = None  # merged state dicts kept in memory; None: fit to free memory
     allow_pickle: bool = False
     endpoint: str | None = None  # Hub URL (default: HF_ENDPOINT / the public Hub)
     cache_dir: str | None = None  # Hub download cache (default: huggingface_hub's)
@@ -167,7 +167,7 @@ def greedy_search(config: SearchConfig) -> SearchResult:
         evaluator,
         folders,
         kinship_metric=settings.kinship_metric,
-        keep_models=config.keep_models,
+        keep_models=config.keep_models or auto_keep_models(session),
     )
     search = GreedySearch(
         originals,
@@ -213,6 +213,40 @@ def greedy_search(config: SearchConfig) -> SearchResult:
             result.winner_path = str(out)
     run.save_state(winner_path=result.winner_path)
     return result
+
+
+def auto_keep_models(session: Any, share: float = 0.4, most: int = 16) -> int:
+    """How many merged state dicts to keep: about ``share`` of the free memory of the device.
+
+    A node dropped from the cache is rebuilt from its parents, recursively, when the search needs
+    it again (kinship with the best model, a child), so a cache far smaller than the pool makes
+    late generations re-merge whole ancestries. Keeping more costs only memory, so use what is
+    free: up to 16 SmolLM2-135M nodes (540 MB each) on a laptop, 2 for a 7B model on one GPU.
+    """
+    import torch
+
+    state = session.base.state
+    size = sum(t.numel() * t.element_size() for t in state.values()) or 1
+    device = torch.device(session.device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _available_ram()
+        if free is None:
+            return 4
+    return max(2, min(most, int(share * free / size)))
+
+
+def _available_ram() -> int | None:
+    """Linux's MemAvailable (free memory plus reclaimable page cache), in bytes, when known."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 def _plots(tree: Any, root: Path) -> None:
