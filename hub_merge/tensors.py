@@ -305,20 +305,35 @@ class LoraAdapterReader:
     def delta(
         self, base_name: str, base_tensor: torch.Tensor, *, dtype: torch.dtype = torch.float32
     ) -> torch.Tensor | None:
-        """Dense delta for one base tensor, or None when the adapter leaves it untouched."""
+        """Dense delta for one base tensor, or None when the adapter leaves it untouched.
+
+        A tensor can carry both a full replacement and LoRA factors: peft saves an embedding's
+        ``base_layer`` beside its factors (``save_embedding_layers``) and loads it over the base's,
+        so the effective weight is replacement + scale·B·A, and the delta is relative to that.
+        """
         factors = self.factors(base_name)
-        if factors is not None:
-            delta = factors.dense(dtype=dtype, device=base_tensor.device)
-            if tuple(delta.shape) != tuple(base_tensor.shape):
+        replacement = self.override(base_name)
+        if factors is None and replacement is None:
+            return None
+        delta: torch.Tensor | None = None
+        if replacement is not None:
+            if tuple(replacement.shape) != tuple(base_tensor.shape):
                 raise IncompatibleModelsError(
-                    f"Adapter {self.folder} changes {base_name!r} with shape {tuple(delta.shape)} "
+                    f"Adapter {self.folder} replaces {base_name!r} with shape "
+                    f"{tuple(replacement.shape)} but the base tensor has shape "
+                    f"{tuple(base_tensor.shape)} (a resized vocabulary?): merge it with the base "
+                    "it was trained on."
+                )
+            delta = replacement.to(device=base_tensor.device, dtype=dtype) - base_tensor.to(dtype)
+        if factors is not None:
+            low = factors.dense(dtype=dtype, device=base_tensor.device)
+            if tuple(low.shape) != tuple(base_tensor.shape):
+                raise IncompatibleModelsError(
+                    f"Adapter {self.folder} changes {base_name!r} with shape {tuple(low.shape)} "
                     f"but the base tensor has shape {tuple(base_tensor.shape)}: it was trained on another base."
                 )
-            return delta
-        replacement = self.override(base_name)
-        if replacement is not None:
-            return replacement.to(device=base_tensor.device, dtype=dtype) - base_tensor.to(dtype)
-        return None
+            delta = low if delta is None else delta + low
+        return delta
 
 
 def is_adapter_folder(folder: str | Path) -> bool:

@@ -57,3 +57,37 @@ def test_error_inside_with_removes_everything(tmp_path):
             w.write("b", torch.ones(100))
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_adapter_delta_includes_a_saved_embedding_beside_its_factors(tmp_path):
+    """peft loads a saved embedding ``base_layer`` over the base's, then adds B·A on top."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForCausalLM
+
+    from hub_merge.tensors import LoraAdapterReader
+    from tests.fixtures.hubio import tiny_llama
+
+    base_dir = tiny_llama(tmp_path / "base")
+    torch.manual_seed(0)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"], init_lora_weights=False
+    )
+    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(base_dir), cfg)
+    peft_model.save_pretrained(tmp_path / "adapter", save_embedding_layers=True)
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("embed_tokens.base_layer.weight"))
+    state[key] = state[key] + 0.5 * torch.randn_like(state[key])  # e.g. trained new-token rows
+    save_file(state, weights)
+
+    name = "model.embed_tokens.weight"
+    base = LlamaForCausalLM.from_pretrained(base_dir)
+    base_tensor = base.state_dict()[name].clone()
+    expected = PeftModel.from_pretrained(base, tmp_path / "adapter").merge_and_unload().state_dict()
+    delta = LoraAdapterReader(tmp_path / "adapter").delta(name, base_tensor)
+    torch.testing.assert_close(base_tensor + delta, expected[name], rtol=1e-5, atol=1e-5)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    q_base = LlamaForCausalLM.from_pretrained(base_dir).state_dict()[q]
+    q_delta = LoraAdapterReader(tmp_path / "adapter").delta(q, q_base)
+    torch.testing.assert_close(q_base + q_delta, expected[q], rtol=1e-5, atol=1e-5)
