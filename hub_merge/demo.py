@@ -115,11 +115,11 @@ def _generate(folder: Path, zoo: Zoo, tasks: list[str], device: str) -> dict[str
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .evaluate import load_tasks
+    from .tensors import resolve_device
 
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else device
-    model.to("cpu" if dev == "auto" else dev)
+    model.to(resolve_device(device))
     out: dict[str, tuple[str, str, str]] = {}
     for task in load_tasks([str(zoo.tasks[t]) for t in tasks], limit=1):
         ex = task.examples[0]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .errors import KinshipError
-from .tensors import CheckpointReader, LoraAdapterReader, is_adapter_folder
+from .tensors import CheckpointReader, LoraAdapterReader, is_adapter_folder, resolve_device
 
 __all__ = [
     "GROUPS",
@@ -561,12 +561,6 @@ def _selector(pattern: str):
 # --- the one pass -----------------------------------------------------------------------------
 
 
-def _device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def _tensor_stats(
     terms: list[_Term],
     read_base: Callable[[int, int], torch.Tensor],
@@ -691,7 +685,7 @@ def kinship_matrix(
     for s in sources:
         s.check(base_info)
 
-    dev = _device(device)
+    dev = resolve_device(device)
     size = len(sources)
     total = KinshipStats.zeros(size)
     by_group: dict[str, KinshipStats] = {}

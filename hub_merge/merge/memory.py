@@ -23,18 +23,12 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, IncompatibleModelsError
+from ..tensors import resolve_device
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
 
 StateDict = dict[str, torch.Tensor]
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 @dataclass
