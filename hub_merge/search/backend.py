@@ -113,16 +113,7 @@ class EngineBackend:
         return self.evaluator.score(model)
 
     def kinship(self, a: Candidate, b: Candidate) -> float:
-        from ..kinship import kinship_matrix
-
-        result = kinship_matrix(
-            [self._kinship_input(a.recipe), self._kinship_input(b.recipe)],
-            self.session.base.state,
-            self.kinship_metric,
-            names=[a.id, b.id],
-            device=self.session.device,
-        )
-        return float(result.pair(0, 1))
+        return self.kinship_many(a, [b])[0]
 
     def kinship_many(self, anchor: Candidate, others: list[Candidate]) -> list[float]:
         """The anchor's kinship to each of ``others``, several per pass over the weights.
