@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from . import __version__, card_rules
+from .atomic import atomic_path, atomic_write
 from .errors import CardValidationError, ConfigError, LicenseConflictError
 from .lineage import FamilyTree, LineageNode
 
@@ -771,9 +772,7 @@ def default_out_dir(run_dir: Path, tree: FamilyTree, node_id: str) -> Path:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def _kinship_png(tree: FamilyTree, path: Path) -> bool:
@@ -849,8 +848,8 @@ def write_card(
         out.mkdir(parents=True, exist_ok=True)
         for name, src in sources.items():
             if src.resolve() != (out / name).resolve():
-                shutil.copyfile(src, out / (name + ".tmp"))
-                os.replace(out / (name + ".tmp"), out / name)
+                with atomic_path(out / name) as tmp:
+                    shutil.copyfile(src, tmp)
     _write_text(out / "hub_merge.json", text + "\n")
     _write_text(out / "README.md", str(card))
     choice = resolve_license(tree, node.id, license)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,9 +214,9 @@ class ScoreCache:
     def save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)  # atomic: an interrupt never leaves half a cache
+        from .atomic import atomic_write_json
+
+        atomic_write_json(self.path, self.entries)  # an interrupt never leaves half a cache
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -7,12 +7,12 @@ temporary file first and renamed into place, so a failed plot never leaves a hal
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .atomic import atomic_path
 
 if TYPE_CHECKING:
     from .kinship import KinshipResult
@@ -30,17 +30,8 @@ def short_name(name: str, limit: int = 24) -> str:
 
 
 def _save_atomically(fig, path: Path, dpi: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=path.suffix or ".png", dir=path.parent
-    )
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=(path.suffix.lstrip(".") or "png"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plot_kinship(

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..errors import SearchStateError
 from ..evaluate import ScoreCache
 from ..lineage import FamilyTree
@@ -38,9 +38,7 @@ def fingerprint(settings: dict[str, Any]) -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 @dataclass
