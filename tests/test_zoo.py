@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from hub_merge import zoo as zoo_mod
 from hub_merge.errors import ConfigError
 from hub_merge.zoo import Zoo, build_smol_zoo, build_tiny_zoo, load_zoo
+from hub_merge.zoo import tiny as zoo_tiny
 
 TINY_TASKS = ["add", "reverse", "sort", "uppercase"]
 
@@ -154,7 +155,7 @@ def test_cache_is_reused_without_rebuilding(tiny_zoo: Zoo, monkeypatch) -> None:
     def no_build(*args, **kwargs):
         raise AssertionError("the cached zoo was rebuilt")
 
-    monkeypatch.setattr(zoo_mod, "_build_tiny", no_build)
+    monkeypatch.setattr(zoo_tiny, "_build_tiny", no_build)
     again = build_tiny_zoo(tiny_zoo.root.parent.parent)
     assert again == tiny_zoo
     assert manifest.stat().st_mtime_ns == before
