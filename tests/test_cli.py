@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from hub_merge.cli import COMMANDS, cli, main
 
-EXPECTED = ["pull", "discover", "kinship", "merge", "search", "card", "push", "demo", "hub"]
+EXPECTED = ["pull", "discover", "kinship", "merge", "search", "card", "push", "demo", "hub", "extension"]
 
 
 def test_help_lists_every_command_in_pipeline_order():

@@ -180,8 +180,9 @@ def test_cancel_stops_a_running_search(space_app):
 
 
 def test_space_front_matter_matches_the_app():
-    """The Space's README declares the installed Gradio, OAuth with repo-writing scopes, and
-    the project's license, so the Hub builds the Space the tests ran."""
+    """The Space's README declares the installed Gradio, OAuth with the least scopes its
+    features use (never manage-repos), and the project's license; requirements pin the released
+    package at this version, so the Hub builds the Space the tests ran."""
     from pathlib import Path
 
     import gradio
@@ -193,7 +194,14 @@ def test_space_front_matter_matches_the_app():
     assert data["sdk"] == "gradio" and data["sdk_version"] == gradio.__version__
     assert (SPACES / data["app_file"]).is_file()
     assert data["hf_oauth"] is True
-    assert {"write-repos", "manage-repos"} <= set(data["hf_oauth_scopes"])
+    assert set(data["hf_oauth_scopes"]) == {"read-repos", "write-repos", "contribute-repos"}
     assert data["license"] == "lgpl-3.0"
     assert len(data["short_description"]) <= 60  # the Hub's limit
-    assert "-e .[space]" in Path(SPACES / "requirements.txt").read_text()
+    import hub_merge
+
+    lines = [
+        line.strip()
+        for line in Path(SPACES / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == [f"hub-merge[space]=={hub_merge.__version__}"]

@@ -27,6 +27,7 @@ COMMANDS: list[str] = [
     "push",
     "demo",
     "hub",
+    "extension",
 ]
 
 
@@ -63,10 +64,10 @@ def _register() -> None:
 _register()
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, prog_name: str = "hub-merge") -> int:
     """Run the CLI; typed errors become one line on stderr and the error's exit code."""
     try:
-        rv = cli.main(args=argv, prog_name="hub-merge", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except HubMergeError as err:
         if os.environ.get("HUB_MERGE_DEBUG"):
             raise
@@ -82,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("Interrupted.", err=True)
         return 130
     return rv if isinstance(rv, int) else 0
+
+
+def hf_main() -> int:
+    """The `hf-merge` console script: the same commands, run by the hf CLI as `hf merge ...`."""
+    return main(prog_name="hf merge")
 
 
 if __name__ == "__main__":  # pragma: no cover
