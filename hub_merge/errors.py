@@ -72,6 +72,10 @@ class KinshipError(HubMergeError, ValueError):
     exit_code = 3
 
 
+class LoraBiasError(IncompatibleModelsError, KinshipError):
+    """A ``lora_bias=True`` adapter shifts biases the base does not have (merge and kinship)."""
+
+
 # --- evaluation and search --------------------------------------------------------------------
 
 

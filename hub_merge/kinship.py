@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import KinshipError
+from .layers import layer_index
 from .tensors import CheckpointReader, LoraAdapterReader, is_adapter_folder, resolve_device
 
 __all__ = [
@@ -66,7 +67,6 @@ GROUPS: dict[str, re.Pattern[str]] = {
     "mlp": re.compile(r"\.(mlp|feed_forward|ffn|block_sparse_moe|experts)\."),
     "norm": re.compile(r"(norm|ln_\w*|layernorm)[^.]*\.(weight|bias)$"),
 }
-_LAYER = re.compile(r"\.(?:layers|h|blocks|layer)\.(\d+)\.")
 # Tensors whose dim 0 is the vocabulary: the paper truncates these to the base's vocabulary.
 _VOCAB_TENSOR = re.compile(
     r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|lm_head|embed_out)\.weight$"
@@ -84,12 +84,6 @@ def tensor_group(name: str) -> str:
         if pattern.search(name):
             return group
     return "other"
-
-
-def layer_index(name: str) -> int | None:
-    """The transformer block a tensor belongs to, or None for embeddings, final norm, head."""
-    match = _LAYER.search(name)
-    return int(match.group(1)) if match else None
 
 
 # --- accumulated sums and metrics -------------------------------------------------------------
@@ -442,6 +436,7 @@ class AdapterSource(KinshipSource):
                 f"{base.base_id!r}: its delta is relative to another model. Compare it against its "
                 "own base (or pass check_base_id=False if the two ids name the same weights)."
             )
+        self.reader.check_biases(base.all_names, base.store.label)
         for n in sorted(self._names):
             if n not in base.all_names:
                 raise KinshipError(
@@ -460,6 +455,10 @@ class AdapterSource(KinshipSource):
         if name not in self._names:
             return None
         rows = base.shape(name)[0] if base.shape(name) else None
+        bias = self.reader.bias_delta(name)
+        if bias is not None:  # lora_bias=True: the bias shifts by scale * lora_B.bias
+            full = base.store.get(name).to(torch.float64) + bias.to(torch.float64)
+            return _Dense(lambda start, stop: full[start:stop])
         factors = self.reader.factors(name)
         override = self.reader.override(name)
         if override is not None:

@@ -12,14 +12,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from .errors import IncompatibleModelsError, UnsafeWeightsError, UnsupportedRepoError
+from .errors import (
+    IncompatibleModelsError,
+    LoraBiasError,
+    UnsafeWeightsError,
+    UnsupportedRepoError,
+)
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
@@ -230,6 +235,7 @@ class LoraAdapterReader:
         self._reader = CheckpointReader(self.folder, weights_file=ADAPTER_WEIGHTS)
         self._factors: dict[str, tuple[str, str, float, bool]] = {}
         self._overrides: dict[str, str] = {}
+        self._biases: dict[str, tuple[str, float]] = {}  # lora_bias=True: bias delta keys
         self._index()
 
     @property
@@ -271,8 +277,14 @@ class LoraAdapterReader:
                     self._factors[f"{module}.weight"] = (key, key_b, self._scale(module), transpose)
                     break
             else:
+                if name.endswith(".lora_B.bias"):
+                    # lora_bias=True: peft's lora_B is a Linear with a bias, so the adapter also
+                    # shifts the base layer's bias by scale * lora_B.bias (peft's merge does so).
+                    module = name[: -len(".lora_B.bias")]
+                    self._biases[f"{module}.bias"] = (key, self._scale(module))
+                    continue
                 if ".lora_" in name:
-                    continue  # B halves are handled with their A; biases of LoRA are not supported
+                    continue  # B halves are handled with their A
                 # modules_to_save: a full replacement tensor for the base tensor of that name.
                 # ".base_layer." is the base weight peft saves beside LoRA'd embeddings
                 # (save_embedding_layers, e.g. after resizing the vocabulary): also a replacement.
@@ -286,8 +298,37 @@ class LoraAdapterReader:
 
     @property
     def names(self) -> list[str]:
-        """Base tensor names this adapter changes."""
-        return sorted(set(self._factors) | set(self._overrides))
+        """Base tensor names this adapter changes (LoRA bias deltas included)."""
+        return sorted(set(self._factors) | set(self._overrides) | set(self._biases))
+
+    @property
+    def bias_names(self) -> list[str]:
+        """Base bias tensors a ``lora_bias=True`` adapter shifts (``module.bias``)."""
+        return sorted(self._biases)
+
+    def check_biases(self, base_names: Iterable[str], base_label: str) -> None:
+        """Refuse a ``lora_bias=True`` adapter whose target layers have no bias in the base.
+
+        Its bias delta would have nowhere to go, and dropping it gives a wrong model (peft refuses
+        to merge such an adapter too), so it is an error, raised before anything is computed.
+        """
+        have = set(base_names)
+        missing = [n for n in self._biases if n not in have]
+        if missing:
+            raise LoraBiasError(
+                f"Adapter {self.folder} was trained with lora_bias=True, but the base {base_label} "
+                f"has no bias for {len(missing)} of its layers (e.g. {missing[0]!r}), so its bias "
+                "delta cannot be applied. Merge it into a base whose layers have biases, or "
+                "retrain it with lora_bias=False."
+            )
+
+    def bias_delta(self, base_name: str) -> torch.Tensor | None:
+        """``scale * lora_B.bias`` for a ``lora_bias=True`` adapter's bias tensor, else None."""
+        entry = self._biases.get(base_name)
+        if entry is None:
+            return None
+        key, scale = entry
+        return self._reader.get(key).to(torch.float32) * scale
 
     def factors(self, base_name: str) -> LoraFactors | None:
         entry = self._factors.get(base_name)
@@ -311,6 +352,15 @@ class LoraAdapterReader:
         ``base_layer`` beside its factors (``save_embedding_layers``) and loads it over the base's,
         so the effective weight is replacement + scale·B·A, and the delta is relative to that.
         """
+        bias = self.bias_delta(base_name)
+        if bias is not None:
+            if tuple(bias.shape) != tuple(base_tensor.shape):
+                raise IncompatibleModelsError(
+                    f"Adapter {self.folder} shifts {base_name!r} with shape {tuple(bias.shape)} "
+                    f"but the base tensor has shape {tuple(base_tensor.shape)}: it was trained on "
+                    "another base."
+                )
+            return bias.to(device=base_tensor.device, dtype=dtype)
         factors = self.factors(base_name)
         replacement = self.override(base_name)
         if factors is None and replacement is None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..errors import ConfigError, IncompatibleModelsError
+from ..errors import ConfigError, IncompatibleModelsError, LoraBiasError
 from ..tensors import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraAdapterReader
 
 ADAPTER_METHODS = ("linear", "task_arithmetic")
@@ -82,6 +82,12 @@ def merge_adapters(
     for name in modules:
         As, Bs = [], []
         for reader, c in zip(readers, coeffs, strict=True):
+            if name in reader.bias_names:
+                raise LoraBiasError(
+                    f"Adapter {reader.folder} was trained with lora_bias=True; merging adapters "
+                    "into one adapter keeps LoRA factors only. Merge it into the full model "
+                    "instead (merge_to_folder with the base), where its bias delta is applied."
+                )
             if name in reader.names and reader.factors(name) is None:
                 raise IncompatibleModelsError(
                     f"{reader.folder}: {name!r} is a full replacement (modules_to_save), not LoRA."

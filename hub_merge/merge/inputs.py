@@ -97,6 +97,7 @@ class AdapterSource:
 
     def _check_base(self) -> None:
         # Shapes of every adapted tensor against the base, before anything is merged or written.
+        self.adapter.check_biases(self.base.names, self.base.label)
         for name in self.adapter.names:
             if name not in self.base.names:
                 raise IncompatibleModelsError(

@@ -14,7 +14,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, IncompatibleModelsError
+from ..layers import num_layers
 from ..tensors import resolve_device
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
@@ -94,15 +94,7 @@ class MergeSession:
         return ModelHandle(label=label, source=StateDictSource(state, label), state=state)
 
     def _num_layers(self) -> int | None:
-        if self.base_path is not None and (self.base_path / "config.json").is_file():
-            cfg = json.loads((self.base_path / "config.json").read_text())
-            n = cfg.get("num_hidden_layers") or cfg.get("n_layer")
-            if n:
-                return int(n)
-        from .methods import _LAYER
-
-        found = [int(m.group(1)) for n in self.names if (m := _LAYER.search(n))]
-        return max(found) + 1 if found else None
+        return num_layers(self.names, config=self.base_path)
 
     def load(
         self, model: str | Path | Mapping[str, torch.Tensor], *, label: str | None = None

@@ -10,7 +10,6 @@ and (3) calls ``merge_tensors`` with a deterministic per-tensor seed for random 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +20,8 @@ from mergekit.config import ConditionalParameter, evaluate_setting
 from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 
 from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
+from ..layers import layer_position
 from .recipe import Condition
-
-_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
 def available_methods() -> list[str]:
@@ -103,11 +101,12 @@ def validate_parameters(
 
 
 def layer_t(name: str, num_layers: int | None) -> float:
-    """Position of a tensor's layer in [0, 1], as mergekit computes gradients; 0 outside layers."""
-    match = _LAYER.search(name)
-    if match is None or not num_layers:
-        return 0.0
-    return int(match.group(1)) / (num_layers - 1) if num_layers > 1 else 1.0
+    """Position of a tensor's layer in [0, 1], as mergekit computes gradients; 0 outside layers.
+
+    The block index comes from the one shared parser (:mod:`hub_merge.layers`), so ``h.N``
+    (GPT-2 style) names get their gradient value as ``model.layers.N`` names do.
+    """
+    return layer_position(name, num_layers)
 
 
 def _as_mergekit_setting(value: Any) -> Any:

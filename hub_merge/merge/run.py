@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, IncompatibleModelsError, MergeError
+from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
 from .inputs import CheckpointSource, TensorSource, open_source
 from .memory import resolve_device
@@ -165,9 +166,9 @@ def merge_to_folder(
         for n in names
     }
     config_dir = Path(recipe.base) if recipe.base is not None else Path(recipe.models[0].model)
-    num_layers = _num_layers(config_dir)
+    n_layers = num_layers(names, config=config_dir)
     op = TensorMerge(
-        method, recipe.parameters, [e.parameters for e in recipe.models], num_layers, recipe.seed
+        method, recipe.parameters, [e.parameters for e in recipe.models], n_layers, recipe.seed
     )
     meta = {"hub_merge_recipe": recipe.canonical_json()}
 
@@ -226,15 +227,6 @@ def _abort(bg: _BackgroundWriter | None, writer: ShardedWriter) -> None:
         except BaseException:  # noqa: BLE001 - the original error matters more
             pass
     writer.abort()
-
-
-def _num_layers(folder: Path) -> int | None:
-    path = folder / "config.json"
-    if path.is_file():
-        cfg = json.loads(path.read_text())
-        n = cfg.get("num_hidden_layers") or cfg.get("n_layer")
-        return int(n) if n else None
-    return None
 
 
 def write_state_dict(
