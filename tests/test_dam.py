@@ -1,0 +1,231 @@
+"""DAM (Differentiable Adaptive Merging) on the tiny zoo: init = uniform average, training lowers
+the KL, the materialised model is the trained module, resume is exact, bad input is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hub_merge.dam import (
+    CHECKPOINT_FILE,
+    COEFFICIENTS_FILE,
+    DamModel,
+    DamSettings,
+    DamTrainer,
+    load_dam,
+    materialise,
+    read_coefficients,
+    train_dam,
+)
+from hub_merge.errors import ConfigError, IncompatibleModelsError, TaskFileError
+from hub_merge.evaluate import Example, load_task
+from hub_merge.merge import MergeSession
+
+FAST = {"batch_size": 4, "max_rows": 16, "max_length": 32}
+
+
+def _load(folder):
+    out = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def _inputs(n: int = 6, width: int = 12):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 250, (n, width), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -4:] = 0  # one padded row
+    return ids, mask
+
+
+def _prompts(zoo, names):
+    return {n: load_task(zoo.train[n]).examples for n in names}
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_zoo):
+    names = sorted(tiny_zoo.adapters)
+    return {n: tiny_zoo.adapters[n] for n in names}
+
+
+@pytest.mark.parametrize("kind", ["adapters", "experts"])
+def test_untrained_dam_is_the_uniform_average(tiny_zoo, kind, tmp_path):
+    experts = getattr(tiny_zoo, kind)
+    names = sorted(experts)
+    dam = DamModel([experts[n] for n in names], base=tiny_zoo.base, names=names, device="cpu")
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    linear = session.merge(
+        "linear",
+        [str(experts[n]) for n in names],
+        model_parameters=[{"weight": 1.0}] * len(names),
+        base=None,
+    )
+    written = _load(dam.save_pretrained(tmp_path / "dam"))
+    assert set(written) == set(linear)
+    diff = max(float((written[n].float() - linear[n].float()).abs().max()) for n in linear)
+    assert diff <= 1e-6
+    # the module itself (functional_call) runs as that average
+    ids, mask = _inputs()
+    with torch.no_grad():
+        ours = dam.logits(ids, mask)
+        ref = session.to_model(linear)(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+
+
+def test_lora_experts_are_held_factored_over_one_base(tiny_zoo, adapters):
+    dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu")
+    assert dam.params, "the adapters differ, so something must be merged"
+    for p in dam.params.values():
+        assert p.kind == "linear" and p.trainable
+        assert all(d is None for d in p.dense)  # no dense copy per expert
+        assert all(lora is not None and lora.left.shape[1] == 8 for lora in p.lora)
+        assert dam.coefficients[p.name].shape == (4, p.base.shape[1])  # one per input column
+
+
+def test_select_expert_runs_the_expert_itself(tiny_zoo):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    names = ["add", "sort"]
+    ids, mask = _inputs()
+    full = DamModel([tiny_zoo.experts[n] for n in names], names=names, device="cpu")
+    lora = DamModel(
+        [tiny_zoo.adapters[n] for n in names], base=tiny_zoo.base, names=names, device="cpu"
+    )
+    for k, name in enumerate(names):
+        expert = AutoModelForCausalLM.from_pretrained(tiny_zoo.experts[name]).eval()
+        base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base)
+        adapter = PeftModel.from_pretrained(base, tiny_zoo.adapters[name]).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(
+                full.logits(ids, mask, select=k),
+                expert(input_ids=ids, attention_mask=mask).logits,
+                rtol=0,
+                atol=1e-5,
+            )
+            torch.testing.assert_close(
+                lora.logits(ids, mask, select=k),
+                adapter(input_ids=ids, attention_mask=mask).logits,
+                rtol=1e-5,  # peft computes x·W + (x·A)·B, we x·(W + B·A): rounding differs
+                atol=1e-5,
+            )
+
+
+def test_a_few_steps_lower_the_loss_and_train_only_coefficients(tiny_zoo, adapters):
+    dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu")
+    frozen = {n: p.detach().clone() for n, p in dam.model.named_parameters()}
+    trainer = DamTrainer(dam, _prompts(tiny_zoo, adapters), DamSettings(steps=5, **FAST))
+    before = trainer.loss()
+    trainer.fit(progress=False)
+    after = trainer.loss()
+    assert len(trainer.history) == 5
+    assert after < 0.8 * before, (before, after)
+    for n, p in dam.model.named_parameters():
+        assert torch.equal(p, frozen[n]), f"{n} changed: only coefficients may train"
+    moved = [float((c.detach() - 0.25).abs().max()) for c in dam.coefficients.values()]
+    assert max(moved) > 1e-3
+
+
+def test_materialised_model_reproduces_the_trained_module(tiny_zoo, adapters, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    settings = DamSettings(steps=4, lr=5e-2, **FAST)
+    result = train_dam(
+        adapters,
+        _prompts(tiny_zoo, adapters),
+        tmp_path / "run",
+        base=tiny_zoo.base,
+        settings=settings,
+        device="cpu",
+        progress=False,
+    )
+    assert result.coefficients == tmp_path / "run" / COEFFICIENTS_FILE
+    assert result.steps == 4 and len(result.history) == 4
+    tensors, meta = read_coefficients(result.coefficients)
+    assert any(float((t - 0.25).abs().max()) > 1e-3 for t in tensors.values())
+    dam = load_dam(adapters, result.coefficients, base=tiny_zoo.base, device="cpu")
+    out = materialise(
+        adapters, result.coefficients, tmp_path / "merged", base=tiny_zoo.base, device="cpu"
+    )
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids, mask = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(input_ids=ids, attention_mask=mask).logits,
+            dam.logits(ids, mask),
+            rtol=0,
+            atol=1e-5,
+        )
+        # and it is not the uniform average any more
+        uniform = DamModel(
+            list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu"
+        ).logits(ids, mask)
+        assert float((dam.logits(ids, mask) - uniform).abs().max()) > 1e-3
+
+
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(
+    tiny_zoo, adapters, tmp_path
+):
+    prompts = _prompts(tiny_zoo, adapters)
+    go = dict(base=tiny_zoo.base, device="cpu", progress=False)
+    once = train_dam(
+        adapters,
+        prompts,
+        tmp_path / "once",
+        settings=DamSettings(steps=4, checkpoint_every=1, **FAST),
+        **go,
+    )
+    train_dam(
+        adapters,
+        prompts,
+        tmp_path / "twice",
+        settings=DamSettings(steps=2, checkpoint_every=1, **FAST),
+        **go,
+    )
+    assert (tmp_path / "twice" / CHECKPOINT_FILE).is_file()
+    resumed = train_dam(
+        adapters,
+        prompts,
+        tmp_path / "twice",
+        settings=DamSettings(steps=4, checkpoint_every=1, **FAST),
+        **go,
+    )
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert resumed.history == pytest.approx(once.history)
+    a, _ = read_coefficients(once.coefficients)
+    b, _ = read_coefficients(resumed.coefficients)
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=0, atol=1e-7)
+    # another setting refuses the checkpoint instead of mixing two trainings
+    from hub_merge.errors import SearchStateError
+
+    with pytest.raises(SearchStateError, match="other settings"):
+        train_dam(
+            adapters,
+            prompts,
+            tmp_path / "twice",
+            settings=DamSettings(steps=5, lr=1e-3, **FAST),
+            **go,
+        )
+
+
+def test_bad_input_is_refused_before_training(tiny_zoo, tiny_models, adapters, tmp_path):
+    prompts = _prompts(tiny_zoo, adapters)
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        DamSettings(steps=0)
+    empty = dict(prompts, sort=[])
+    with pytest.raises(TaskFileError, match="no prompts for expert 'sort'"):
+        train_dam(adapters, empty, tmp_path / "a", base=tiny_zoo.base, device="cpu")
+    missing = {k: v for k, v in prompts.items() if k != "add"}
+    with pytest.raises(ConfigError, match="'add' matches no task"):
+        train_dam(adapters, missing, tmp_path / "b", base=tiny_zoo.base, device="cpu")
+    rows = {"x": [Example("p", "a")], "y": [Example("p", "a")]}
+    vocab = {"x": tiny_models.experts[0], "y": tiny_models.other_vocab}
+    with pytest.raises(IncompatibleModelsError, match="vocab|embed"):
+        train_dam(vocab, rows, tmp_path / "c", base=tiny_models.base, device="cpu")
+    arch = {"x": tiny_models.adapters[0], "y": tiny_models.other_base_adapter}
+    with pytest.raises(IncompatibleModelsError, match="another base"):
+        train_dam(arch, rows, tmp_path / "d", base=tiny_models.base, device="cpu")
+    assert not any((tmp_path / d).exists() for d in "abcd")
