@@ -53,3 +53,7 @@ def default_greedy_recipe(parent_a: str, parent_b: str) -> MergeRecipe:
 from .adapter_out import AdapterMergeResult, merge_adapters  # noqa: E402
 
 __all__ += ["AdapterMergeResult", "merge_adapters"]
+
+from .adapter_mix import FACTOR_METHOD, FactorMix, factor_recipe  # noqa: E402
+
+__all__ += ["FACTOR_METHOD", "FactorMix", "factor_recipe"]

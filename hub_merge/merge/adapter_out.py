@@ -137,17 +137,33 @@ def merge_adapters(
         alpha_pattern={},
         target_modules=sorted({n.removesuffix(".weight").rsplit(".", 1)[-1] for n in tensors}),
     )
+    out = write_adapter_folder(files, config, out)
+    err = math.sqrt(total_err / total_norm) if total_norm else 0.0
+    return AdapterMergeResult(path=out, rank=out_rank, relative_error=err)
+
+
+def write_adapter_folder(
+    files: dict[str, torch.Tensor],
+    config: dict,
+    out: str | Path,
+    *,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write a peft adapter folder atomically: a temporary sibling renamed into place.
+
+    The one writer of adapter outputs (merged adapters, swarm adapters): a failure leaves
+    nothing behind, and an existing ``out`` is refused before anything is written.
+    """
     out = Path(out)
     if out.exists():
         raise ConfigError(f"{out} already exists; choose another output folder.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        save_file(files, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt"})
+        save_file(files, tmp / ADAPTER_WEIGHTS, metadata={"format": "pt", **(metadata or {})})
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    err = math.sqrt(total_err / total_norm) if total_norm else 0.0
-    return AdapterMergeResult(path=out, rank=out_rank, relative_error=err)
+    return out

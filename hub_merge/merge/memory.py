@@ -24,6 +24,7 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError
 from ..layers import num_layers
 from ..tensors import resolve_device
+from .adapter_mix import factor_weights, is_factor_recipe, open_factor_recipe
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
@@ -83,6 +84,7 @@ class MergeSession:
         self.names = list(self.base.state)
         self.num_layers = self._num_layers()
         self._model = None
+        self._factor_mixes: dict[tuple[str, ...], Any] = {}
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -193,6 +195,8 @@ class MergeSession:
     ) -> StateDict:
         """Run a recipe in memory; ``models`` maps recipe model strings to loaded handles/dicts."""
         models = dict(models or {})
+        if is_factor_recipe(recipe):
+            return self.merge_factors(recipe)
 
         def get(ref: str) -> ModelLike:
             return models.get(ref, ref)
@@ -209,6 +213,22 @@ class MergeSession:
             model_parameters=[e.parameters for e in recipe.models],
             seed=recipe.seed,
         )
+
+    def merge_factors(
+        self, recipe: MergeRecipe, folders: Mapping[str, str | Path] | None = None
+    ) -> StateDict:
+        """A ``lora_factor_sum`` recipe as a state dict: ``W_base + (Σ w B_j)(Σ w A_j)``.
+
+        The adapters' factors are loaded once per set of adapters and kept on the device, so a
+        search scoring many mixes reads them once.
+        """
+        key = tuple(str((folders or {}).get(e.model, e.model)) for e in recipe.models)
+        mix = self._factor_mixes.get(key)
+        if mix is None:
+            mix, _ = open_factor_recipe(recipe, folders, device=self.device)
+            mix.check_base({n: t.shape for n, t in self.base.state.items()})
+            self._factor_mixes = {key: mix}  # one adapter set at a time (a search has one)
+        return mix.apply(self.base.state, factor_weights(recipe))
 
     # --- models ------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError, MergeError
 from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
+from .adapter_mix import is_factor_recipe, write_factor_recipe
 from .inputs import CheckpointSource, TensorSource, open_source
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
@@ -138,6 +139,8 @@ def merge_to_folder(
         UnknownMethodError, ConfigError, IncompatibleModelsError: before anything is written.
         MergeError: the write failed (e.g. a full disk); nothing was left behind.
     """
+    if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise: the output is an adapter
+        return write_factor_recipe(recipe, out, overwrite=overwrite)
     dev = resolve_device(device)
     method = get_method(recipe.method)
     if needs_base(method) and recipe.base is None:
