@@ -170,6 +170,9 @@ class TensorMerge:
     model_params: Sequence[Mapping[str, Any]]
     num_layers: int | None = None
     seed: int | None = None
+    # mergekit's `dtype`: float32 by default; None computes in the inputs' dtype (as mergekit
+    # does when its config names none), so a bf16 config gives mergekit's bf16 tensors.
+    compute_dtype: torch.dtype | None = torch.float32
 
     def __call__(
         self,
@@ -179,7 +182,7 @@ class TensorMerge:
         *,
         out_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Merge one tensor in float32 with mergekit; ``base`` joins only if the method uses it."""
+        """Merge one tensor with mergekit (in ``compute_dtype``); ``base`` joins only if used."""
         shared, per_model = resolve(
             self.method, name, layer_t(name, self.num_layers), self.global_params, self.model_params
         )
@@ -214,6 +217,6 @@ class TensorMerge:
             ids=ids,
             base_index=base_index,
             name=name,
-            dtype=torch.float32,
+            dtype=self.compute_dtype,
             out_dtype=out_dtype,
         )

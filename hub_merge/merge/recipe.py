@@ -46,6 +46,8 @@ class Condition(BaseModel):
 Setting = ScalarOrGradient | list[Condition]
 
 DTYPES = ("float32", "float16", "bfloat16")
+# "input": compute in the inputs' own dtype, as mergekit does when its config names no `dtype`.
+COMPUTE_DTYPES = (*DTYPES, "input")
 
 
 class ModelEntry(BaseModel):
@@ -72,6 +74,10 @@ class MergeRecipe(BaseModel):
     parameters: dict[str, Setting] = Field(default_factory=dict)
     dtype: str | None = Field(default=None, description="Output dtype; default: the inputs' dtype.")
     seed: int | None = Field(default=None, description="Seed for random methods (DARE, DELLA).")
+    compute_dtype: str | None = Field(
+        default=None,
+        description="Arithmetic dtype (mergekit's `dtype`); default float32; `input`: the inputs'.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -86,6 +92,13 @@ class MergeRecipe(BaseModel):
     def _known_dtype(cls, value: str | None) -> str | None:
         if value is not None and value not in DTYPES:
             raise ValueError(f"dtype {value!r} is not one of {', '.join(DTYPES)}")
+        return value
+
+    @field_validator("compute_dtype")
+    @classmethod
+    def _known_compute_dtype(cls, value: str | None) -> str | None:
+        if value is not None and value not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype {value!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         return value
 
     # --- YAML / JSON ------------------------------------------------------------------------
@@ -107,12 +120,17 @@ class MergeRecipe(BaseModel):
 
     @classmethod
     def from_dict(cls, data: Any) -> MergeRecipe:
+        """A recipe from hub-merge's own mapping or from a mergekit config as written."""
+        from .mergekit_config import from_mergekit, is_mergekit_config
+
         if not isinstance(data, dict):
             raise ConfigError("A recipe must be a mapping with at least `method` and `models`.")
+        if is_mergekit_config(data):
+            data = from_mergekit(data)
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(f"Invalid merge recipe: {err}") from err
+            raise ConfigError(one_line_error(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
@@ -122,6 +140,14 @@ class MergeRecipe(BaseModel):
 
     def canonical_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def compute_torch_dtype(self) -> Any:
+        """The arithmetic dtype for ``merge_tensors`` (None: the inputs' own, mergekit-style)."""
+        import torch
+
+        if self.compute_dtype == "input":
+            return None
+        return getattr(torch, self.compute_dtype or "float32")
 
     def recipe_hash(self) -> str:
         """Stable sha256 of the canonical JSON: equal recipes, equal hash (cache key)."""
@@ -153,7 +179,8 @@ class MergeRecipe(BaseModel):
         config["models"] = models
         if self.parameters:
             config["parameters"] = _settings_json(self.parameters)
-        config["dtype"] = "float32"
+        if self.compute_dtype != "input":
+            config["dtype"] = self.compute_dtype or "float32"
         out_dtype = self.dtype or input_dtype
         if out_dtype:
             config["out_dtype"] = out_dtype
@@ -161,6 +188,25 @@ class MergeRecipe(BaseModel):
         if self.seed is not None:
             lines = f"# run with: mergekit-yaml --random-seed {self.seed} ...\n" + lines
         return lines
+
+
+def one_line_error(err: ValidationError) -> str:
+    """pydantic's report as one line naming each field and what to do (never its raw text)."""
+    parts = []
+    for e in err.errors(include_url=False):
+        where = ""
+        for loc in e["loc"]:
+            where += f"[{loc}]" if isinstance(loc, int) else (f".{loc}" if where else str(loc))
+        msg = str(e["msg"]).removeprefix("Value error, ")
+        if e["type"] == "missing":
+            msg = "is required"
+        elif e["type"] == "extra_forbidden":
+            msg = (
+                "is not a recipe field (fields: method, base, models, parameters, dtype, "
+                "compute_dtype, seed)"
+            )
+        parts.append(f"`{where or 'recipe'}` {msg}")
+    return "Invalid merge recipe: " + "; ".join(parts) + "."
 
 
 def _settings_json(settings: dict[str, Setting]) -> dict[str, Any]:

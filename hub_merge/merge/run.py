@@ -171,7 +171,12 @@ def merge_to_folder(
     config_dir = Path(recipe.base) if recipe.base is not None else Path(recipe.models[0].model)
     n_layers = num_layers(names, config=config_dir)
     op = TensorMerge(
-        method, recipe.parameters, [e.parameters for e in recipe.models], n_layers, recipe.seed
+        method,
+        recipe.parameters,
+        [e.parameters for e in recipe.models],
+        n_layers,
+        recipe.seed,
+        compute_dtype=recipe.compute_torch_dtype(),
     )
     meta = {"hub_merge_recipe": recipe.canonical_json()}
 
