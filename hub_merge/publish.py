@@ -84,7 +84,7 @@ def publish(
     """Write the node's card into its folder, have the Hub validate it, and push the folder.
 
     Args:
-        run_dir: a search's run folder.
+        run_dir: a search's run folder, or a ``hub-merge moe`` output folder.
         repo_id: ``namespace/name`` to publish to; created when missing (``private`` if asked).
         node_id: default: the winner.
         license: required when the parents' licenses conflict or are unknown.
@@ -101,6 +101,18 @@ def publish(
     >>> publish("run", "me/merged").url  # doctest: +SKIP
     'https://huggingface.co/me/merged/commit/9c1e...'
     """
+    from .moe.card import is_moe_folder, publish_moe
+
+    if is_moe_folder(run_dir):  # a `hub-merge moe` output: its own card, no search run
+        return publish_moe(
+            run_dir,
+            repo_id,
+            private=private,
+            create_pr=create_pr,
+            commit_message=commit_message,
+            endpoint=endpoint,
+            token=token,
+        )
     node, folder = node_folder(run_dir, node_id)
     card = write_card(run_dir, folder, node_id=node, license=license, repo_id=repo_id)
     validate_card_on_hub(card.readme.read_text(encoding="utf-8"), endpoint=endpoint, token=token)

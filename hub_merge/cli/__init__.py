@@ -23,6 +23,8 @@ COMMANDS: list[str] = [
     "kinship",
     "merge",
     "search",
+    "moe",
+    "moa",
     "card",
     "push",
     "demo",

@@ -40,7 +40,7 @@ def command(
     endpoint: str | None,
     token: str | None,
 ) -> None:
-    """Publish a search run's merged model to the Hub with its card and lineage.
+    """Publish a search run's merged model (or a `hub-merge moe` folder) with its card.
 
     Writes README.md (lineage, kinship, scores, recipe) and hub_merge.json into the model
     folder, has the Hub validate the card, then uploads weights, config, tokenizer, card and
