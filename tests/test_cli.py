@@ -7,7 +7,20 @@ from click.testing import CliRunner
 
 from hub_merge.cli import COMMANDS, cli, main
 
-EXPECTED = ["pull", "discover", "kinship", "merge", "search", "card", "push", "demo", "hub", "extension"]
+EXPECTED = [
+    "pull",
+    "discover",
+    "kinship",
+    "merge",
+    "search",
+    "moe",
+    "moa",
+    "card",
+    "push",
+    "demo",
+    "hub",
+    "extension",
+]
 
 
 def test_help_lists_every_command_in_pipeline_order():
