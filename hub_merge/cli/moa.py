@@ -91,10 +91,9 @@ def command(
     )
     data = report.to_json()
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(out)
+        from ..atomic import atomic_write_json
+
+        atomic_write_json(out, data, indent=2)
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -15,6 +15,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..atomic import atomic_write
 from ..errors import LicenseConflictError
 from .router import PromptSet
 from .routing import measure_routing, plot_routing
@@ -229,9 +230,7 @@ def publish_moe(
     text = str(card)
     validate_card_on_hub(text, endpoint=endpoint, token=token)
     readme = folder / "README.md"
-    tmp = readme.with_name("README.md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(readme)
+    atomic_write(readme, text)
     result = push(
         folder,
         repo_id,
