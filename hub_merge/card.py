@@ -228,25 +228,22 @@ def merge_steps(tree: FamilyTree, node_id: str) -> list[str]:
 
 
 def base_models(tree: FamilyTree, node_id: str) -> tuple[list[str], list[str]]:
-    """``base_model`` ids for the card, and the adapter repos replaced by their base.
+    """``base_model`` ids for the card (the merged Hub repos), and which of them are adapters.
 
-    The Hub's model tree links model repos; a LoRA adapter's weights only exist on top of its
-    base, and listing adapter repos as merge parents (as mergekit does) puts the merge under the
-    adapter in the tree. So an adapter expert contributes its base model's id; the adapter repos
-    are named in the ``hub_merge`` block (``adapters``) and the body. Local folders have
-    no Hub id and are left out (they appear in the lineage).
+    The merged repos are the merge's parents on the Hub's model tree, LoRA adapters included:
+    an adapter repo's page then lists the merge among its children (the Hub's
+    ``base_model:merge:<adapter>`` filter finds it), and a merge of adapters names two or more
+    models, as the Hub expects of ``base_model_relation: merge``. The base the adapters share is
+    not a parent; it is recorded in the ``hub_merge`` block (``base``) and the body. Local
+    folders have no Hub id and are left out (they appear in the lineage).
     """
     ids: list[str] = []
     adapters: list[str] = []
-    base = tree.nodes.get(tree.base) if tree.base else None
     for node in tree.originals(node_id):
-        repo = node.repo_id
-        if node.is_adapter:
-            if node.repo_id:
-                adapters.append(node.repo_id)
-            repo = base.repo_id if base is not None else None
-        if repo and repo not in ids:
-            ids.append(repo)
+        if node.is_adapter and node.repo_id:
+            adapters.append(node.repo_id)
+        if node.repo_id and node.repo_id not in ids:
+            ids.append(node.repo_id)
     return ids, adapters
 
 
@@ -443,6 +440,10 @@ def _hub_merge_block(tree: FamilyTree, node: LineageNode, adapters: list[str]) -
     }
     if adapters:
         block["adapters"] = adapters
+    base = tree.nodes.get(tree.base) if tree.base else None
+    if base is not None:
+        fields = {"id": base.repo_id, "revision": base.revision, "path": base.path}
+        block["base"] = {k: v for k, v in fields.items() if v is not None}
     return block
 
 

@@ -189,8 +189,9 @@ def test_card_parses_back_with_every_field(tmp_path):
     card = ModelCard.load(path)
     data = card.data
 
-    # the Hub's model tree: the original Hub models, adapters replaced by their base, in order
-    assert data.base_model == ["zoo/tiny-add", "zoo/tiny-base"]
+    # the Hub's model tree: the merged Hub repos, the LoRA adapter itself included, in order;
+    # the base they share is not a parent (it is in the hub_merge block)
+    assert data.base_model == ["zoo/tiny-add", "zoo/tiny-lora-reverse"]
     assert data.base_model_relation == "merge"
     assert data.library_name == "transformers"
     assert data.license == "apache-2.0"
@@ -217,6 +218,7 @@ def test_card_parses_back_with_every_field(tmp_path):
             assert lineage[node.id]["parameters"] == node.parameters
             assert lineage[node.id]["parents"] == node.parents
     assert block["adapters"] == ["zoo/tiny-lora-reverse"]
+    assert block["base"] == {"id": "zoo/tiny-base", "revision": "b" * 40}
     assert block["kinship"]["ids"] == tree.kinship_ids
     assert block["kinship"]["matrix"][0] == [1.0, 0.12, 0.05]
     assert block["kinship"]["matrix"][1][2] is None  # NaN is written as null, not .nan
@@ -522,6 +524,11 @@ def test_local_hub_accepts_the_card_and_files_it_in_the_model_tree(local_hub, tm
     api.upload_folder(repo_id="alice/merged", folder_path=run / "card")
     children = [m.id for m in api.list_models(filter="base_model:merge:zoo/tiny-add")]
     assert children == ["alice/merged"]
+    # the LoRA adapter's model tree shows the merge too; the shared base's does not list it
+    # as a merge of the base (it is no parent)
+    via_adapter = api.list_models(filter="base_model:merge:zoo/tiny-lora-reverse")
+    assert [m.id for m in via_adapter] == ["alice/merged"]
+    assert [m.id for m in api.list_models(filter="base_model:merge:zoo/tiny-base")] == []
     info = api.model_info("alice/merged")
     assert info.card_data.base_model_relation == "merge"
     assert local_hub.token not in readme
