@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 
 import click
 
 from ..errors import ConfigError
+
+TOKENS_ENV = "HUB_MERGE_HUB_TOKENS"  # the same name as hub_merge.localhub.TOKENS_ENV
 
 
 @click.group(name="hub")
@@ -15,7 +19,8 @@ def command() -> None:
 
     \b
     Example:
-      hub-merge hub serve --data hub-data --port 8000 --token alice:hf_alice:write
+      printf 'alice:hf_alice:write\\n' > tokens.txt && chmod 600 tokens.txt
+      hub-merge hub serve --data hub-data --port 8000 --token-file tokens.txt
       HF_ENDPOINT=http://127.0.0.1:8000 HF_HUB_DISABLE_XET=1 hf download alice/model
     """
 
@@ -26,35 +31,48 @@ def command() -> None:
     "data_dir",
     required=True,
     type=click.Path(file_okay=False),
-    help="Folder holding the repos and blobs (created if missing; survives restarts).",
+    help="Folder holding the repos and blobs (created if missing; survives restarts; several "
+    "servers may share it).",
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=0, show_default=True, help="0 picks a free port.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="File of tokens the server accepts, one USER:TOKEN[:read|write] a line ('#' comments). "
+    f"Recommended, as is ${TOKENS_ENV} (comma- or newline-separated specs): both keep "
+    "tokens out of the process list.",
+)
 @click.option(
     "--token",
     "tokens",
     multiple=True,
     metavar="USER:TOKEN[:read|write]",
-    help="A token the server accepts, e.g. alice:hf_alice:write (repeatable; role "
-    "defaults to write). Without tokens only anonymous reads work.",
+    help="A token on the command line (repeatable; role defaults to write). Avoid it outside "
+    f"throw-away tests: every local user sees argv with `ps`. Prefer --token-file or "
+    f"${TOKENS_ENV}. Without any token only anonymous reads work.",
 )
-def serve(data_dir: str, host: str, port: int, tokens: tuple[str, ...]) -> None:
+def serve(
+    data_dir: str, host: str, port: int, token_file: str | None, tokens: tuple[str, ...]
+) -> None:
     """Serve the Hub protocol from DATA until interrupted; prints the URL.
+
+    Tokens come from $HUB_MERGE_HUB_TOKENS, then --token-file, then --token.
 
     \b
     Example:
-      hub-merge hub serve --data ./hub-data --port 8080 --token alice:hf_alice:write
+      export HUB_MERGE_HUB_TOKENS=alice:hf_alice:write,bob:hf_bob:read
+      hub-merge hub serve --data ./hub-data --port 8080
       HF_ENDPOINT=http://127.0.0.1:8080 HF_HUB_DISABLE_XET=1 hf download alice/model
     """
-    from ..localhub import LocalHub, parse_token_spec
+    from ..localhub import LocalHub, load_tokens
 
-    table = {}
-    for spec in tokens:
-        try:
-            tok, ident = parse_token_spec(spec)
-        except ValueError as err:
-            raise ConfigError(str(err)) from err
-        table[tok] = (ident.user, ident.role)
+    try:
+        table = load_tokens(tokens, token_file)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if token_file is not None and os.stat(token_file).st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        click.echo(f"Warning: {token_file} is readable by other users; chmod 600 it.", err=True)
     with LocalHub(data_dir, host=host, port=port, tokens=table) as hub:
         click.echo(hub.endpoint, nl=True)
         click.echo(

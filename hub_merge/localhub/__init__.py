@@ -18,10 +18,10 @@ import time
 import uvicorn
 
 from .app import HubApp
-from .auth import Identity, parse_token_spec
+from .auth import TOKENS_ENV, Identity, load_tokens, parse_token_spec
 from .storage import Store
 
-__all__ = ["LocalHub", "parse_token_spec"]
+__all__ = ["TOKENS_ENV", "LocalHub", "load_tokens", "parse_token_spec"]
 
 
 class LocalHub:
@@ -32,10 +32,12 @@ class LocalHub:
         data_dir: str | os.PathLike[str],
         host: str = "127.0.0.1",
         port: int = 0,
-        tokens: dict[str, tuple[str, str]] | None = None,
+        tokens: dict[str, tuple[str, str] | Identity] | None = None,
         max_request_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        idents = {tok: Identity(user, role) for tok, (user, role) in (tokens or {}).items()}
+        idents = {
+            tok: v if isinstance(v, Identity) else Identity(*v) for tok, v in (tokens or {}).items()
+        }
         self.data_dir = data_dir
         self.hub = HubApp(Store(data_dir), idents, max_request_bytes=max_request_bytes)
         self.host, self.port = host, port
@@ -74,6 +76,7 @@ class LocalHub:
             if self._thread is not None:
                 self._thread.join(timeout=10)
         self._server = None
+        self.hub.store.close()
 
     def __enter__(self) -> LocalHub:
         return self.start()

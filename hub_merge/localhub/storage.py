@@ -1,25 +1,38 @@
 """On-disk state of the local Hub: content-addressed blobs plus immutable commit objects.
 
-Layout under ``data_dir``: ``blobs/sha256/xx/<sha256>`` (file bytes), ``repos/<type>s/<ns>/<name>/``
-holding ``repo.json`` (settings), ``refs.json`` (branches, tags, PRs) and ``commits/<id>.json``
-(parents, message, and the full flat tree ``{path: {sha256, size, lfs}}``). Every write is
-write-temp-then-rename, and a branch moves only by rewriting ``refs.json`` after its commit object
-is on disk, so a crash mid-commit leaves the branch where it was.
+Layout under ``data_dir``: ``blobs/sha256/xx/<sha256>`` (file bytes, stored once whatever repos
+hold them), ``repos/<type>s/<ns>/<name>/`` holding ``repo.json`` (settings), ``refs.json``
+(branches, tags, PRs), ``commits/<id>.json`` (parents, message, and the full flat tree
+``{path: {sha256, size, lfs}}``) and ``lfs/<sha256>`` (the LFS objects this repo may reference:
+those it uploaded or committed), ``locks/`` (one lock file per repo) and ``tmp/<process>/``.
+
+Several server processes may share one folder. Every change to a repo (create, commit, ref,
+settings, delete) runs under that repo's cross-process ``filelock``, and every file is written
+into the process's own temp folder, then renamed into place: a branch moves only by renaming
+``refs.json`` after its commit object is on disk, so a crash (even ``kill -9``) mid-commit leaves
+the branch where it was. A process holds a lock on its temp folder for its lifetime; at start a
+server removes the temp folders whose lock nobody holds (their process is gone), so nothing
+half-written survives a restart. Reads take no lock and write nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 GITATTRIBUTES = (
     "*.bin filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
@@ -33,32 +46,22 @@ LFS_SUFFIXES = tuple(
 )
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
+OWNER_LOCK = ".owner.lock"
 
 
 class StorageError(Exception):
     """A request the store refuses; ``code`` is the Hub's X-Error-Code, ``status`` the HTTP one."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+        self.headers = headers or {}
 
 
 def git_blob_oid(data: bytes) -> str:
@@ -70,18 +73,6 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
     return (
         f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
     )
-
-
-def check_repo_path(path: object) -> str:
-    """Refuse paths that could escape the repo or mean different things on different systems."""
-    if not isinstance(path, str) or not path or len(path) > 1024:
-        raise StorageError(400, f"Invalid path {path!r}: must be a non-empty string")
-    if path.startswith("/") or "\\" in path or "\0" in path:
-        raise StorageError(400, f"Invalid path {path!r}: no absolute paths, backslashes or NUL")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
-        raise StorageError(400, f"Invalid path {path!r}: no empty, '.', '..' or .git segments")
-    return path
 
 
 @dataclass
@@ -96,14 +87,61 @@ class Entry:
 
 
 class Store:
-    """All repos and blobs under one folder; thread-safe through one lock per repo."""
+    """All repos and blobs under one folder, shared safely by threads and processes.
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    ``lock_timeout`` bounds the wait for another writer of the same repo (then a 503).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], lock_timeout: float = 120.0) -> None:
         self.root = Path(data_dir)
-        (self.root / "blobs" / "tmp").mkdir(parents=True, exist_ok=True)
-        (self.root / "repos").mkdir(parents=True, exist_ok=True)
+        for sub in ("blobs/sha256", "repos", "locks", "tmp"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.lock_timeout = lock_timeout
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self.tmp_dir = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp_dir.mkdir()
+        self._owner = FileLock(
+            self.tmp_dir / OWNER_LOCK, thread_local=False, preserve_lock_file=True
+        )
+        self._owner.acquire()
+        self._sweep_dead_temp_dirs()
+
+    def _sweep_dead_temp_dirs(self) -> None:
+        """Remove temp folders of processes that are gone (their owner lock is free)."""
+        for d in (self.root / "tmp").iterdir():
+            if d == self.tmp_dir or not d.is_dir():
+                continue
+            lock = FileLock(d / OWNER_LOCK, timeout=0, thread_local=False, preserve_lock_file=True)
+            try:
+                with lock:
+                    shutil.rmtree(d, ignore_errors=True)
+            except (Timeout, OSError):
+                continue  # alive (or already gone)
+
+    def close(self) -> None:
+        """Drop this process's temp folder (called when the server stops)."""
+        if self._owner.is_locked:
+            shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            self._owner.release()
+
+    # --- writing files ---------------------------------------------------------------------
+    def write_atomic(self, path: Path, data: bytes) -> None:
+        """Write to this process's temp folder, fsync, then rename into place."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _write_json(self, path: Path, obj: Any) -> None:
+        self.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
 
     # --- blobs ----------------------------------------------------------------------------
     def blob_path(self, sha256: str) -> Path:
@@ -116,33 +154,81 @@ class Store:
     def put_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
         if not self.has_blob(sha):
-            _atomic_write(self.blob_path(sha), data)
+            self.write_atomic(self.blob_path(sha), data)
         return sha
 
     def temp_file(self) -> tuple[int, str]:
-        return tempfile.mkstemp(dir=self.root / "blobs" / "tmp")
+        return tempfile.mkstemp(dir=self.tmp_dir)
 
     def adopt_temp(self, tmp: str, sha256: str) -> None:
         dest = self.blob_path(sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
 
+    # --- which LFS objects a repo may reference ---------------------------------------------
+    def _ledger(self, repo_type: str, repo_id: str, sha256: str) -> Path:
+        return self.repo_dir(repo_type, repo_id) / "lfs" / sha256
+
+    def repo_has_lfs(self, repo_type: str, repo_id: str, sha256: str, size: int | None) -> bool:
+        """True when this repo uploaded or committed the object and its bytes are stored."""
+        return self._ledger(repo_type, repo_id, sha256).is_file() and self.has_blob(sha256, size)
+
+    def grant_lfs(self, repo_type: str, repo_id: str, sha256: str) -> None:
+        """Record that the repo proved it holds ``sha256`` (it uploaded the bytes)."""
+        with self.lock(repo_type, repo_id):
+            if self.repo_meta(repo_type, repo_id) is None:
+                raise StorageError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+            self._grant(repo_type, repo_id, sha256)
+
+    def _grant(self, repo_type: str, repo_id: str, sha256: str) -> None:
+        p = self._ledger(repo_type, repo_id, sha256)
+        if not p.is_file():
+            self.write_atomic(p, b"")
+
     # --- repos ----------------------------------------------------------------------------
     def repo_dir(self, repo_type: str, repo_id: str) -> Path:
         return self.root / "repos" / f"{repo_type}s" / repo_id
 
-    def lock(self, repo_type: str, repo_id: str) -> threading.Lock:
+    @contextlib.contextmanager
+    def lock(self, repo_type: str, repo_id: str) -> Iterator[None]:
+        """This repo's writer lock: a thread lock inside the process, a file lock across them."""
+        key = f"{repo_type}s/{repo_id}"
         with self._locks_guard:
-            return self._locks.setdefault(f"{repo_type}/{repo_id}", threading.Lock())
+            tlock = self._locks.setdefault(key, threading.Lock())
+        if not tlock.acquire(timeout=self.lock_timeout):
+            raise StorageError(503, f"{repo_id} is busy with another write; retry")
+        try:
+            path = self.root / "locks" / f"{key}.lock"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                flock = FileLock(
+                    path, timeout=self.lock_timeout, thread_local=False, preserve_lock_file=True
+                )
+                flock.acquire()
+            except Timeout as e:
+                raise StorageError(503, f"{repo_id} is busy with another write; retry") from e
+            try:
+                yield
+            finally:
+                flock.release()
+        finally:
+            tlock.release()
 
     def repo_meta(self, repo_type: str, repo_id: str) -> dict[str, Any] | None:
         p = self.repo_dir(repo_type, repo_id) / "repo.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
+    def _require(self, repo_type: str, repo_id: str) -> dict[str, Any]:
+        meta = self.repo_meta(repo_type, repo_id)
+        if meta is None:
+            raise StorageError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+        return meta
+
     def set_private(self, repo_type: str, repo_id: str, private: bool) -> None:
-        meta = self.repo_meta(repo_type, repo_id) or {}
-        meta["private"] = private
-        _write_json(self.repo_dir(repo_type, repo_id) / "repo.json", meta)
+        with self.lock(repo_type, repo_id):
+            meta = self._require(repo_type, repo_id)
+            meta["private"] = private
+            self._write_json(self.repo_dir(repo_type, repo_id) / "repo.json", meta)
 
     def list_repos(self, repo_type: str) -> list[str]:
         base = self.root / "repos" / f"{repo_type}s"
@@ -153,26 +239,36 @@ class Store:
             d = self.repo_dir(repo_type, repo_id)
             if (d / "repo.json").is_file():
                 raise StorageError(409, f"You already created this {repo_type} repo: {repo_id}")
+            if d.exists():  # left by a create that crashed before repo.json: start clean
+                os.replace(d, self.tmp_dir / f"stale-{secrets.token_hex(4)}")
             now = _now()
             sha = self.put_bytes(GITATTRIBUTES.encode())
             tree = {".gitattributes": self._entry(sha, GITATTRIBUTES.encode(), False).to_json()}
             cid = self._write_commit(d, [], tree, "initial commit", "", author)
-            _write_json(d / "refs.json", {"heads": {"main": cid}, "tags": {}, "prs": {}})
+            self._write_json(d / "refs.json", {"heads": {"main": cid}, "tags": {}, "prs": {}})
             # repo.json last: a repo exists only once it is complete.
-            _write_json(d / "repo.json", {"private": private, "createdAt": now, "type": repo_type})
+            meta = {"private": private, "createdAt": now, "type": repo_type}
+            self._write_json(d / "repo.json", meta)
 
     def delete_repo(self, repo_type: str, repo_id: str) -> None:
         with self.lock(repo_type, repo_id):
-            d = self.repo_dir(repo_type, repo_id)
-            trash = d.with_name(f".deleted-{d.name}-{time.time_ns()}")
-            os.replace(d, trash)  # atomic disappearance, then clean up
+            self._require(repo_type, repo_id)
+            trash = self.tmp_dir / f"deleted-{secrets.token_hex(4)}"
+            # Atomic disappearance into this process's temp folder (swept if we crash now).
+            os.replace(self.repo_dir(repo_type, repo_id), trash)
             shutil.rmtree(trash, ignore_errors=True)
 
     def refs(self, repo_type: str, repo_id: str) -> dict[str, dict[str, str]]:
         return json.loads((self.repo_dir(repo_type, repo_id) / "refs.json").read_text())
 
-    def write_refs(self, repo_type: str, repo_id: str, refs: dict[str, Any]) -> None:
-        _write_json(self.repo_dir(repo_type, repo_id) / "refs.json", refs)
+    @contextlib.contextmanager
+    def editing_refs(self, repo_type: str, repo_id: str) -> Iterator[dict[str, dict[str, str]]]:
+        """Read-modify-write of refs.json under the repo's lock; written only if no error."""
+        with self.lock(repo_type, repo_id):
+            self._require(repo_type, repo_id)
+            refs = self.refs(repo_type, repo_id)
+            yield refs
+            self._write_json(self.repo_dir(repo_type, repo_id) / "refs.json", refs)
 
     def commit(self, repo_type: str, repo_id: str, cid: str) -> dict[str, Any]:
         p = self.repo_dir(repo_type, repo_id) / "commits" / f"{cid}.json"
@@ -181,27 +277,7 @@ class Store:
     def resolve(self, repo_type: str, repo_id: str, rev: str) -> str:
         """A branch, tag, ``refs/...`` name or full commit sha -> commit sha."""
         refs = self.refs(repo_type, repo_id)
-        for prefix, kind in (("refs/heads/", "heads"), ("refs/tags/", "tags"), ("refs/pr/", "prs")):
-            if rev.startswith(prefix) and rev[len(prefix) :] in refs[kind]:
-                return refs[kind][rev[len(prefix) :]]
-        if rev in refs["heads"]:
-            return refs["heads"][rev]
-        if rev in refs["tags"]:
-            return refs["tags"][rev]
-        if (
-            SHA_RE.match(rev)
-            and (self.repo_dir(repo_type, repo_id) / "commits" / f"{rev}.json").is_file()
-        ):
-            return rev
-        raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
-
-    def branch_of(self, rev: str) -> tuple[str, str]:
-        """Where a commit to ``rev`` lands: ("heads", name) or ("prs", number)."""
-        if rev.startswith("refs/pr/"):
-            return "prs", rev[len("refs/pr/") :]
-        if rev.startswith("refs/heads/"):
-            return "heads", rev[len("refs/heads/") :]
-        return "heads", rev
+        return resolve_in(refs, rev, self.repo_dir(repo_type, repo_id))
 
     def _entry(self, sha: str, data: bytes | None, lfs: bool, size: int | None = None) -> Entry:
         if lfs:
@@ -229,7 +305,7 @@ class Store:
         }
         raw = json.dumps(body, sort_keys=True).encode()
         cid = hashlib.sha1(raw).hexdigest()
-        _write_json(d / "commits" / f"{cid}.json", body)
+        self._write_json(d / "commits" / f"{cid}.json", body)
         return cid
 
     def apply_commit(
@@ -247,12 +323,14 @@ class Store:
         """Apply validated operations as one commit; returns (commit id, PR number or None).
 
         ops are ("file", {path, data}), ("lfsFile", {path, oid, size}), ("deletedFile", {path})
-        or ("deletedFolder", {path}). The branch moves only at the final refs write.
+        or ("deletedFolder", {path}). An LFS object must be one this repo uploaded or already
+        holds. The branch moves only at the final refs write.
         """
         d = self.repo_dir(repo_type, repo_id)
         with self.lock(repo_type, repo_id):
+            self._require(repo_type, repo_id)
             refs = self.refs(repo_type, repo_id)
-            kind, name = self.branch_of(rev)
+            kind, name = branch_of(rev)
             pr_num = None
             if create_pr:
                 head = self.resolve(repo_type, repo_id, rev)
@@ -277,7 +355,16 @@ class Store:
                     sha = self.put_bytes(value["data"])
                     tree[path] = self._entry(sha, value["data"], False).to_json()
                 elif key == "lfsFile":
-                    tree[path] = self._entry(value["oid"], None, True, value["size"]).to_json()
+                    oid, size = value["oid"], value["size"]
+                    if size is None and self.repo_has_lfs(repo_type, repo_id, oid, None):
+                        size = self.blob_path(oid).stat().st_size
+                    if not self.repo_has_lfs(repo_type, repo_id, oid, size):
+                        raise StorageError(
+                            400,
+                            f"LFS object {oid} ({size} bytes) for {path} was not uploaded to "
+                            f"{repo_id}: upload it through this repo's LFS batch API first",
+                        )
+                    tree[path] = self._entry(oid, None, True, size).to_json()
                 elif key == "deletedFile":
                     if tree.pop(path, None) is None:
                         raise StorageError(404, f"File {path} does not exist", "EntryNotFound")
@@ -287,7 +374,7 @@ class Store:
                         del tree[p]
             cid = self._write_commit(d, [head], tree, title, message, author)
             refs[kind][name] = cid
-            self.write_refs(repo_type, repo_id, refs)
+            self._write_json(d / "refs.json", refs)
             return cid, pr_num
 
     def history(self, repo_type: str, repo_id: str, cid: str) -> list[tuple[str, dict[str, Any]]]:
@@ -298,6 +385,29 @@ class Store:
             if not c["parents"]:
                 return out
             cid = c["parents"][0]
+
+
+def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str:
+    """``rev`` looked up in ``refs`` (refs/... prefixes, branches, tags, then a full sha)."""
+    for prefix, kind in (("refs/heads/", "heads"), ("refs/tags/", "tags"), ("refs/pr/", "prs")):
+        if rev.startswith(prefix) and rev[len(prefix) :] in refs[kind]:
+            return refs[kind][rev[len(prefix) :]]
+    if rev in refs["heads"]:
+        return refs["heads"][rev]
+    if rev in refs["tags"]:
+        return refs["tags"][rev]
+    if SHA_RE.match(rev) and (repo_dir / "commits" / f"{rev}.json").is_file():
+        return rev
+    raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+
+
+def branch_of(rev: str) -> tuple[str, str]:
+    """Where a commit to ``rev`` lands: ("heads", name) or ("prs", number)."""
+    if rev.startswith("refs/pr/"):
+        return "prs", rev[len("refs/pr/") :]
+    if rev.startswith("refs/heads/"):
+        return "heads", rev[len("refs/heads/") :]
+    return "heads", rev
 
 
 def _now() -> str:

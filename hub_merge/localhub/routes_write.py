@@ -1,0 +1,362 @@
+"""Routes of the local Hub that change something: repos, settings, uploads, commits, refs.
+
+Each handler reads its body on the event loop, then does the work (JSON and base64 decoding,
+YAML checks, hashing, disk writes) in Starlette's thread pool. Rights are checked by the app on
+the validated repo id before a handler runs; the store serialises writers per repo across
+processes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ..card_rules import check_readme
+from .auth import Identity
+from .storage import LFS_SUFFIXES, OID_RE, StorageError
+from .validation import (
+    PREFIX,
+    RepoRef,
+    check_branch,
+    check_repo_path,
+    check_revision,
+    check_tag,
+    decode_segment,
+    repo_ref,
+)
+
+if TYPE_CHECKING:
+    from .app import HubApp
+
+LFS_SIZE = 10 * 1024 * 1024
+YAML_MAX_BYTES = 1024 * 1024  # a model card's metadata is a few KB; refuse megabytes of YAML
+FLUSH_BYTES = 1024 * 1024  # LFS bytes are hashed and written off the loop in chunks this big
+
+
+def _rev(request: Request, name: str = "rev") -> str:
+    raw = request.path_params.get(name) or ""
+    return check_revision(decode_segment(raw)) if raw else "main"
+
+
+def _url(request: Request, repo: RepoRef) -> str:
+    return f"{str(request.base_url).rstrip('/')}/{PREFIX[repo.rtype]}{repo.repo_id}"
+
+
+# --- account and repos ------------------------------------------------------------------------
+async def create_repo(hub: HubApp, request: Request, ident: Identity | None) -> Response:
+    body = await hub.read_json(request)
+    if ident is None:
+        raise StorageError(401, "You must be authenticated to create a repo")
+    repo = repo_ref(
+        body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
+    )
+    hub.access.check_namespace_write(ident, repo.namespace)
+    private = bool(body.get("private")) or body.get("visibility") == "private"
+    url = _url(request, repo)
+    try:
+        await run_in_threadpool(
+            hub.store.create_repo, repo.rtype, repo.repo_id, private, ident.user
+        )
+    except StorageError as e:
+        if e.status != 409:
+            raise
+        # The client's exist_ok=True reads "url" from the 409 body.
+        return JSONResponse({"error": e.message, "url": url}, status_code=409)
+    return JSONResponse({"url": url, "name": repo.repo_id})
+
+
+async def delete_repo(hub: HubApp, request: Request, ident: Identity | None) -> Response:
+    body = await hub.read_json(request)
+    if ident is None:
+        raise StorageError(401, "You must be authenticated to delete a repo")
+    repo = repo_ref(
+        body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
+    )
+    await run_in_threadpool(hub.access.check, ident, repo, True)
+    await run_in_threadpool(hub.store.delete_repo, repo.rtype, repo.repo_id)
+    return JSONResponse({})
+
+
+async def settings(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    body = await hub.read_json(request)
+    if "private" in body or "visibility" in body:
+        private = bool(body.get("private")) or body.get("visibility") == "private"
+        await run_in_threadpool(hub.store.set_private, repo.rtype, repo.repo_id, private)
+    return JSONResponse({})
+
+
+async def validate_yaml(hub: HubApp, request: Request, ident: Identity | None) -> Response:
+    body = await hub.read_json(request, limit=YAML_MAX_BYTES)
+    content = body.get("content", "")
+    if not isinstance(content, str):
+        raise StorageError(400, "Expected {content: str, repoType?}")
+    check = await run_in_threadpool(check_readme, content, body.get("repoType") or "model")
+    out = {
+        "errors": [{"message": x} for x in check.errors],
+        "warnings": [{"message": x} for x in check.warnings],
+    }
+    return JSONResponse(out, status_code=400 if check.errors else 200)
+
+
+# --- uploads ----------------------------------------------------------------------------------
+async def preupload(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    body = await hub.read_json(request)
+    rev = _rev(request)
+    return await run_in_threadpool(_preupload, hub, repo, rev, body)
+
+
+def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Response:
+    files = body.get("files")
+    if not isinstance(files, list):
+        raise StorageError(400, "Expected {files: [{path, sample, size}]}")
+    st = hub.store
+    try:
+        tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))
+        entries = tree["tree"]
+    except StorageError:
+        entries = {}  # a new branch / PR: nothing to compare against
+    out = []
+    for f in files:
+        path = check_repo_path(f.get("path") if isinstance(f, dict) else None)
+        try:
+            sample = base64.b64decode(f.get("sample", ""), validate=True)
+        except (ValueError, TypeError) as e:
+            raise StorageError(400, f"Invalid base64 sample for {path}") from e
+        size = f.get("size", 0)
+        lfs = (
+            path.endswith(LFS_SUFFIXES)
+            or (isinstance(size, int) and size >= LFS_SIZE)
+            or b"\0" in sample
+        )
+        existing = entries.get(path)
+        item = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+        if existing is not None:
+            item["oid"] = existing["sha256"] if existing["lfs"] else existing["oid"]
+        out.append(item)
+    return JSONResponse({"files": out, "commitOid": None})
+
+
+async def lfs_batch(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    body = await hub.read_json(request)
+    if body.get("operation") != "upload" or not isinstance(body.get("objects"), list):
+        raise StorageError(400, "Only the 'upload' operation with a list of objects is served")
+    base = str(request.base_url).rstrip("/")
+    return await run_in_threadpool(_lfs_batch, hub, repo, base, body["objects"])
+
+
+def _lfs_batch(hub: HubApp, repo: RepoRef, base: str, objects: list[Any]) -> Response:
+    """Per repo: an object is "present" only if THIS repo holds it, else the client uploads it
+    (and so proves it has the bytes); the disk still stores each blob once."""
+    out = []
+    for obj in objects:
+        oid = obj.get("oid") if isinstance(obj, dict) else None
+        size = obj.get("size") if isinstance(obj, dict) else None
+        if not isinstance(oid, str) or not OID_RE.match(oid) or not isinstance(size, int):
+            out.append({"oid": str(oid)[:64], "error": {"code": 422, "message": "bad oid/size"}})
+            continue
+        if size > hub.max_lfs_bytes or size < 0:
+            msg = f"Object too large: {size} > {hub.max_lfs_bytes} bytes"
+            out.append({"oid": oid, "size": size, "error": {"code": 422, "message": msg}})
+            continue
+        item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+        if not hub.store.repo_has_lfs(repo.rtype, repo.repo_id, oid, size):
+            exp, sig = hub.signer.sign(repo.key, oid, size)
+            href = f"{base}/lfs-upload/{repo.key}/{oid}?size={size}&exp={exp}&sig={sig}"
+            item["actions"] = {"upload": {"href": href, "expires_in": int(hub.signer.ttl)}}
+        out.append(item)
+    return JSONResponse(
+        {"transfer": "basic", "objects": out, "hash_algo": "sha256"},
+        media_type="application/vnd.git-lfs+json",
+    )
+
+
+async def lfs_put(hub: HubApp, request: Request, repo: RepoRef, oid: str) -> Response:
+    q = request.query_params
+    try:
+        size, exp, sig = int(q["size"]), int(q["exp"]), q["sig"]
+    except (KeyError, ValueError):
+        raise StorageError(403, "Upload link is missing its signature") from None
+    if not OID_RE.match(oid) or not hub.signer.verify(repo.key, oid, size, exp, sig):
+        raise StorageError(403, "Upload link signature is invalid or expired; request a new batch")
+    st = hub.store
+    fd, tmp = st.temp_file()
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as f:
+            total, buf = 0, []
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > size:
+                    raise StorageError(400, f"Object is larger than its declared size {size}")
+                buf.append(chunk)
+                if sum(map(len, buf)) >= FLUSH_BYTES:
+                    await run_in_threadpool(_hash_and_write, f, digest, b"".join(buf))
+                    buf = []
+            await run_in_threadpool(_hash_and_write, f, digest, b"".join(buf))
+            await run_in_threadpool(os.fsync, f.fileno())
+        if total != size:
+            raise StorageError(400, f"Object size {total} does not match declared size {size}")
+        if digest.hexdigest() != oid:
+            raise StorageError(400, f"Object sha256 {digest.hexdigest()} does not match {oid}")
+        if st.has_blob(oid, size):
+            os.unlink(tmp)
+        else:
+            st.adopt_temp(tmp, oid)
+        await run_in_threadpool(st.grant_lfs, repo.rtype, repo.repo_id, oid)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return Response(status_code=200)
+
+
+def _hash_and_write(f: Any, digest: Any, data: bytes) -> None:
+    digest.update(data)
+    f.write(data)
+
+
+# --- commits and refs -------------------------------------------------------------------------
+async def commit(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
+    assert ident is not None  # the app checked write rights
+    raw = await hub.read_body(request)
+    rev = _rev(request)
+    create_pr = request.query_params.get("create_pr") in ("1", "true")
+    cid, pr = await run_in_threadpool(_commit, hub, repo, ident, rev, raw, create_pr)
+    base = _url(request, repo)
+    return JSONResponse(
+        {
+            "success": True,
+            "commitOid": cid,
+            "commitUrl": f"{base}/commit/{cid}",
+            "pullRequestUrl": f"{base}/discussions/{pr}" if pr else None,
+        }
+    )
+
+
+def _commit(
+    hub: HubApp, repo: RepoRef, ident: Identity, rev: str, raw: bytes, create_pr: bool
+) -> tuple[str, str | None]:
+    header: dict[str, Any] | None = None
+    ops: list[tuple[str, dict[str, Any]]] = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            key, value = item["key"], item["value"]
+            if not isinstance(value, dict):
+                raise TypeError
+        except (ValueError, KeyError, TypeError) as e:
+            raise StorageError(400, f"Malformed ndjson at line {n}: expected {{key, value}}") from e
+        if key == "header":
+            header = value
+            continue
+        if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
+            raise StorageError(400, f"Unknown operation at line {n}")
+        path = check_repo_path(value.get("path"))
+        if key == "file":
+            try:
+                data = base64.b64decode(value.get("content", ""), validate=True)
+            except (ValueError, TypeError) as e:
+                raise StorageError(400, f"Invalid base64 content for {path}") from e
+            ops.append((key, {"path": path, "data": data}))
+        elif key == "lfsFile":
+            oid, size = value.get("oid"), value.get("size")
+            if not isinstance(oid, str) or not OID_RE.match(oid):
+                raise StorageError(400, f"Invalid LFS oid for {path}")
+            if size is not None and (not isinstance(size, int) or size < 0):
+                raise StorageError(400, f"Invalid LFS size for {path}")
+            ops.append((key, {"path": path, "oid": oid, "size": size}))
+        else:
+            ops.append((key, {"path": path}))
+    if header is None or not isinstance(header.get("summary", ""), str):
+        raise StorageError(400, "Malformed ndjson: the first line must be a header")
+    for key, value in ops:
+        if key == "file" and value["path"] == "README.md":
+            check = check_readme(value["data"].decode("utf-8", "replace"), repo.rtype)
+            if check.errors:
+                raise StorageError(400, "Invalid metadata in README.md: " + "; ".join(check.errors))
+    parent = header.get("parentCommit")
+    return hub.store.apply_commit(
+        repo.rtype,
+        repo.repo_id,
+        rev,
+        ops,
+        str(header.get("summary") or "Upload files"),
+        str(header.get("description") or ""),
+        ident.user,
+        parent if isinstance(parent, str) else None,
+        create_pr,
+    )
+
+
+async def branch(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
+    name = check_branch(decode_segment(request.path_params["branch"]))
+    st = hub.store
+    if request.method == "POST":
+        body = await hub.read_json(request)
+        start = body.get("startingPoint") or "main"
+        if not isinstance(start, str):
+            raise StorageError(400, "startingPoint must be a revision string")
+        start = check_revision(start)
+
+        def create() -> None:
+            with st.editing_refs(repo.rtype, repo.repo_id) as refs:
+                if name in refs["heads"]:
+                    raise StorageError(409, f"Branch {name} already exists")
+                refs["heads"][name] = st.resolve(repo.rtype, repo.repo_id, start)
+
+        await run_in_threadpool(create)
+        return JSONResponse({})
+
+    def delete() -> None:
+        with st.editing_refs(repo.rtype, repo.repo_id) as refs:
+            if name == "main":
+                raise StorageError(403, "Cannot delete branch main")
+            if name not in refs["heads"]:
+                raise StorageError(404, f"Cannot delete branch {name}: no such branch")
+            del refs["heads"][name]
+
+    await run_in_threadpool(delete)
+    return JSONResponse({})
+
+
+async def tag(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
+    arg = decode_segment(request.path_params["tag"])
+    st = hub.store
+    if request.method == "POST":
+        rev = check_revision(arg)
+        body = await hub.read_json(request)
+        name = check_tag(body.get("tag"))
+
+        def create() -> None:
+            with st.editing_refs(repo.rtype, repo.repo_id) as refs:
+                if name in refs["tags"]:
+                    raise StorageError(409, f"Tag {name} already exists")
+                refs["tags"][name] = st.resolve(repo.rtype, repo.repo_id, rev)
+
+        await run_in_threadpool(create)
+        return JSONResponse({})
+    name = check_tag(arg)
+
+    def delete() -> None:
+        with st.editing_refs(repo.rtype, repo.repo_id) as refs:
+            if name not in refs["tags"]:
+                raise StorageError(404, f"Tag {name} not found", "RevisionNotFound")
+            del refs["tags"][name]
+
+    await run_in_threadpool(delete)
+    return JSONResponse({})
