@@ -127,7 +127,13 @@ class Store:
 
     # --- writing files ---------------------------------------------------------------------
     def write_atomic(self, path: Path, data: bytes) -> None:
-        """Write to this process's temp folder, fsync, then rename into place."""
+        """Write to this process's temp folder, fsync, then rename into place.
+
+        Not ``hub_merge.atomic``: that helper puts its temp file beside the target, where a
+        ``kill -9`` leaves it inside a repo folder for good; here temp files live in the
+        process's own folder, which the next server start sweeps (and the local Hub imports
+        nothing of ours but errors and card rules).
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
         try:
