@@ -15,6 +15,8 @@ def _demo(capsys, *args: str) -> dict:
     code = main(["demo", *args, "--json", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-3000:]
+    # --json prints only JSON: no library bars ("Fetching N files", per-file downloads)
+    assert "Fetching" not in captured.err and "it/s" not in captured.err, captured.err[-2000:]
     return json.loads(captured.out)
 
 
@@ -53,6 +55,21 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     assert first["evaluations"] > 0 and again["evaluations"] == 0
     assert again["comparison"] == first["comparison"]  # nothing re-evaluated differently
     assert again["push"]["commit_sha"] == first["push"]["commit_sha"]  # no new commit
+
+    # a plain run shows one display per step: no "Fetching N files" or per-file download bars
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    plain = capsys.readouterr()
+    assert "Fetching" not in plain.err and "B/s" not in plain.err, plain.err[-2000:]
+    assert "4. Pull" in plain.out and "Published" in plain.out
+
+    # --quiet prints only the result: the comparison table and where the merge went, no steps
+    assert main(["--quiet", "demo", "--quick", "--out", str(out)]) == 0
+    quiet = capsys.readouterr()
+    assert quiet.err == ""
+    lines = quiet.out.strip().splitlines()
+    assert "Published" in lines[-1] and first["push"]["repo_id"] in lines[-1]
+    assert not any(line.lstrip().startswith(("1.", "4.", "6.")) for line in lines)
+    assert len(lines) <= len(first["experts"]) + 8  # the table and one line
 
 
 @pytest.mark.slow

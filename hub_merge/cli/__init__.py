@@ -45,7 +45,10 @@ class _OrderedGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, prog_name="hub-merge")
-def cli() -> None:
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress display: print only each command's result."
+)
+def cli(quiet: bool) -> None:
     """Merge expert models from the Hugging Face Hub, guided by model kinship.
 
     \b
@@ -55,6 +58,11 @@ def cli() -> None:
       hub-merge search --base org/base --experts org/a org/b --tasks t.jsonl --out run
       hub-merge push run --repo me/merged
     """
+    from ..progress import quiet_libraries, set_quiet
+
+    quiet_libraries()  # one display per step: ours, not the libraries' nested bars
+    if quiet:
+        set_quiet(True)
 
 
 def _register() -> None:
@@ -68,6 +76,17 @@ _register()
 
 def main(argv: list[str] | None = None, *, prog_name: str = "hub-merge") -> int:
     """Run the CLI; typed errors become one line on stderr and the error's exit code."""
+    from ..progress import is_quiet, set_quiet
+
+    was_quiet = is_quiet()
+    try:
+        return _run(argv, prog_name)
+    finally:
+        if not was_quiet:  # in-process callers (tests, notebooks) get their display back
+            set_quiet(False)
+
+
+def _run(argv: list[str] | None, prog_name: str) -> int:
     try:
         rv = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except HubMergeError as err:

@@ -26,6 +26,7 @@ import click
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option("--no-progress", is_flag=True, help="Hide progress bars.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the result (no steps, no bars).")
 @click.option("--json", "as_json", is_flag=True, help="Print only a JSON summary at the end.")
 def command(
     quick: bool,
@@ -35,6 +36,7 @@ def command(
     limit: int | None,
     device: str,
     no_progress: bool,
+    quiet: bool,
     as_json: bool,
 ) -> None:
     """Run hub-merge end to end on an embedded local Hub, as a user would on the real one.
@@ -53,7 +55,11 @@ def command(
     from rich.console import Console
 
     from ..demo import DemoConfig, run_demo, summary_table
+    from ..progress import is_quiet, set_quiet
 
+    quiet = quiet or is_quiet()
+    if quiet or as_json:
+        set_quiet(True)
     console = Console(stderr=as_json, quiet=as_json, soft_wrap=True)
     config = DemoConfig(
         quick=quick,
@@ -62,9 +68,9 @@ def command(
         generations=generations,
         limit=limit,
         device=device,
-        progress=not no_progress and not as_json,
+        progress=not (no_progress or as_json or quiet),
     )
-    result = run_demo(config, echo=console.print)
+    result = run_demo(config, echo=(lambda *_a, **_k: None) if quiet else console.print)
     if as_json:
         click.echo(
             json.dumps(
@@ -91,6 +97,9 @@ def command(
         )
         return
     console.print(summary_table(result))
+    if quiet:  # only the result: the comparison and where the merge went
+        console.print(f"Published {result.published.push.repo_id} at {result.published.url}")
+        return
     for task, (prompt, want, got) in result.generated.items():
         console.print(f"   {task}: {prompt!r} -> {got!r} (expected {want!r})")
     run = result.out / "run"
