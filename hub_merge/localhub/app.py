@@ -61,6 +61,10 @@ class HubApp:
             exception_handlers={
                 StorageError: self._storage_error,
                 ClientDisconnect: lambda req, exc: Response(status_code=400),
+                # A repo another process deleted while this request read it.
+                FileNotFoundError: lambda req, exc: error_response(
+                    404, "Repository Not Found (it was just deleted)", "RepoNotFound"
+                ),
             },
         )
         self._starlette.router.redirect_slashes = False

@@ -10,9 +10,9 @@ Several server processes may share one folder. Every change to a repo (create, c
 settings, delete) runs under that repo's cross-process ``filelock``, and every file is written
 into the process's own temp folder, then renamed into place: a branch moves only by renaming
 ``refs.json`` after its commit object is on disk, so a crash (even ``kill -9``) mid-commit leaves
-the branch where it was. A process holds a lock on its temp folder for its lifetime; at start a
-server removes the temp folders whose lock nobody holds (their process is gone), so nothing
-half-written survives a restart. Reads take no lock and write nothing.
+the branch where it was. A process holds a lock (``tmp/<process>.lock``) for its lifetime; at
+start a server removes the temp folders whose lock nobody holds (their process is gone), so
+nothing half-written survives a restart. Reads take no lock and write nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ LFS_SUFFIXES = tuple(
 )
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
-OWNER_LOCK = ".owner.lock"
 
 
 class StorageError(Exception):
@@ -99,30 +98,40 @@ class Store:
         self.lock_timeout = lock_timeout
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self.tmp_dir = self.root / "tmp" / f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.tmp_dir.mkdir()
-        self._owner = FileLock(
-            self.tmp_dir / OWNER_LOCK, thread_local=False, preserve_lock_file=True
-        )
+        name = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.tmp_dir = self.root / "tmp" / name
+        # The owner lock comes first and sits beside the folder: a folder whose lock nobody
+        # holds belongs to a dead process; one with no lock file at all is an orphan.
+        self._owner = _lock(self.root / "tmp" / f"{name}.lock")
         self._owner.acquire()
+        self.tmp_dir.mkdir()
         self._sweep_dead_temp_dirs()
 
     def _sweep_dead_temp_dirs(self) -> None:
         """Remove temp folders of processes that are gone (their owner lock is free)."""
-        for d in (self.root / "tmp").iterdir():
-            if d == self.tmp_dir or not d.is_dir():
+        tmp = self.root / "tmp"
+        for lock_path in tmp.glob("*.lock"):
+            if lock_path == Path(self._owner.lock_file):
                 continue
-            lock = FileLock(d / OWNER_LOCK, timeout=0, thread_local=False, preserve_lock_file=True)
+            lock = _lock(lock_path, timeout=0)
             try:
-                with lock:
-                    shutil.rmtree(d, ignore_errors=True)
+                lock.acquire()
             except (Timeout, OSError):
-                continue  # alive (or already gone)
+                continue  # its process is alive
+            try:
+                shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+        for d in tmp.iterdir():
+            if d.is_dir() and not d.with_name(f"{d.name}.lock").exists():
+                shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
         """Drop this process's temp folder (called when the server stops)."""
         if self._owner.is_locked:
             shutil.rmtree(self.tmp_dir, ignore_errors=True)
+            Path(self._owner.lock_file).unlink(missing_ok=True)
             self._owner.release()
 
     # --- writing files ---------------------------------------------------------------------
@@ -207,9 +216,7 @@ class Store:
             path = self.root / "locks" / f"{key}.lock"
             path.parent.mkdir(parents=True, exist_ok=True)
             try:
-                flock = FileLock(
-                    path, timeout=self.lock_timeout, thread_local=False, preserve_lock_file=True
-                )
+                flock = _lock(path, timeout=self.lock_timeout)
                 flock.acquire()
             except Timeout as e:
                 raise StorageError(503, f"{repo_id} is busy with another write; retry") from e
@@ -414,6 +421,11 @@ def branch_of(rev: str) -> tuple[str, str]:
     if rev.startswith("refs/heads/"):
         return "heads", rev[len("refs/heads/") :]
     return "heads", rev
+
+
+def _lock(path: Path, timeout: float = -1) -> FileLock:
+    """A cross-process lock on ``path`` (flock); the file stays, so no waiter is ever orphaned."""
+    return FileLock(path, timeout=timeout, thread_local=False, preserve_lock_file=True)
 
 
 def _now() -> str:
