@@ -297,6 +297,7 @@ def step_recipe(
             base=None if base is None else ref(base),
             models=[ModelEntry(model=ref(m)) for m in given.get("models", [])],
             parameters=dict(given.get("parameters") or {}),
+            dtype=_stored_dtype(tree),
         )
     parameters = dict(node.parameters)
     as_base = parameters.pop("base_model", None)
@@ -311,7 +312,21 @@ def step_recipe(
         base=base,
         models=[ModelEntry(model=_ref(tree, p)) for p in models],
         parameters=parameters,
+        dtype=_stored_dtype(tree),
     )
+
+
+def _stored_dtype(tree: FamilyTree) -> str | None:
+    """The dtype the run stored every merge step in (its session's), when the run recorded it.
+
+    mergekit computes in ``dtype`` and writes ``out_dtype``; a step of a bfloat16 search is
+    rounded to bfloat16 before the next step reads it, so its YAML must say ``out_dtype: bfloat16``
+    to give the published tensors.
+    """
+    from .merge.recipe import DTYPES
+
+    dtype = tree.settings.get("dtype")
+    return dtype if dtype in DTYPES else None
 
 
 # --- body pieces ----------------------------------------------------------------------------------

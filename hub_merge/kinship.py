@@ -49,6 +49,7 @@ __all__ = [
     "kinship",
     "kinship_matrix",
     "layer_index",
+    "self_kinship",
     "tensor_group",
 ]
 
@@ -126,6 +127,12 @@ class KinshipStats:
 
     def to_dict(self) -> dict:
         return {"n": self.n, "sums": self.sums.tolist(), "gram": self.gram.tolist()}
+
+
+def self_kinship(metric: str) -> float:
+    """A model's kinship with itself: distance 0 for Euclidean, correlation 1 otherwise."""
+    _check_metric(metric)
+    return 0.0 if metric == "euclidean" else 1.0
 
 
 def _check_metric(metric: str) -> None:

@@ -45,6 +45,11 @@ _DTYPES = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: how recipes, mergekit YAML and configs spell it."""
+    return str(dtype).removeprefix("torch.")
+
+
 def _refuse_unsafe(folder: Path) -> None:
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
         p.name for p in folder.glob("*.pt")

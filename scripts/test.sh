@@ -10,7 +10,7 @@ python -m pip install -q -e ".[dev,demo,space]"
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo=""; if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi
   { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium; } >/dev/null \
-    || echo "warning: could not install chromium; the browser test will be skipped" >&2
+    || echo "warning: could not install chromium; the browser test will fail" >&2
 fi
 set +e
 python -m pytest -q -p no:cacheprovider --durations=15 "$@"

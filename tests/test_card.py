@@ -346,6 +346,17 @@ def test_mergekit_yaml_for_each_step_on_the_winners_path():
     assert configs["g2-1"]["parameters"] == {"weight": 1.0, "density": 0.5}
 
 
+def test_each_steps_mergekit_yaml_names_the_dtype_the_step_was_stored_in():
+    tree = make_tree()
+    tree.settings["dtype"] = "bfloat16"  # what a search on a bfloat16 base records
+    text = build_card(tree).text
+    steps = re.findall(r"### Step `([^`]+)`.*?```yaml\n(.*?)```", text, re.S)
+    assert len(steps) == 3
+    for _, body in steps:
+        config = yaml.safe_load(body)
+        assert (config["dtype"], config["out_dtype"]) == ("float32", "bfloat16")
+
+
 def test_recipe_trees_from_the_run_give_the_same_steps_as_the_lineage():
     from hub_merge.search.greedy import recipe_hash
 
@@ -472,8 +483,10 @@ def test_packaged_template_is_the_top_level_template():
 
 
 def test_card_of_a_real_search_run_parses(tiny_zoo, tmp_path):
-    torch = pytest.importorskip("torch")
-    search = pytest.importorskip("hub_merge.search")
+    import torch
+
+    from hub_merge import search
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

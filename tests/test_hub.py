@@ -108,12 +108,9 @@ def _sha256(path: Path) -> str:
 
 
 @pytest.fixture
-def hub(request):
-    """The local Hub server (tests/fixtures/localhub.py); skipped while it is not available."""
-    try:
-        return request.getfixturevalue("local_hub")
-    except pytest.FixtureLookupError:
-        pytest.skip("the local Hub fixture `local_hub` is not available")
+def hub(local_hub):
+    """The local Hub server (tests/fixtures/localhub.py); a missing fixture is an error."""
+    return local_hub
 
 
 def _api(hub, token=None):
@@ -264,20 +261,15 @@ def test_discover_by_relation_license_and_size(hub, hubio_models, tmp_path):
 
 
 def test_dropped_download_resumes_and_is_verified(hub, hubio_models, tmp_path):
-    fail = getattr(hub, "fail_next_download", None) or getattr(
-        getattr(hub, "server", None), "fail_next_download", None
-    )
-    if fail is None:
-        pytest.skip("the local Hub has no download-drop hook")
     _upload(hub, hubio_models.expert, "flaky")
-    fail("model.safetensors", after_bytes=1000)
+    hub.server.fail_next_download("model.safetensors", after_bytes=1000)
     model = pull(
         f"{hub.user}/flaky", endpoint=hub.endpoint, token=hub.token, cache_dir=tmp_path / "c"
     )
     assert _sha256(model.path / "model.safetensors") == _sha256(
         hubio_models.expert / "model.safetensors"
     )
-    pending = getattr(getattr(getattr(hub, "server", None), "hub", None), "fail_downloads", {})
+    pending = hub.server.hub.fail_downloads
     assert "model.safetensors" not in pending  # the drop really happened during this pull
 
 

@@ -203,6 +203,17 @@ def test_recipe_yaml_round_trip_and_hash(tiny_models):
         MergeRecipe.from_yaml("method: ties\nmodels: 3\n")
 
 
+def test_mergekit_yaml_names_the_output_dtype_of_local_inputs(tiny_models, tmp_path):
+    """Without a recipe dtype the engine writes the inputs' dtype; the YAML must say which."""
+    import yaml
+
+    recipe = _ta(tiny_models.base, tiny_models.experts[:2])
+    assert yaml.safe_load(recipe.to_mergekit_yaml())["out_dtype"] == "float32"
+    assert yaml.safe_load(recipe.to_mergekit_yaml(input_dtype="float16"))["out_dtype"] == "float16"
+    recipe.dtype = "bfloat16"
+    assert yaml.safe_load(recipe.to_mergekit_yaml())["out_dtype"] == "bfloat16"
+
+
 def test_cli_merge(tiny_models, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(_ta(tiny_models.base, tiny_models.experts[:2]).to_yaml())

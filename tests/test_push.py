@@ -11,11 +11,9 @@ from hub_merge.push import push
 
 
 @pytest.fixture
-def hub(request):
-    try:
-        return request.getfixturevalue("local_hub")
-    except pytest.FixtureLookupError:
-        pytest.skip("the local Hub fixture `local_hub` is not available")
+def hub(local_hub):
+    """The local Hub server (tests/fixtures/localhub.py); a missing fixture is an error."""
+    return local_hub
 
 
 def _api(hub):

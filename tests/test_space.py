@@ -11,13 +11,9 @@ import json
 import re
 
 import pytest
-
-pytest.importorskip("gradio")
-pytest.importorskip("gradio_client")
-
-from gradio_client import Client  # noqa: E402
-from gradio_client.exceptions import AppError  # noqa: E402
-from huggingface_hub import HfApi  # noqa: E402
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from huggingface_hub import HfApi
 
 pytestmark = pytest.mark.slow
 

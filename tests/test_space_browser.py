@@ -10,20 +10,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-pytest.importorskip("gradio")
+from playwright import sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).is_file():
-    pytest.skip(
-        "chromium is not installed (install it with `apt-get install -y chromium`; "
-        "scripts/test.sh does this when apt-get is available)",
-        allow_module_level=True,
-    )
 
-sync_api = pytest.importorskip("playwright.sync_api")
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium_installed() -> None:
+    """A missing browser fails the test (with how to install it) rather than skipping it."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(
+            "chromium is not installed: install it with `apt-get install -y chromium` "
+            "(scripts/test.sh does this when apt-get is available)",
+            pytrace=False,
+        )
+
 
 TIMEOUT_MS = 180_000  # a search on two cores shared with other work
 

@@ -181,13 +181,31 @@ class MergeRecipe(BaseModel):
             config["parameters"] = _settings_json(self.parameters)
         if self.compute_dtype != "input":
             config["dtype"] = self.compute_dtype or "float32"
-        out_dtype = self.dtype or input_dtype
+        out_dtype = self.dtype or input_dtype or self._inputs_dtype()
         if out_dtype:
             config["out_dtype"] = out_dtype
         lines = yaml.safe_dump(config, sort_keys=False)
         if self.seed is not None:
             lines = f"# run with: mergekit-yaml --random-seed {self.seed} ...\n" + lines
         return lines
+
+    def _inputs_dtype(self) -> str | None:
+        """The dtype the engine writes by default: the reference input's (base, else first model).
+
+        Read from the folder's safetensors header when it is a local folder; None for a Hub ref,
+        which this module never downloads (callers that know the dtype pass ``input_dtype``).
+        """
+        from .. import tensors
+
+        folder = Path(self.base or self.models[0].model)
+        if not folder.is_dir() or tensors.is_adapter_folder(folder):
+            return None
+        try:
+            reader = tensors.CheckpointReader(folder)
+            first = next((n for n in reader.names if reader.dtype(n).is_floating_point), None)
+        except (OSError, ValueError):
+            return None
+        return None if first is None else tensors.dtype_name(reader.dtype(first))
 
 
 def one_line_error(err: ValidationError) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator, load_tasks
+from ..kinship import self_kinship
+from ..tensors import dtype_name
 from .greedy import GreedySearch, GreedySettings, Original, SearchResult
 from .state import RunFolder, write_json
 
@@ -183,8 +185,15 @@ def greedy_search(config: SearchConfig) -> SearchResult:
     # kinship of the originals (all measured already as generation-1 parents' kinship)
     names = [o.name for o in originals]
     tree.kinship_ids = names
-    tree.kinship_matrix = [[1.0 if a == b else search.kinship(a, b) for b in names] for a in names]
-    tree.settings = {**asdict(settings), "limit": config.limit, "stop_reason": result.stop_reason}
+    same = self_kinship(settings.kinship_metric)  # the diagonal: 0 for a distance, 1 otherwise
+    tree.kinship_matrix = [[same if a == b else search.kinship(a, b) for b in names] for a in names]
+    tree.settings = {
+        **asdict(settings),
+        "limit": config.limit,
+        "stop_reason": result.stop_reason,
+        # every merge step is stored in the session's dtype: the card's mergekit YAML says so
+        "dtype": dtype_name(session.dtype),
+    }
     write_json(run.root / "recipes.json", search.recipes)
     run.save_tree(tree)
     _plots(tree, run.root)
