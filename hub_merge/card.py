@@ -584,6 +584,7 @@ def build_card(
     library_name: str = "transformers",
     images: Sequence[str] = (),
     template: str | Path | None = None,
+    arithmetic: str | None = None,
 ) -> ModelCard:
     """Render the model card of one merged node of a run.
 
@@ -598,6 +599,8 @@ def build_card(
         library_name (`str`, *optional*): ``transformers``, or ``peft`` when the output is a LoRA.
         images (`Sequence[str]`): image files that will sit beside the card (``fitness.png``...).
         template (`str` or `Path`, *optional*): another Jinja template.
+        arithmetic (`str`, *optional*): whose arithmetic computed the weights, as the merge
+            output's safetensors metadata records it (``mergekit`` or ``hub-merge-kernels``).
 
     Returns:
         `ModelCard`: front matter + body; check it with :func:`validate_card` before pushing.
@@ -652,6 +655,7 @@ def build_card(
         "random_methods": sorted({s.method for s in steps if s.method in RANDOM_METHODS}),
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
+        "arithmetic": arithmetic,
     }
     path = Path(template) if template else template_path()
     return ModelCard.from_template(data, template_path=str(path), **context)
@@ -809,6 +813,19 @@ def _kinship_png(tree: FamilyTree, path: Path) -> bool:
     return True
 
 
+def merge_arithmetic(folder: Path) -> str | None:
+    """Whose arithmetic computed a merged model folder (its safetensors metadata), if recorded."""
+    from safetensors import safe_open
+
+    from .merge.kernels import ARITHMETIC_KEY
+
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        return None
+    with safe_open(str(files[0]), framework="pt") as handle:
+        return (handle.metadata() or {}).get(ARITHMETIC_KEY)
+
+
 def write_card(
     run_dir: str | Path,
     out_dir: str | Path | None = None,
@@ -854,6 +871,7 @@ def write_card(
             recipes=recipes,
             library_name=library,
             images=list(sources),
+            arithmetic=merge_arithmetic(out),
         )
         validate_card(card)
         record = hub_merge_json(tree, node_id=node.id, license=license, recipes=recipes)

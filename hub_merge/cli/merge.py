@@ -33,8 +33,16 @@ def _size(text: str) -> int:
     is_flag=True,
     help="Print the equivalent mergekit config and exit.",
 )
+@click.option(
+    "--exact-mergekit",
+    is_flag=True,
+    help="Use mergekit's own arithmetic (bit-identical, slower) instead of hub-merge's "
+    "linear-time sparsification for ties/dare/breadcrumbs/della (ties broken by index).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def command(recipe, out, device, max_shard_size, overwrite, show_mergekit, as_json) -> None:
+def command(
+    recipe, out, device, max_shard_size, overwrite, show_mergekit, exact_mergekit, as_json
+) -> None:
     """Merge models per RECIPE (YAML: method, base, models, parameters, dtype, seed).
 
     \b
@@ -52,6 +60,8 @@ def command(recipe, out, device, max_shard_size, overwrite, show_mergekit, as_js
     from ..merge import MergeRecipe, merge_to_folder
 
     parsed = MergeRecipe.from_yaml(Path(recipe))
+    if exact_mergekit:
+        parsed = parsed.model_copy(update={"exact_mergekit": True})
     if show_mergekit:
         click.echo(parsed.to_mergekit_yaml())
         return

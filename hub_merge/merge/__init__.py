@@ -1,6 +1,7 @@
 """The merge engine: recipes, streaming merges to a folder, and in-memory merges for searches.
 
-Arithmetic is mergekit's ``merge_tensors``; this package adds recipes, parameter resolution per
+Arithmetic is mergekit's ``merge_tensors`` (task-arithmetic methods with the linear-time sparsification
+of ``kernels.py``); this package adds recipes, parameter resolution per
 tensor, LoRA inputs applied on the fly, an atomic sharded writer and a device-resident session.
 """
 

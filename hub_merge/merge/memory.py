@@ -26,6 +26,7 @@ from ..layers import num_layers
 from ..tensors import resolve_device
 from .adapter_mix import factor_weights, is_factor_recipe, open_factor_recipe
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
+from .kernels import ARITHMETIC_FAST, ARITHMETIC_KEY, ARITHMETIC_MERGEKIT
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
 
@@ -85,6 +86,7 @@ class MergeSession:
         self.num_layers = self._num_layers()
         self._model = None
         self._factor_mixes: dict[tuple[str, ...], Any] = {}
+        self.arithmetic: set[str] = set()  # whose arithmetic the merges so far used (for save)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class MergeSession:
         base: ModelLike | str | None = "session",
         model_parameters: Sequence[Mapping[str, Any]] | None = None,
         seed: int | None = None,
+        exact_mergekit: bool = False,
     ) -> StateDict:
         """Merge ``models`` (handles, state dicts or folders) into a new state dict on the device.
 
@@ -158,6 +161,7 @@ class MergeSession:
                 base; or a handle/state dict (e.g. slerp's first parent); None = no base.
             model_parameters: one settings dict per model (``weight``, ``density``...).
             seed: seeds random methods (DARE, DELLA) per tensor, deterministically.
+            exact_mergekit: mergekit's own arithmetic instead of :mod:`.kernels`' fast kernels.
         """
         m = get_method(method)
         params = dict(parameters or {})
@@ -177,7 +181,10 @@ class MergeSession:
         )
         if needs_base(m) and base_handle is None:
             raise ConfigError(f"Method {method!r} needs a base.")
-        op = TensorMerge(m, params, mparams, num_layers=self.num_layers, seed=seed)
+        op = TensorMerge(
+            m, params, mparams, num_layers=self.num_layers, seed=seed, exact_mergekit=exact_mergekit
+        )
+        self.arithmetic.add(op.arithmetic)
         out: StateDict = {}
         with torch.no_grad():
             for name in self.names:
@@ -212,6 +219,7 @@ class MergeSession:
             base=base,
             model_parameters=[e.parameters for e in recipe.models],
             seed=recipe.seed,
+            exact_mergekit=recipe.exact_mergekit,
         )
 
     def merge_factors(
@@ -268,6 +276,9 @@ class MergeSession:
 
         if self.base_path is None:
             raise ConfigError("save needs a session built from a base folder.")
+        if self.arithmetic and "metadata" not in kwargs:
+            label = ARITHMETIC_FAST if ARITHMETIC_FAST in self.arithmetic else ARITHMETIC_MERGEKIT
+            kwargs["metadata"] = {ARITHMETIC_KEY: label}
         return write_state_dict(state_dict, out, config_from=self.base_path, **kwargs)
 
 

@@ -4,7 +4,9 @@ The arithmetic is mergekit's (``mergekit.merge_methods.api.merge_tensors``); thi
 (1) finds a method by name and refuses unknown methods/parameters early, naming the valid ones,
 (2) resolves each parameter for one tensor from the recipe's settings (per-model settings first,
 then global ones; filters and layer gradients evaluated by mergekit's own ``evaluate_setting``),
-and (3) calls ``merge_tensors`` with a deterministic per-tensor seed for random methods.
+and (3) calls ``merge_tensors`` with a deterministic per-tensor seed for random methods, passing the
+task-arithmetic methods' fast variant from :mod:`.kernels` unless mergekit's exact arithmetic is
+asked for.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 
 from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
 from ..layers import layer_position
+from .kernels import arithmetic_label, fast_method
 from .recipe import Condition
 
 
@@ -173,6 +176,19 @@ class TensorMerge:
     # mergekit's `dtype`: float32 by default; None computes in the inputs' dtype (as mergekit
     # does when its config names none), so a bf16 config gives mergekit's bf16 tensors.
     compute_dtype: torch.dtype | None = torch.float32
+    exact_mergekit: bool = False
+
+    @property
+    def kernel(self) -> MergeMethod:
+        """The method that runs: the fast variant for float32 task arithmetic, else mergekit's."""
+        if self.exact_mergekit or self.compute_dtype != torch.float32:
+            return self.method
+        return fast_method(self.method)
+
+    @property
+    def arithmetic(self) -> str:
+        """Whose arithmetic runs (recorded in the output's metadata for the card)."""
+        return arithmetic_label(self.kernel)
 
     def __call__(
         self,
@@ -182,7 +198,12 @@ class TensorMerge:
         *,
         out_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
-        """Merge one tensor with mergekit (in ``compute_dtype``); ``base`` joins only if used."""
+        """Merge one tensor (in ``compute_dtype``); ``base`` joins only if the method uses it.
+
+        Task-arithmetic methods (ties, dare, breadcrumbs, della) computed in float32 use
+        :mod:`.kernels`' linear-time sparsification unless ``exact_mergekit``; everything else
+        is mergekit's own arithmetic.
+        """
         shared, per_model = resolve(
             self.method, name, layer_t(name, self.num_layers), self.global_params, self.model_params
         )
@@ -212,7 +233,7 @@ class TensorMerge:
             torch.manual_seed(tensor_seed(self.seed, name))
         return merge_methods.merge_tensors(
             tensors,
-            self.method,
+            self.kernel,
             parameters=params,
             ids=ids,
             base_index=base_index,

@@ -78,6 +78,11 @@ class MergeRecipe(BaseModel):
         default=None,
         description="Arithmetic dtype (mergekit's `dtype`); default float32; `input`: the inputs'.",
     )
+    exact_mergekit: bool = Field(
+        default=False,
+        description="Run mergekit's own arithmetic (bit identity, its sort's tie order) instead of "
+        "hub-merge's linear-time sparsification for ties/dare/breadcrumbs/della.",
+    )
 
     @field_validator("models", mode="before")
     @classmethod
@@ -133,7 +138,10 @@ class MergeRecipe(BaseModel):
             raise ConfigError(one_line_error(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        data = self.model_dump(mode="json", exclude_none=True)
+        if not self.exact_mergekit:  # the default: older recipes (and their hashes) stay equal
+            del data["exact_mergekit"]
+        return data
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)

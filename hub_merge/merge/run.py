@@ -22,6 +22,7 @@ from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
 from .adapter_mix import is_factor_recipe, write_factor_recipe
 from .inputs import CheckpointSource, TensorSource, open_source
+from .kernels import ARITHMETIC_KEY
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
@@ -177,8 +178,12 @@ def merge_to_folder(
         n_layers,
         recipe.seed,
         compute_dtype=recipe.compute_torch_dtype(),
+        exact_mergekit=recipe.exact_mergekit,
     )
-    meta = {"hub_merge_recipe": recipe.canonical_json()}
+    meta = {
+        "hub_merge_recipe": recipe.canonical_json(),
+        ARITHMETIC_KEY: op.arithmetic,
+    }
 
     try:
         writer = ShardedWriter(
