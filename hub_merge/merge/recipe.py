@@ -229,7 +229,7 @@ def one_line_error(err: ValidationError) -> str:
         elif e["type"] == "extra_forbidden":
             msg = (
                 "is not a recipe field (fields: method, base, models, parameters, dtype, "
-                "compute_dtype, seed)"
+                "compute_dtype, seed, exact_mergekit)"
             )
         parts.append(f"`{where or 'recipe'}` {msg}")
     return "Invalid merge recipe: " + "; ".join(parts) + "."
