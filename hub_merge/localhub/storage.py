@@ -34,6 +34,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..atomic import atomic_write
+
 GITATTRIBUTES = (
     "*.bin filter=lfs diff=lfs merge=lfs -text\n*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
     "*.gguf filter=lfs diff=lfs merge=lfs -text\n*.pt filter=lfs diff=lfs merge=lfs -text\n"
@@ -136,24 +138,10 @@ class Store:
 
     # --- writing files ---------------------------------------------------------------------
     def write_atomic(self, path: Path, data: bytes) -> None:
-        """Write to this process's temp folder, fsync, then rename into place.
-
-        Not ``hub_merge.atomic``: that helper puts its temp file beside the target, where a
-        ``kill -9`` leaves it inside a repo folder for good; here temp files live in the
-        process's own folder, which the next server start sweeps (and the local Hub imports
-        nothing of ours but errors and card rules).
-        """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.tmp_dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Write through the one atomic helper, fsynced, with the temp file in this process's own
+        folder: a ``kill -9`` then never leaves it inside a repo folder, and the next server
+        start sweeps it."""
+        atomic_write(path, data, fsync=True, tmp_dir=self.tmp_dir)
 
     def _write_json(self, path: Path, obj: Any) -> None:
         self.write_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
