@@ -13,7 +13,12 @@ import torch
 
 from hub_merge.card_rules import parse_front_matter
 from hub_merge.cli import main
-from hub_merge.errors import ConfigError, IncompatibleModelsError, UnsupportedRepoError
+from hub_merge.errors import (
+    ConfigError,
+    IncompatibleModelsError,
+    TaskFileError,
+    UnsupportedRepoError,
+)
 from hub_merge.moe import ExpertSpec, MoeSettings, PromptSet, build_moe, measure_routing
 
 NAMES = ("add", "reverse", "sort", "uppercase")
@@ -137,6 +142,10 @@ def test_refusals_are_typed_and_leave_no_output(tiny_zoo, tmp_path):
         build_moe(gpt2, [ExpertSpec(add, prompts), ExpertSpec(sort, prompts)], out)
     with pytest.raises(ConfigError, match="top-k"):
         build_moe(tiny_zoo.base, [ExpertSpec(add, prompts)], out, MoeSettings(top_k=2))
+    text = tmp_path / "prompts.txt"
+    text.write_text("add: 1+1=\n")
+    with pytest.raises(TaskFileError, match="not a .jsonl task file"):
+        build_moe(tiny_zoo.base, [ExpertSpec(add, text), ExpertSpec(sort, prompts)], out)
     with pytest.raises(ConfigError, match="router mode"):
         build_moe(tiny_zoo.base, [ExpertSpec(add, prompts)], out, MoeSettings(router="magic"))
     assert main(["moe", "--base", str(tiny_zoo.base), "--expert", str(add), "--out", str(out),

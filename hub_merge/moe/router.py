@@ -58,7 +58,12 @@ class PromptSet:
             task = load_task(path, limit=limit)
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             return cls(tuple((ex.prompt, ex.answer) for ex in task.examples), str(path), digest)
-        strings = [value] if isinstance(value, (str, Path)) else list(value)
+        if isinstance(value, Path) or (isinstance(value, str) and Path(value).is_file()):
+            raise TaskFileError(
+                f"Prompt file {value} is not a .jsonl task file: give a JSONL file of "
+                "prompt/answer lines, or the prompts themselves as strings."
+            )
+        strings = [value] if isinstance(value, str) else list(value)
         strings = [str(s) for s in strings if str(s).strip()]
         if not strings:
             raise TaskFileError(
