@@ -55,8 +55,14 @@ def _dense_params(folder: Path) -> int:
     return sum(r.numel(n) for n in r.names)
 
 
-def _expert_state(base: Path, adapters: list[Path], weights: list[float]) -> dict[str, Any]:
-    """base + sum_i w_i * delta_i, one tensor at a time (the oracle's expert, or the average)."""
+def _expert_state(
+    base: Path, adapters: list[Path], weights: list[float], *, mlp_only: bool = False
+) -> dict[str, Any]:
+    """base + sum_i w_i * delta_i, one tensor at a time (the oracle's expert, or the average).
+
+    ``mlp_only``: only the MLP deltas, i.e. what a perfectly routed top-1 MoE with the base's
+    attention computes for that expert's tokens.
+    """
     from hub_merge.merge.inputs import AdapterSource, CheckpointSource
 
     b = CheckpointSource(base)
@@ -64,6 +70,9 @@ def _expert_state(base: Path, adapters: list[Path], weights: list[float]) -> dic
     state = {}
     for name in b.names:
         t = b.get(name).float()
+        if mlp_only and ".mlp." not in name:
+            state[name] = t
+            continue
         for s, w in zip(srcs, weights, strict=True):
             d = s.adapter.delta(name, t)
             if d is not None:
@@ -98,7 +107,14 @@ def moe_rows(
     em_limit: int = 12,
     device: str = "cpu",
     moa_layers: int = 1,
-    variants: tuple[str, ...] = ("top1", "top2", "top2-avg", "top2-mergekit", "moa"),
+    variants: tuple[str, ...] = (
+        "uniform",
+        "top1",
+        "top2",
+        "top2-avg",
+        "top2-mergekit",
+        "moa",
+    ),
 ) -> list[dict[str, Any]]:
     """Every row of the table, each a dict with test scores and inference cost."""
     from transformers import AutoTokenizer
@@ -136,14 +152,26 @@ def moe_rows(
     row("oracle router (own expert per task)", loss, em, active_params=dense, calls_per_query=1,
         seconds=time.perf_counter() - t0)  # fmt: skip
 
-    t0 = time.perf_counter()
+    if "mlp-oracle" in variants:  # the MoE's ceiling: perfect routing, the base's attention
+        t0 = time.perf_counter()
+        loss, em = {}, {}
+        for k, task in zip(names, tests, strict=True):
+            state = _expert_state(zoo.base, [experts[k]], [1.0], mlp_only=True)
+            one_l, one_e = _evaluators(tok, [task], em_limit)
+            model = _dense_model(zoo.base, state)
+            loss.update(one_l.score(model))
+            em.update(one_e.score(model))
+        row("oracle routing of MLPs only (base attention)", loss, em, active_params=dense,
+            calls_per_query=1, seconds=time.perf_counter() - t0)  # fmt: skip
+
     n = len(names)
-    model = _dense_model(
-        zoo.base, _expert_state(zoo.base, [experts[k] for k in names], [1 / n] * n)
-    )
-    row("uniform average", loss_ev.score(model), em_ev.score(model), active_params=dense,
-        calls_per_query=1, seconds=time.perf_counter() - t0)  # fmt: skip
-    del model
+    if "uniform" in variants:
+        t0 = time.perf_counter()
+        state = _expert_state(zoo.base, [experts[k] for k in names], [1 / n] * n)
+        model = _dense_model(zoo.base, state)
+        row("uniform average", loss_ev.score(model), em_ev.score(model), active_params=dense,
+            calls_per_query=1, seconds=time.perf_counter() - t0)  # fmt: skip
+        del model
 
     moe_variants = {
         "top1": ("MoE top-1 (router hidden)", MoeSettings(top_k=1)),
@@ -237,7 +265,11 @@ def main() -> None:
     parser.add_argument("--em-limit", type=int, default=12, help="rows per task for exact match")
     parser.add_argument("--moa-layers", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--rows", default="top1,top2,top2-avg,top2-mergekit,moa")
+    parser.add_argument(
+        "--rows",
+        default="uniform,top1,top2,top2-avg,top2-mergekit,moa",
+        help="also: mlp-oracle (perfect routing, base attention), top1-avg",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     from hub_merge import zoo as zoos
