@@ -100,3 +100,50 @@ class ModelRef:
         if self.path is not None:
             return self.path
         return f"{self.repo_id}@{self.revision}" if self.revision else str(self.repo_id)
+
+
+# A revision as a URL segment: a branch, tag or sha (``refs/pr/1`` included), never ``..``.
+_REVISION = re.compile(r"^[A-Za-z0-9][\w.\-/]{0,254}$")
+
+
+def parse_hub_ref(text: object, *, what: str = "model") -> ModelRef:
+    """Parse a Hub reference ``org/name[@revision]`` and nothing else; never looks at the disk.
+
+    For servers that take ids from strangers (the Space): :meth:`ModelRef.parse` also accepts
+    local folders, so a visitor could name ``/``, ``/etc`` or the server's model cache, and even
+    a valid-looking id such as ``spaces/tests`` would be read from disk if that folder exists
+    where the server runs. Here the id is checked with huggingface_hub's own
+    ``validate_repo_id`` (the Hub's rules: characters, ``--``/``..``, length), must have a
+    namespace, and becomes a Hub reference whatever the disk holds. The error never echoes the
+    input, so it cannot reflect a server path back to the visitor.
+
+    Args:
+        text: what the visitor typed.
+        what: how the error names the field (``"base model"``, ``"expert 2"``).
+
+    Raises:
+        InvalidReferenceError: not ``org/name`` or ``org/name@revision``.
+
+    >>> parse_hub_ref("org/expert@v1")
+    ModelRef(repo_id='org/expert', revision='v1', path=None)
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    raw = text.strip() if isinstance(text, str) else ""
+    repo_id, sep, revision = raw.partition("@")
+    ok = bool(repo_id) and repo_id.count("/") == 1 and (not sep or bool(revision))
+    if ok:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError:
+            ok = False
+    if ok and sep and (not _REVISION.match(revision) or ".." in revision or "//" in revision):
+        ok = False
+    if not ok:
+        raise InvalidReferenceError(
+            f"The {what} is not a Hub model id: write 'org/name' or 'org/name@revision' "
+            "(letters, digits, '-', '_', '.'). Only Hub ids are accepted here; local folders "
+            "work with the hub-merge CLI and Python API."
+        )
+    return ModelRef(repo_id=repo_id, revision=revision or None)

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from workflow import (  # noqa: E402
 )
 
 from hub_merge.errors import HubMergeError  # noqa: E402
+from hub_merge.refs import ModelRef, parse_hub_ref  # noqa: E402
 
 logger = logging.getLogger("hub_merge.space")
 
@@ -80,6 +82,21 @@ def _experts(chosen: list[str] | None, pasted: str | None) -> list[str]:
     return merge_ids(chosen, parse_ids(pasted))
 
 
+def hub_refs(base: str | None, experts: Sequence[str] = ()) -> tuple[ModelRef, list[ModelRef]]:
+    """The base and candidates as Hub references, or a one-line refusal naming the field.
+
+    The one gate between visitors and the disk: a Space takes Hub ids only (``org/name`` or
+    ``org/name@revision``), and the references it returns are Hub references whatever folders
+    exist on the server, so no later step can read, list, merge or push a server path.
+    """
+    try:
+        base_ref = parse_hub_ref(base, what="base model")
+        refs = [parse_hub_ref(e, what=f"candidate model #{i}") for i, e in enumerate(experts, 1)]
+    except HubMergeError as err:
+        raise gr.Error(str(err)) from None
+    return base_ref, refs
+
+
 def _size(n: int | None) -> str:
     if n is None:
         return ""
@@ -111,9 +128,10 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
     ):
         session = _session(state)
         token = user_token(token_text, oauth_token)
-        base = (base or "").strip()
-        if not base:
+        if not (base or "").strip():
             raise gr.Error("Enter a base model id, e.g. org/name.")
+        base_ref, _ = hub_refs(base)
+        base = str(base_ref.repo_id)  # the model tree is per repo, whatever the revision
         try:
             found = hub.discover(
                 base,
@@ -155,11 +173,12 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             raise gr.Error("Enter the base model first.")
         if len(experts) < 2:
             raise gr.Error("Pick or paste at least two candidate models to compare.")
+        base_ref, refs = hub_refs(base, experts)
         try:
             progress(0, desc="pulling models")
             kw = {"endpoint": endpoint, "token": token, "cache_dir": session.cache_dir}
-            base_model = hub.pull(base.strip(), **kw)
-            models = {ref: hub.pull(ref, **kw).path for ref in experts}
+            base_model = hub.pull(base_ref, **kw)
+            models = {str(ref): hub.pull(ref, **kw).path for ref in refs}
             progress(0.5, desc="measuring kinship")
             result = kinship_matrix(
                 models, base_model.path, base_id=base_model.repo_id, progress=True
@@ -169,7 +188,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             plot_kinship(result, png)
         except Exception as err:
             raise _user_error(err, token) from None
-        session.base, session.experts = base.strip(), experts
+        session.base, session.experts = str(base_ref), [str(r) for r in refs]
         table = [
             [name, *(round(float(v), 4) for v in row)]
             for name, row in zip(result.names, result.matrix, strict=True)
@@ -205,12 +224,13 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             raise gr.Error("A search merges at least two candidates; pick or paste more.")
         if session.search is not None and session.search.running:
             raise gr.Error("A search is already running in this tab; cancel it first.")
+        base_ref, refs = hub_refs(base, experts)
         try:
             tasks = task_files(session, builtin, int(n_examples or 32), uploads)
             run_dir = session.new_run_dir()
             config = SearchConfig(
-                base=base.strip(),
-                experts=experts,
+                base=base_ref,  # Hub references: the search never reads them as folders
+                experts=refs,
                 tasks=tasks,
                 out=str(run_dir),
                 k=int(k),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from pathlib import Path
 
 import pytest
 from gradio_client import Client
@@ -201,3 +202,79 @@ def test_space_front_matter_matches_the_app():
         if line.strip() and not line.startswith("#")
     ]
     assert lines == [f"hub-merge[space]=={hub_merge.__version__}"]
+
+
+HOSTILE_IDS = [
+    "/",
+    "/etc",
+    "/proc/self",
+    "../",
+    "..",
+    "./",
+    "~",
+    "~/.cache",
+    "org/..",
+    "org/x@../../etc",
+    "org/x@",
+    "a/b/c",
+    "org\x00/x",
+    "ö/x",
+    "x" * 300 + "/y",
+]
+
+
+def _server_paths(space_app) -> list[str]:
+    from huggingface_hub import constants
+
+    return [
+        str(Path.cwd()),
+        str(space_app.sessions),
+        str(Path(constants.HF_HUB_CACHE)),
+        str(Path(space_app.app.__file__).parent),
+    ]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE_IDS)
+def test_hostile_ids_are_refused_in_one_line_without_server_paths(space_app, client, hostile):
+    runs_before = sorted(space_app.sessions.glob("*/run-*"))
+    pasted = "\n".join(_experts(space_app))
+    first = _experts(space_app)[0]
+    calls = [
+        ("base", lambda: client.predict(hostile, ["finetune"], 5, "", api_name="/discover")),
+        ("base", lambda: client.predict(hostile, [], pasted, "", api_name="/kinship")),
+        ("expert", lambda: client.predict(space_app.base, [], f"{first}\n{hostile}", "", api_name="/kinship")),
+        (
+            "base",
+            lambda: client.predict(
+                hostile, [], pasted, TASKS, 8, None, 2, 1, "linear", 4, "", "", "", api_name="/search"
+            ),
+        ),
+    ]  # fmt: skip
+    for field, call in calls:
+        with pytest.raises(AppError) as err:
+            call()
+        message = str(err.value)
+        assert "not a Hub model id" in message, message
+        assert ("base model" if field == "base" else "candidate model #2") in message
+        assert "\n" not in message.strip()
+        for path in _server_paths(space_app):
+            assert path not in message
+    assert sorted(space_app.sessions.glob("*/run-*")) == runs_before  # nothing was searched
+
+
+def test_server_folders_are_never_models_even_with_a_valid_looking_id(space_app, client, tiny_zoo):
+    """A real model folder on the server (the zoo's), by absolute path, is refused; an id that
+    names a folder relative to the server's working directory is looked up on the Hub only."""
+    good = _experts(space_app)[0]
+    on_disk = str(tiny_zoo.experts["add"])
+    with pytest.raises(AppError, match="not a Hub model id") as err:
+        client.predict(space_app.base, [], f"{good}\n{on_disk}", "", api_name="/kinship")
+    assert on_disk not in str(err.value)
+    relative = "tests/fixtures"  # a folder beside the server: it used to be read from disk
+    assert Path(relative).is_dir()
+    with pytest.raises(AppError) as err:
+        client.predict(space_app.base, [], f"{good}\n{relative}", "", api_name="/kinship")
+    message = str(err.value)
+    assert "not found" in message, message
+    for path in _server_paths(space_app):
+        assert path not in message

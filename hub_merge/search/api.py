@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..evaluate import Evaluator, load_tasks
 from ..kinship import self_kinship
+from ..refs import ModelRef
 from ..tensors import dtype_name
 from .greedy import GreedySearch, GreedySettings, Original, SearchResult
 from .state import RunFolder, write_json
@@ -32,8 +33,8 @@ class SearchConfig:
     resume, so a finished run can be continued further.
     """
 
-    base: str
-    experts: list[str]
+    base: str | ModelRef  # a ModelRef is used as given (the Space passes Hub-only refs)
+    experts: list[str | ModelRef]
     tasks: list[str]
     out: str
     k: int = 3
