@@ -271,6 +271,10 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+# model class -> whether its forward takes a boolean ``logits_to_keep`` mask (transformers >= 5)
+_KEEPS_LOGITS: dict[type, bool] = {}
+
+
 class Evaluator:
     """Scores in-memory causal LMs on a fixed task set with one tokenizer.
 
@@ -278,7 +282,8 @@ class Evaluator:
         tasks (`list[Task]`): the task set; each task is scored separately.
         tokenizer: the base model's tokenizer (candidates share the base's vocabulary).
         metric (`Metric`, *optional*): ``answer_loss`` (default), ``exact_match`` or ``choice``.
-        batch_size (`int`, *optional*): sequences per forward pass.
+        batch_size (`int | "auto"`, *optional*): sequences per forward pass; ``"auto"`` picks
+            it from free device memory (CUDA) and uses 16 on CPU.
         device (`str`, *optional*): where inputs go; the model must already be there.
         limit (`int`, *optional*): score only the first N examples of each task.
         weights (`dict`, *optional*): task name -> weight in the fitness mean.
@@ -296,7 +301,7 @@ class Evaluator:
         tokenizer: Any,
         *,
         metric: str = "answer_loss",
-        batch_size: int = 16,
+        batch_size: int | str = 16,
         device: str | torch.device = "cpu",
         limit: int | None = None,
         weights: Mapping[str, float] | None = None,
@@ -307,8 +312,10 @@ class Evaluator:
             raise ConfigError(f"Unknown metric {metric!r}; choose one of {list(METRICS)}.")
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be at least 1; got {batch_size}.")
+        if batch_size != "auto" and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            raise ConfigError(f"batch_size must be at least 1 or 'auto'; got {batch_size!r}.")
         self.tasks = [t.head(limit) for t in tasks]
         if metric == "choice":
             for t in self.tasks:
@@ -367,23 +374,76 @@ class Evaluator:
     def _continuation_logprobs(
         self, model: Any, pairs: Sequence[tuple[list[int], list[int]]]
     ) -> list[torch.Tensor]:
-        """Per-token log-probabilities of each continuation given its context."""
-        out: list[torch.Tensor] = []
-        for start in range(0, len(pairs), self.batch_size):
-            chunk = pairs[start : start + self.batch_size]
-            seqs = [c + a for c, a in chunk]
-            ids, mask = _pad(seqs, self.pad_id, self.padding_side)
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask)).logits
-            logp = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+        """Per-token log-probabilities of each continuation given its context.
+
+        Rows are scored in order of length, so each batch holds rows of about one length and
+        padding (wasted forward work) stays small; results come back in the caller's order.
+        Only the logits that predict a continuation token are projected onto the vocabulary
+        (``logits_to_keep``) when the model supports it: the rest of the sequence never pays
+        for the (large) output layer or the log-softmax.
+        """
+        out: list[torch.Tensor | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        size = self._rows_per_batch(model, max((len(c) + len(a) for c, a in pairs), default=1))
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
+            chunk = [pairs[i] for i in rows]
+            ids, mask = _pad([c + a for c, a in chunk], self.pad_id, self.padding_side)
             width = ids.shape[1]
-            for i, (c, a) in enumerate(chunk):
+            keep = torch.zeros_like(ids, dtype=torch.bool)
+            targets = []
+            for j, (c, a) in enumerate(chunk):
                 offset = width - len(c) - len(a) if self.padding_side == "left" else 0
                 # token at position p is predicted by the logits at p - 1
-                pos = torch.arange(offset + len(c), offset + len(c) + len(a), device=self.device)
-                target = ids[i, pos]
-                out.append(logp[i, pos - 1].gather(-1, target[:, None])[:, 0].cpu())
-        return out
+                first = offset + len(c)
+                keep[j, first - 1 : first - 1 + len(a)] = True
+                targets.append(ids[j, first : first + len(a)])
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            target = torch.cat(targets).to(self.device)
+            logits = self._kept_logits(model, ids, mask, keep.to(self.device))  # (N, V)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            picked = logp.gather(-1, target[:, None])[:, 0].cpu()
+            lengths = [len(a) for _, a in chunk]
+            for i, lp in zip(rows, torch.split(picked, lengths), strict=True):
+                out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def _kept_logits(
+        self, model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits at the ``keep`` positions, flattened row by row: (number kept, vocab)."""
+        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
+        cls = type(model)
+        if _KEEPS_LOGITS.get(cls, True):
+            try:
+                logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
+                if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+                    _KEEPS_LOGITS[cls] = True
+                    return logits
+            except (TypeError, ValueError, IndexError, RuntimeError):
+                pass
+            _KEEPS_LOGITS[cls] = False  # an older or custom model: project every position
+        return model(**kwargs).logits[keep]
+
+    def _rows_per_batch(self, model: Any, longest: int) -> int:
+        """The configured batch size, or with ``batch_size="auto"`` one chosen from free memory.
+
+        On CUDA: a quarter of the free memory over a rough per-row peak (the kept logits in
+        float32 twice, for the log-softmax, plus a layer's activations); on CPU, 16 rows (larger
+        batches buy nothing on a few cores and cost memory).
+        """
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        if self.device.type != "cuda":
+            return 16
+        config = getattr(model, "config", None)
+        vocab = int(getattr(config, "vocab_size", 50_000) or 50_000)
+        hidden = int(getattr(config, "hidden_size", 4096) or 4096)
+        inner = int(getattr(config, "intermediate_size", 4 * hidden) or 4 * hidden)
+        elt = next(model.parameters()).element_size() if hasattr(model, "parameters") else 2
+        per_row = longest * (2 * 4 * vocab + elt * (8 * hidden + 3 * inner))
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(1, min(256, int(0.25 * free // max(per_row, 1))))
 
     def _answer_loss(self, model: Any, task: Task) -> float:
         pairs = []
@@ -420,11 +480,15 @@ class Evaluator:
         budget = self.max_new_tokens or 2 + max(
             len(self._encode(ex.answer, False)) for ex in task.examples
         )
+        prompts = [self._encode(ex.prompt, True) for ex in task.examples]
+        # by prompt length: batches of similar prompts need little left padding
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        size = self._rows_per_batch(model, max(map(len, prompts)) + budget)
         correct = 0
-        for start in range(0, len(task.examples), self.batch_size):
-            chunk = task.examples[start : start + self.batch_size]
+        for start in range(0, len(order), size):
+            rows = order[start : start + size]
             # generation always pads on the left so every row continues from its last real token
-            ids, mask = _pad([self._encode(ex.prompt, True) for ex in chunk], self.pad_id, "left")
+            ids, mask = _pad([prompts[i] for i in rows], self.pad_id, "left")
             gen = model.generate(
                 input_ids=ids.to(self.device),
                 attention_mask=mask.to(self.device),
@@ -434,11 +498,11 @@ class Evaluator:
                 eos_token_id=self.eos_id,
             )
             new = gen[:, ids.shape[1] :]
-            for ex, row in zip(chunk, new.tolist(), strict=True):
+            for i, row in zip(rows, new.tolist(), strict=True):
                 if self.eos_id in row:
                     row = row[: row.index(self.eos_id)]
                 text = self.tokenizer.decode(row, skip_special_tokens=True)
-                correct += int(text.strip() == ex.answer.strip())
+                correct += int(text.strip() == task.examples[i].answer.strip())
         return correct / len(task.examples)
 
     def score(self, model: Any) -> dict[str, float]:
@@ -452,7 +516,8 @@ class Evaluator:
         if hasattr(model, "eval"):
             model.eval()
         try:
-            scores = {t.name: fn(model, t) for t in self.tasks}
+            with torch.inference_mode():  # no autograd state anywhere in scoring
+                scores = {t.name: fn(model, t) for t in self.tasks}
         finally:
             if was_training:
                 model.train()

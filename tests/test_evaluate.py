@@ -204,3 +204,45 @@ def test_evaluator_rejects_bad_settings(tiny):
     with pytest.raises(ConfigError, match="unknown tasks"):
         Evaluator([task], tok, weights={"nope": 1.0})
     assert Evaluator([task], tok).key != Evaluator([task], tok, metric="exact_match").key
+
+
+class _PlainForward(torch.nn.Module):
+    """A causal LM whose forward takes no ``logits_to_keep`` (an older or custom model)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return self.inner(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids
+        )
+
+
+def test_length_sorted_batches_keep_the_unbatched_scores(tiny):
+    """Rows sorted and packed by length, only answer logits projected: same losses to 1e-4."""
+    from hub_merge.evaluate import _KEEPS_LOGITS
+
+    zoo, tok, base = tiny
+    expert = AutoModelForCausalLM.from_pretrained(zoo.experts["sort"], dtype=torch.float32).eval()
+    # tasks of different prompt and answer lengths, mixed in one task so batches must re-order
+    mixed = Task(
+        "mixed",
+        tuple(
+            e for n in ("add", "reverse", "sort") for e in load_task(zoo.tasks[n], limit=5).examples
+        ),
+    )
+    want = sum(reference_loss(expert, tok, e.prompt, e.answer) for e in mixed.examples) / len(
+        mixed.examples
+    )
+    for side, bs in (("right", 4), ("left", 7), ("right", "auto")):
+        got = Evaluator([mixed], tok, batch_size=bs, padding_side=side).score(expert)["mixed"]
+        assert got == pytest.approx(want, abs=1e-4), (side, bs)
+    assert _KEEPS_LOGITS[type(expert)] is True  # the cheap path ran on a transformers model
+    plain = _PlainForward(expert).eval()
+    got = Evaluator([mixed], tok, batch_size=4).score(plain)["mixed"]
+    assert _KEEPS_LOGITS[type(plain)] is False
+    assert got == pytest.approx(want, abs=1e-4)
+    with pytest.raises(ConfigError, match="batch_size"):
+        Evaluator([mixed], tok, batch_size=0)
