@@ -117,13 +117,15 @@ def main() -> None:
                 experts=[str(experts[n]) for n in names],
                 tasks=[str(zoo.tasks[n]) for n in names],
                 out=str(out / label.replace(" ", "-")),
-                k=args.k,
-                generations=args.generations,
-                patience=args.patience,
+                settings={
+                    "k": args.k,
+                    "generations": args.generations,
+                    "patience": args.patience,
+                    "kinship_guided": guided,
+                    "kinship_stop": 0.9 if guided else None,
+                },
                 limit=args.limit,
                 device=args.device,
-                kinship_guided=guided,
-                kinship_stop=0.9 if guided else None,
                 materialize=[],
             )
         )

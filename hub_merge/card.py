@@ -62,7 +62,6 @@ __all__ = [
 ]
 
 TEMPLATE_NAME = "model_card_template.md"
-BASE_PLACEHOLDER = "@base"  # recipe-tree spelling of the search's common base model
 IMAGES = ("fitness.png", "family_tree.png", "kinship.png")
 DEPENDENCIES = ("torch", "transformers", "peft", "mergekit", "huggingface_hub", "safetensors")
 
@@ -115,7 +114,6 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
         "https://arxiv.org/abs/2403.19522",
     ),
 }
-RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
 KINSHIP_PAPER = "https://arxiv.org/abs/2410.12613"
 
 
@@ -257,10 +255,10 @@ def _ref(tree: FamilyTree, node_id: str) -> str:
     return node.source
 
 
-def _recipe_hash(recipe: Any) -> str:
-    from .search.greedy import recipe_hash  # the search's own hash, so ids match its lineage
+def _random_methods() -> frozenset[str]:
+    from .merge.recipe import RANDOM_METHODS  # lazy: the merge package imports torch
 
-    return recipe_hash(recipe)
+    return RANDOM_METHODS
 
 
 def step_recipe(
@@ -268,50 +266,43 @@ def step_recipe(
 ) -> MergeRecipe:
     """The merge engine's recipe of ONE step: its parents by reference, its method and settings.
 
-    Uses the run's recipe tree (``recipes.json``: node id -> ``{"method", "parameters", "base",
-    "models"}``) or a ``MergeRecipe`` when given, and otherwise the lineage node itself (the
-    greedy search records the parent it used as base in ``parameters["base_model"]``).
+    A one-step ``MergeRecipe`` given in ``recipes`` is used as is. Otherwise the step recipe the
+    search stored in the lineage node (``LineageNode.recipe``: a ``MergeRecipe`` whose inputs are
+    node ids) is exported with each input spelled as mergekit reads it (:func:`_ref`); a node
+    without one (a hand-made tree) merges its parents over the common base.
     """
     from .merge.recipe import MergeRecipe, ModelEntry
 
     node = tree.nodes[step_id]
     given = (recipes or {}).get(step_id)
-    if isinstance(given, MergeRecipe):
+    if isinstance(given, MergeRecipe) and not given.nested:
         return given
-    if isinstance(given, Mapping) and "method" in given:
-        by_hash = {n.recipe_hash: n.id for n in tree.nodes.values() if n.recipe_hash}
+    if node.recipe is not None:
+        step = MergeRecipe.from_dict(node.recipe)
 
-        def ref(sub: Any) -> str:
-            if sub == BASE_PLACEHOLDER:
-                if not tree.base:
-                    raise ConfigError(f"Step {step_id} uses the common base, but the run has none.")
-                return _ref(tree, tree.base)
-            found = by_hash.get(_recipe_hash(sub))
-            if found is None:
-                raise ConfigError(f"Step {step_id}'s recipe names an input that is not in the run.")
-            return _ref(tree, found)
+        def node_ref(item: Any) -> str:
+            if not isinstance(item, str) or item not in tree.nodes:
+                raise ConfigError(
+                    f"Step {step_id}'s recipe names {item!r}, which is not in the run."
+                )
+            return _ref(tree, item)
 
-        base = given.get("base")
-        return MergeRecipe(
-            method=given["method"],
-            base=None if base is None else ref(base),
-            models=[ModelEntry(model=ref(m)) for m in given.get("models", [])],
-            parameters=dict(given.get("parameters") or {}),
-            dtype=_stored_dtype(tree),
+        return step.model_copy(
+            update={
+                "base": None if step.base is None else node_ref(step.base),
+                "models": [
+                    ModelEntry(model=node_ref(e.model), parameters=e.parameters)
+                    for e in step.models
+                ],
+                "dtype": step.dtype or _stored_dtype(tree),
+            }
         )
-    parameters = dict(node.parameters)
-    as_base = parameters.pop("base_model", None)
-    if as_base in node.parents:
-        base: str | None = _ref(tree, as_base)
-        models = [p for p in node.parents if p != as_base]
-    else:
-        base = _ref(tree, tree.base) if tree.base else None
-        models = list(node.parents)
+    # a node without a step recipe (hand-made trees): its parents over the common base
     return MergeRecipe(
         method=str(node.method),
-        base=base,
-        models=[ModelEntry(model=_ref(tree, p)) for p in models],
-        parameters=parameters,
+        base=_ref(tree, tree.base) if tree.base else None,
+        models=[ModelEntry(model=_ref(tree, p)) for p in node.parents],
+        parameters=dict(node.parameters),
         dtype=_stored_dtype(tree),
     )
 
@@ -652,7 +643,7 @@ def build_card(
         "images": set(images),
         "command": _reproduce_command(tree),
         "steps": steps,
-        "random_methods": sorted({s.method for s in steps if s.method in RANDOM_METHODS}),
+        "random_methods": sorted({s.method for s in steps if s.method in _random_methods()}),
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,

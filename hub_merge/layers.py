@@ -43,6 +43,19 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def layer_filter(name: str) -> str | None:
+    """The text naming a tensor's block (``.layers.3.``, ``h.11.``), or None outside the blocks.
+
+    As a mergekit ``filter`` (a substring of the tensor name) it selects exactly that block's
+    tensors, which is how a search gives each block its own merge settings.
+
+    >>> layer_filter("model.layers.3.mlp.up_proj.weight"), layer_filter("h.11.attn.c_attn.bias")
+    ('.layers.3.', 'h.11.')
+    """
+    match = _LAYER.search(name)
+    return match.group(0) if match else None
+
+
 def num_layers(
     names: Iterable[str] = (), *, config: Mapping[str, Any] | str | Path | None = None
 ) -> int | None:

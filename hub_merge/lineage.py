@@ -21,6 +21,7 @@ from typing import Any, Literal
 from .errors import SearchStateError
 
 NodeKind = Literal["base", "expert", "merge"]
+BASE_ID = "base"  # the common base's node id in every search's tree
 
 
 @dataclass
@@ -38,10 +39,13 @@ class LineageNode:
     path: str | None = None
     is_adapter: bool = False
     license: str | None = None
-    # how a merge was made
+    # how a merge was made: ``recipe`` is this one step as a MergeRecipe dict whose inputs are
+    # node ids (``base`` = the common base's node), so a card can export it step by step
     method: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] | None = None
     recipe_hash: str | None = None
+    baseline: str | None = None  # "expert" or "uniform": scored before the strategy ran
     # how it scored
     fitness: float | None = None
     scores: dict[str, float] = field(default_factory=dict)
@@ -72,6 +76,7 @@ class GenerationRecord:
     evaluations: int = 0  # distinct candidates first scored in this generation (cached or not)
     children: list[str] = field(default_factory=list)
     note: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)  # the strategy's own numbers (spread...)
 
 
 @dataclass
@@ -88,6 +93,13 @@ class FamilyTree:
     generations: list[GenerationRecord] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    strategy: str = "greedy"
+    test_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # node id -> held out
+    split: dict[str, Any] = field(default_factory=dict)  # how dev and test rows were chosen
+
+    def baselines(self) -> list[LineageNode]:
+        """The nodes scored before the strategy ran (each expert, the uniform average)."""
+        return [n for n in self.nodes.values() if n.baseline]
 
     def add(self, node: LineageNode) -> LineageNode:
         if node.id in self.nodes:

@@ -86,6 +86,15 @@ def make_tree(adapter_license: str | None = "apache-2.0") -> FamilyTree:
     )
 
     def merge(node_id, parents, gen, method, params, fitness, scores):
+        params = dict(params)
+        as_base = params.pop("base_model", None)  # the parent used as mergekit's base
+        others = [p for p in parents if p != as_base]
+        recipe = {
+            "method": method,
+            "base": as_base or "base",
+            "models": [{"model": p} for p in others],
+            "parameters": params,
+        }
         tree.add(
             LineageNode(
                 id=node_id,
@@ -95,6 +104,7 @@ def make_tree(adapter_license: str | None = "apache-2.0") -> FamilyTree:
                 generation=gen,
                 method=method,
                 parameters=params,
+                recipe=recipe,
                 fitness=fitness,
                 scores=scores,
                 merge_gain=0.5,
@@ -357,35 +367,26 @@ def test_each_steps_mergekit_yaml_names_the_dtype_the_step_was_stored_in():
         assert (config["dtype"], config["out_dtype"]) == ("float32", "bfloat16")
 
 
-def test_recipe_trees_from_the_run_give_the_same_steps_as_the_lineage():
-    from hub_merge.search.greedy import recipe_hash
+def test_run_recipes_and_the_lineage_give_the_same_steps():
+    """A search's full (nested) recipe and the lineage's step recipes describe one merge."""
+    from hub_merge.merge.recipe import MergeRecipe
 
     tree = make_tree()
-    sources = {n.id: {"model": n.source} for n in tree.originals("g2-1")}
-    recipes = dict(sources)
-    recipes["g1-1"] = {
-        "method": "slerp",
-        "parameters": SLERP_T,
-        "base": sources["sort"],
-        "models": [sources["add"]],
-    }
-    recipes["g1-2"] = {
-        "method": "slerp",
-        "parameters": SLERP_T,
-        "base": sources["sort"],
-        "models": [sources["lora-reverse"]],
-    }
-    recipes["g2-1"] = {
-        "method": "ties",
-        "parameters": {"weight": 1.0, "density": 0.5},
-        "base": "@base",
-        "models": [recipes["g1-1"], recipes["g1-2"]],
-    }
-    for node_id, recipe in recipes.items():
-        tree.nodes[node_id].recipe_hash = recipe_hash(recipe)
-    for step in ("g1-1", "g1-2", "g2-1"):
-        from_run = step_recipe(tree, step, recipes).to_mergekit_yaml()
-        assert from_run == step_recipe(tree, step).to_mergekit_yaml()
+    src = {n.id: n.source for n in tree.originals("g2-1")}
+    g11 = MergeRecipe(method="slerp", parameters=SLERP_T, base=src["sort"], models=[src["add"]])
+    nested = MergeRecipe(
+        method="ties",
+        parameters={"weight": 1.0, "density": 0.5},
+        base=tree.nodes["base"].source,
+        models=[g11, MergeRecipe(method="slerp", base=src["sort"], models=[src["lora-reverse"]])],
+    )
+    assert nested.leaves()[1:] == [src["sort"], src["add"], src["lora-reverse"]]
+    lineage = step_recipe(tree, "g2-1")
+    # a nested run recipe is exported step by step through the lineage, not as one config
+    assert step_recipe(tree, "g2-1", {"g2-1": nested}) == lineage
+    assert [e.model for e in lineage.models] == ["./g1-1", "./g1-2"]
+    # a one-step recipe given by the caller is used as is
+    assert step_recipe(tree, "g1-1", {"g1-1": g11}) == g11
 
 
 def _run_folder(tmp_path: Path, tree: FamilyTree) -> Path:
@@ -496,8 +497,7 @@ def test_card_of_a_real_search_run_parses(tiny_zoo, tmp_path):
                 experts=[str(tiny_zoo.experts["add"]), str(tiny_zoo.adapters["sort"])],
                 tasks=[str(tiny_zoo.tasks["add"]), str(tiny_zoo.tasks["sort"])],
                 out=str(tmp_path / "run"),
-                k=2,
-                generations=1,
+                settings={"k": 2, "generations": 1},
                 limit=4,
                 device="cpu",
                 progress=False,

@@ -14,7 +14,10 @@ from hub_merge.errors import SearchStateError
 from hub_merge.evaluate import Evaluator, load_tasks
 from hub_merge.kinship import kinship_matrix
 from hub_merge.lineage import FamilyTree
+from hub_merge.merge.recipe import MergeRecipe, ModelEntry
 from hub_merge.search import SearchConfig, greedy_search
+
+GREEDY = {"k", "generations", "method", "parameters", "kinship_stop", "kinship_guided", "patience"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -29,6 +32,8 @@ def one_thread():
 def config(zoo, out, **kw) -> SearchConfig:
     names = kw.pop("names", ["add", "reverse", "uppercase"])
     models = kw.pop("models", zoo.experts)
+    settings = {"k": 3, "generations": 2, "kinship_stop": None}
+    settings.update({k: kw.pop(k) for k in list(kw) if k in GREEDY})
     return SearchConfig(
         base=str(zoo.base),
         experts=[str(models[n]) for n in names],
@@ -36,7 +41,8 @@ def config(zoo, out, **kw) -> SearchConfig:
         out=str(out),
         device="cpu",
         progress=False,
-        **{"k": 3, "generations": 2, "limit": 8, "kinship_stop": None, **kw},
+        settings=settings,
+        **{"limit": 8, **kw},
     )
 
 
@@ -62,11 +68,12 @@ def test_search_runs_end_to_end_with_complete_lineage(tiny_zoo, finished):
     tree.validate()
     assert tree.winner == result.winner and tree.base == "base"
     assert {n.name for n in tree.experts()} == {"add", "reverse", "uppercase"}
+    assert [n.id for n in tree.baselines()] == ["add", "reverse", "uppercase", "uniform"]
     for node in tree.nodes.values():
         assert all(p in tree.nodes for p in node.parents)
         if node.kind == "expert":
             assert node.path == str(tiny_zoo.experts[node.name].resolve()) and node.repo_id is None
-        if node.kind == "merge":
+        if node.kind == "merge" and node.id != "uniform":
             assert node.method == "slerp" and node.parameters["t"][0]["filter"] == "self_attn"
             assert (
                 node.merge_gain is not None and node.parent_kinship is not None and node.recipe_hash
@@ -135,7 +142,7 @@ def test_adapters_can_be_searched(tiny_zoo, tmp_path):
     )
     tree = result.tree
     assert all(n.is_adapter for n in tree.experts())
-    assert [n.id for n in tree.merges()] == ["g1-1"]
+    assert [n.id for n in tree.merges()] == ["uniform", "g1-1"]
     assert result.winner_path is None
 
 
@@ -164,8 +171,9 @@ def test_cli_search_json_and_errors(tiny_zoo, tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert (
-        data["evaluations"] == 3 and data["nodes"] == 4 and data["winner_path"].endswith("winner")
-    )
+        data["evaluations"] == 4 and data["nodes"] == 5 and data["winner_path"].endswith("winner")
+    )  # two experts, their uniform average and their one child (the base is a node too)
+    assert set(data["baselines"]) == {"add", "sort", "uniform"}
     assert main([*args, "--json", "--resume", "--save-node", "add"]) == 0
     assert json.loads(capsys.readouterr().out)["evaluations"] == 0
     assert (tmp_path / "run" / "nodes" / "add" / "config.json").is_file()
@@ -211,7 +219,8 @@ def test_other_merge_methods_use_the_common_base(tiny_zoo, tmp_path, method):
     child = result.tree.nodes["g1-1"]
     assert child.method == method and "base_model" not in child.parameters
     recipes = json.loads((tmp_path / "run" / "recipes.json").read_text())
-    assert recipes["g1-1"]["base"] == "@base" and len(recipes["g1-1"]["models"]) == 2
+    assert recipes["g1-1"]["base"] == str(tiny_zoo.base.resolve())
+    assert len(recipes["g1-1"]["models"]) == 2 and child.recipe["base"] == "base"
     assert child.fitness is not None and math.isfinite(child.fitness)
 
 
@@ -265,7 +274,6 @@ def test_batched_kinship_equals_pairwise_and_takes_fewer_passes(tiny_zoo, monkey
     import hub_merge.kinship as kinship_module
     from hub_merge.merge import MergeSession
     from hub_merge.search.backend import EngineBackend
-    from hub_merge.search.greedy import Candidate
 
     names = ["add", "reverse", "sort", "uppercase"]
     folders = {n: tiny_zoo.experts[n] for n in names}
@@ -273,18 +281,14 @@ def test_batched_kinship_equals_pairwise_and_takes_fewer_passes(tiny_zoo, monkey
     tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
     session = MergeSession(tiny_zoo.base, device="cpu")
     backend = EngineBackend(session, Evaluator(tasks, tok), folders, keep_models=2)
-    original = {n: Candidate(n, {"model": n}) for n in names}
+    original = {n: MergeRecipe.leaf(n) for n in names}
     merged = [
-        Candidate(
-            f"m{i}",
-            {
-                "method": "linear",
-                "parameters": {"weight": 0.5},
-                "base": "@base",
-                "models": [{"model": a}, {"model": b}],
-            },
-        )  # fmt: skip
-        for i, (a, b) in enumerate([("add", "reverse"), ("sort", "uppercase"), ("add", "sort")])
+        MergeRecipe(
+            method="linear",
+            parameters={"weight": 0.5},
+            models=[ModelEntry(model=a), ModelEntry(model=b)],
+        )
+        for a, b in [("add", "reverse"), ("sort", "uppercase"), ("add", "sort")]
     ]
     anchor, others = original["add"], [original["reverse"], original["sort"], *merged]
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hub_merge.errors import ConfigError, SearchStateError
-from hub_merge.search import Candidate, GreedySettings, Original, RunFolder, run_greedy
+from hub_merge.merge.recipe import MergeRecipe
+from hub_merge.search import GreedySettings, Original, RunFolder, run_greedy
 
 TASKS = ["a", "b", "c"]
 
@@ -33,26 +34,25 @@ class VectorBackend:
         self.kinship_calls = 0
         self.interrupt_after = interrupt_after
 
-    def vector(self, recipe: dict) -> torch.Tensor:
-        if "model" in recipe:
-            return self.vectors[recipe["model"]]
-        parts = ([] if recipe["base"] == "@base" else [recipe["base"]]) + recipe["models"]
+    def vector(self, recipe: MergeRecipe | str) -> torch.Tensor:
+        if isinstance(recipe, str):
+            return self.vectors[recipe]
+        if recipe.is_leaf:
+            return self.vector(recipe.models[0].model)
+        base = [] if recipe.base in (None, "@base") else [recipe.base]
+        parts = base + [e.model for e in recipe.models]
         return torch.stack([self.vector(p) for p in parts]).mean(0)
 
-    def evaluate(self, candidate: Candidate) -> dict[str, float]:
+    def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
         if self.interrupt_after is not None and len(self.evaluated) >= self.interrupt_after:
             raise KeyboardInterrupt
-        self.evaluated.append(candidate.recipe_hash)
-        v = self.vector(candidate.recipe).clamp(min=0)
+        self.evaluated.append(recipe.recipe_hash())
+        v = self.vector(recipe).clamp(min=0)
         return {t: float(1 - v[j].sqrt()) for j, t in enumerate(TASKS)}
 
-    def kinship(self, a: Candidate, b: Candidate) -> float:
+    def kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
         self.kinship_calls += 1
-        return float(
-            torch.nn.functional.cosine_similarity(
-                self.vector(a.recipe), self.vector(b.recipe), dim=0
-            )
-        )
+        return float(torch.nn.functional.cosine_similarity(self.vector(a), self.vector(b), dim=0))
 
 
 VECTORS = {
@@ -102,9 +102,13 @@ def test_lineage_is_complete_and_consistent(tmp_path):
         assert set(node.scores) == set(TASKS) and node.fitness is not None
         if node.kind == "expert":
             assert node.path and not node.parents and node.generation == 0
+        elif node.id == "uniform":  # the core's baseline: the linear average of every expert
+            assert node.method == "linear" and node.parents == ["ea", "eb", "ec", "ed"]
+            assert node.baseline == "uniform" and node.generation == 0
         else:
             pa, pb = (tree.nodes[p] for p in node.parents)
-            assert node.method == "slerp" and node.parameters["base_model"] == pa.id
+            assert node.method == "slerp" and node.recipe["base"] == pa.id
+            assert node.recipe["models"][0]["model"] == pb.id
             assert math.isclose(node.merge_gain, node.fitness - (pa.fitness + pb.fitness) / 2)
             assert node.parent_kinship is not None and node.generation >= 1
             assert max(pa.generation, pb.generation) < node.generation
@@ -114,7 +118,7 @@ def test_lineage_is_complete_and_consistent(tmp_path):
     gen1 = {frozenset(tree.nodes[c].parents) for c in tree.generations[1].children}
     assert gen1 == {frozenset(p) for p in itertools.combinations(["ea", "eb", "ec", "ed"], 2)}
     # no pair was merged twice, and each recipe was scored once
-    pairs = [frozenset(n.parents) for n in tree.merges()]
+    pairs = [frozenset(n.parents) for n in tree.merges() if n.id != "uniform"]
     assert len(pairs) == len(set(pairs))
     assert len(backend.evaluated) == len(set(backend.evaluated)) == len(tree.nodes)
 
@@ -128,14 +132,11 @@ def test_exploration_picks_the_lowest_kinship_partner_in_the_whole_pool():
     order = list(tree.nodes)
     for prev, record in zip(tree.generations[1:], tree.generations[2:], strict=False):
         best = prev.top[0]
-        snapshot = [n for n in order[: order.index(prev.children[-1]) + 1] if n != best]
-        kin = {
-            m: backend.kinship(
-                Candidate(best, _recipe(tree, best, backend)),
-                Candidate(m, _recipe(tree, m, backend)),
-            )
-            for m in snapshot
-        }
+        # greedy's pool: the experts and its own children (the uniform baseline is not merged)
+        snapshot = [
+            n for n in order[: order.index(prev.children[-1]) + 1] if n not in (best, "uniform")
+        ]
+        kin = {m: backend.kinship(result.recipes[best], result.recipes[m]) for m in snapshot}
         far = min(kin, key=kin.get)
         parent_sets = {frozenset(tree.nodes[c].parents) for c in record.children}
         earlier = {frozenset(n.parents) for n in tree.merges() if n.generation < record.generation}
@@ -154,20 +155,6 @@ def test_exploration_picks_the_lowest_kinship_partner_in_the_whole_pool():
     ):
         for c in record.children:
             assert set(vanilla.tree.nodes[c].parents) <= set(prev.top)
-
-
-def _recipe(tree, node_id, backend):
-    # rebuild a node's recipe tree from the lineage (the fitter parent is the base)
-    node = tree.nodes[node_id]
-    if node.kind == "expert":
-        return {"model": f"src/{node_id}"}
-    a, b = node.parents
-    return {
-        "method": node.method,
-        "parameters": {},
-        "base": _recipe(tree, a, backend),
-        "models": [_recipe(tree, b, backend)],
-    }
 
 
 def test_kinship_early_stop_fires_when_threshold_crossed():
@@ -199,11 +186,11 @@ class TargetBackend(VectorBackend):
     So the generation-1 merge of ea and eb is optimal and no later child enters the top-k.
     """
 
-    def evaluate(self, candidate: Candidate) -> dict[str, float]:
-        self.evaluated.append(candidate.recipe_hash)
+    def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
+        self.evaluated.append(recipe.recipe_hash())
         target = (self.vectors["src/ea"] + self.vectors["src/eb"]) / 2
-        d = (self.vector(candidate.recipe) - target).abs()
-        depth = json.dumps(candidate.recipe).count("method")
+        d = (self.vector(recipe) - target).abs()
+        depth = recipe.canonical_json().count("method")
         return {t: float(d[j]) + (1.0 if depth > 1 else 0.0) for j, t in enumerate(TASKS)}
 
 
@@ -292,7 +279,7 @@ def test_bad_settings_are_refused():
     with pytest.raises(ConfigError, match="at least two experts"):
         run_greedy(originals(("ea",)), VectorBackend(VECTORS), progress=False)
     with pytest.raises(ConfigError, match="kinship_metric"):
-        GreedySettings(kinship_metric="manhattan")
+        run_greedy(originals(), VectorBackend(VECTORS), kinship_metric="manhattan")
 
 
 def test_hub_originals_carry_repo_and_sha_in_the_lineage(tmp_path):

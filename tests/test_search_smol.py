@@ -19,8 +19,7 @@ def test_smol_search_winner_beats_best_single_expert(tmp_path):
             experts=[str(experts[n]) for n in names],
             tasks=[str(zoo.tasks[n]) for n in names if n in zoo.tasks],
             out=str(tmp_path / "run"),
-            k=3,
-            generations=2,
+            settings={"k": 3, "generations": 2},
             limit=32,
             progress=False,
         )

@@ -1,8 +1,16 @@
-"""``hub-merge search``: kinship-guided top-k greedy merging into a resumable run folder."""
+"""``hub-merge search --strategy NAME``: a merge search into a resumable run folder.
+
+Shared options are declared here once; each strategy's own options are made from its settings
+dataclass (``Strategy.settings_type``): one option per field, its default and help read from the
+field, so a new strategy's settings reach the CLI without editing this file. An option another
+strategy owns is refused in one line before anything is loaded.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from typing import Any
 
 import click
@@ -39,7 +47,86 @@ class _ManyValues(click.Option):
         return result
 
 
+def _parse_json(flag: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{flag} is not valid JSON ({err.msg}): {text!r}") from None
+
+
+def _number_or_word(flag: str, text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("none", "null", "off"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _strategy_options() -> tuple[list[click.Option], dict[str, dict[str, Any]]]:
+    """One click option per settings field of every strategy (fields shared by name merge)."""
+    from ..search.strategy import load_strategies
+
+    options: list[click.Option] = []
+    fields: dict[str, dict[str, Any]] = {}  # field name -> {"owners", "flag", "parse"}
+    for sname, cls in sorted(load_strategies().items()):
+        hints = typing.get_type_hints(cls.settings_type)
+        for f in dataclasses.fields(cls.settings_type):
+            if f.name in fields:
+                fields[f.name]["owners"].append(sname)
+                continue
+            hint = hints[f.name]
+            args = set(typing.get_args(hint)) or {hint}
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f.metadata.get("help", "")
+            parse = None
+            kw: dict[str, Any] = {"default": None}
+            if bool in args:
+                flag = f.metadata.get("flag", f"{flag}/--no-{f.name.replace('_', '-')}")
+            elif args <= {int, type(None)}:
+                kw["type"] = int
+            elif args <= {float, int, type(None)}:
+                kw["type"] = float
+            elif args & {dict, list} or any(typing.get_origin(a) in (dict, list) for a in args):
+                parse = _parse_json
+            elif str in args and (float in args or int in args):
+                parse = _number_or_word
+            shown = json.dumps(default) if isinstance(default, (dict, list)) else default
+            if isinstance(shown, str) and len(shown) > 40:
+                shown = "see docs"
+            kw["help"] = f"{help_text} [{sname}; default: {shown}]"
+            options.append(click.Option([flag, f.name], **kw))
+            fields[f.name] = {"owners": [sname], "flag": flag.split("/")[0], "parse": parse}
+    return options, fields
+
+
+_OPTIONS, _FIELDS = _strategy_options()
+
+
+def _with_strategy_options(fn: Any) -> Any:
+    for option in reversed(_OPTIONS):
+        fn.__click_params__ = [*getattr(fn, "__click_params__", []), option]
+    return fn
+
+
+def _strategy_names() -> list[str]:
+    from ..search.strategy import strategy_names
+
+    return strategy_names()
+
+
 @click.command(name="search")
+@click.option(
+    "--strategy",
+    type=click.Choice(_strategy_names()),
+    default="greedy",
+    show_default=True,
+    help="How to search: greedy (Hu et al.), evolve (CMA-ES, Akiba et al.), ...",
+)
 @click.option(
     "--base", required=True, help="Base model all experts share (Hub ref org/name[@rev] or folder)."
 )
@@ -61,38 +148,12 @@ class _ManyValues(click.Option):
     help="Run folder (state, plots, winner).",
 )
 @click.option(
-    "--k", default=3, show_default=True, help="How many of the fittest models are merged pairwise."
-)
-@click.option("--generations", default=5, show_default=True, help="Maximum generations.")
-@click.option(
-    "--method",
-    default="slerp",
-    show_default=True,
-    help="Merge method of each pairwise step (default: the paper's layer-wise SLERP).",
-)
-@click.option(
-    "--parameters",
-    "parameters_json",
+    "--budget",
+    type=int,
     default=None,
-    help="Method parameters as JSON, e.g. '{\"t\": 0.5}' (default for slerp: the paper's t schedule).",
+    help="Evaluations in the whole run, baselines included (default: the strategy's own stop).",
 )
-@click.option(
-    "--no-kinship",
-    is_flag=True,
-    help="Vanilla greedy: no kinship-guided exploration, no kinship stop.",
-)
-@click.option(
-    "--patience",
-    default=2,
-    show_default=True,
-    help="Stop after this many generations without improvement.",
-)
-@click.option(
-    "--kinship-stop",
-    default=0.9,
-    show_default=True,
-    help="Stop when mean kinship among the top-k exceeds this (Pearson).",
-)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option(
     "--kinship-metric",
     type=click.Choice(["pearson", "cosine", "euclidean"]),
@@ -124,19 +185,16 @@ class _ManyValues(click.Option):
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @endpoint_option
 @token_option
+@_with_strategy_options
 def command(
+    strategy: str,
     base: str,
     experts: tuple[str, ...],
     discover_n: int | None,
     tasks: tuple[str, ...],
     out: str,
-    k: int,
-    generations: int,
-    method: str,
-    parameters_json: str | None,
-    no_kinship: bool,
-    patience: int,
-    kinship_stop: float,
+    budget: int | None,
+    seed: int,
     kinship_metric: str,
     metric: str,
     limit: int | None,
@@ -148,13 +206,16 @@ def command(
     as_json: bool,
     endpoint: str | None,
     token: str | None,
+    **strategy_values: Any,
 ) -> None:
-    """Search for the best merge of EXPERTS by kinship-guided top-k greedy merging.
+    """Search for the best merge of EXPERTS with a search strategy (default: greedy).
 
-    Generation 1 merges every pair of experts; each later generation merges the top-k pairwise
-    and (kinship-guided) the best with its least related model in the pool. The run folder keeps
-    the state after every generation (Ctrl-C is safe; --resume continues), family_tree.json,
-    fitness.png, family_tree.png and the winner as a model folder (RUN/winner).
+    Every run first scores the baselines (each expert and their uniform average), which stay
+    candidates, then runs the strategy. greedy: generation 1 merges every pair of experts; each
+    later generation merges the top-k pairwise and (kinship-guided) the best with its least
+    related model. The run folder keeps the state after every generation (Ctrl-C is safe;
+    --resume continues), family_tree.json, fitness.png, family_tree.png and the winner as a
+    model folder (RUN/winner). Options marked with a strategy's name belong to that strategy.
 
     \b
     Examples:
@@ -164,8 +225,19 @@ def command(
       hub-merge search --base org/base --discover 6 --tasks t.jsonl --out run --no-kinship
     """
     from ..errors import ConfigError
-    from ..search import SearchConfig, greedy_search
+    from ..search import SearchConfig, search
 
+    settings: dict[str, Any] = {}
+    for name, value in strategy_values.items():
+        if value is None:
+            continue
+        spec = _FIELDS[name]
+        if strategy not in spec["owners"]:
+            raise ConfigError(
+                f"{spec['flag']} is a setting of strategy {', '.join(spec['owners'])}, "
+                f"not of --strategy {strategy}."
+            )
+        settings[name] = spec["parse"](spec["flag"], value) if spec["parse"] else value
     expert_refs = list(experts)
     if discover_n:
         from .. import hub
@@ -183,29 +255,16 @@ def command(
         raise ConfigError(
             "Give at least two experts with --experts (or find them with --discover N)."
         )
-    parameters = None
-    if parameters_json:
-        try:
-            parameters = json.loads(parameters_json)
-        except json.JSONDecodeError as err:
-            raise ConfigError(
-                f"--parameters is not valid JSON ({err.msg}): {parameters_json!r}"
-            ) from None
-        if not isinstance(parameters, dict):
-            raise ConfigError("--parameters must be a JSON object, e.g. '{\"t\": 0.5}'.")
     config = SearchConfig(
         base=base,
         experts=expert_refs,
         tasks=list(tasks),
         out=out,
-        k=k,
-        generations=generations,
-        method=method,
-        parameters=parameters,
-        kinship_guided=not no_kinship,
-        kinship_stop=None if no_kinship else kinship_stop,
+        strategy=strategy,
+        settings=settings,
+        budget=budget,
+        seed=seed,
         kinship_metric=kinship_metric,
-        patience=patience,
         metric=metric,
         limit=limit,
         batch_size=batch_size,
@@ -216,8 +275,9 @@ def command(
         endpoint=endpoint,
         token=token,
     )
+    config.strategy_settings()  # a bad setting fails here, before any download
     try:
-        result = greedy_search(config)
+        result = search(config)
     except KeyboardInterrupt:
         click.echo(
             f"Interrupted; state saved in {out}. Continue with the same command and --resume.",
@@ -227,13 +287,22 @@ def command(
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
         return
+    echo_summary(result, out)
+
+
+def echo_summary(result: Any, out: str) -> None:
+    """The winner against the baselines (dev fitness; test scores when the run has them)."""
     node = result.winner_node
     click.echo(
-        f"Winner: {node.id} (fitness {node.fitness:.4g}) after {result.generations} generation(s): "
-        f"{result.stop_reason}."
+        f"Winner ({result.strategy}): {node.id} (fitness {node.fitness:.4g}) after "
+        f"{result.generations} generation(s): {result.stop_reason}."
     )
     for task, value in node.scores.items():
         click.echo(f"  {task}: {value:.4g}")
+    click.echo("Against the baselines (dev fitness, higher is better):")
+    for b in result.baselines():
+        mark = " <- winner" if b.id == node.id else ""
+        click.echo(f"  {b.id}: {b.fitness:.4g}{mark}")
     click.echo(
         f"Evaluations: {result.evaluations} new, {result.cache_hits} from cache. "
         f"Run folder: {out} (winner in {result.winner_path})."

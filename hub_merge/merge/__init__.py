@@ -5,11 +5,52 @@ of ``kernels.py``); this package adds recipes, parameter resolution per
 tensor, LoRA inputs applied on the fly, an atomic sharded writer and a device-resident session.
 """
 
-from .inputs import AdapterSource, CheckpointSource, StateDictSource, open_source
-from .memory import MergeSession, ModelHandle, resolve_device
-from .methods import available_methods, get_method, layer_t, parameter_names, tensor_seed
-from .recipe import Condition, MergeRecipe, ModelEntry
-from .run import merge_to_folder, write_state_dict
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .recipe import Condition, MergeRecipe, ModelEntry  # light: pydantic and yaml only
+
+if TYPE_CHECKING:
+    from .adapter_mix import FACTOR_METHOD, FactorMix, factor_recipe
+    from .adapter_out import AdapterMergeResult, merge_adapters
+    from .inputs import AdapterSource, CheckpointSource, StateDictSource, open_source
+    from .memory import MergeSession, ModelHandle, resolve_device
+    from .methods import available_methods, get_method, layer_t, parameter_names, tensor_seed
+    from .run import merge_to_folder, write_state_dict
+
+# The engine imports torch and mergekit; load it on first use so that reading a recipe (the
+# CLI, the card, search strategies) stays light.
+_LAZY = {
+    "AdapterSource": "inputs",
+    "CheckpointSource": "inputs",
+    "StateDictSource": "inputs",
+    "open_source": "inputs",
+    "MergeSession": "memory",
+    "ModelHandle": "memory",
+    "resolve_device": "memory",
+    "available_methods": "methods",
+    "get_method": "methods",
+    "layer_t": "methods",
+    "parameter_names": "methods",
+    "tensor_seed": "methods",
+    "merge_to_folder": "run",
+    "write_state_dict": "run",
+    "AdapterMergeResult": "adapter_out",
+    "merge_adapters": "adapter_out",
+    "FACTOR_METHOD": "adapter_mix",
+    "FactorMix": "adapter_mix",
+    "factor_recipe": "adapter_mix",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "AdapterSource",
@@ -30,6 +71,11 @@ __all__ = [
     "resolve_device",
     "tensor_seed",
     "write_state_dict",
+    "AdapterMergeResult",
+    "merge_adapters",
+    "FACTOR_METHOD",
+    "FactorMix",
+    "factor_recipe",
 ]
 
 # The paper's pairwise SLERP schedule (default merge step of the greedy search).
@@ -49,12 +95,3 @@ def default_greedy_recipe(parent_a: str, parent_b: str) -> MergeRecipe:
         parameters={"t": [Condition(**c) for c in DEFAULT_SLERP_T]},
         dtype=None,
     )
-
-
-from .adapter_out import AdapterMergeResult, merge_adapters  # noqa: E402
-
-__all__ += ["AdapterMergeResult", "merge_adapters"]
-
-from .adapter_mix import FACTOR_METHOD, FactorMix, factor_recipe  # noqa: E402
-
-__all__ += ["FACTOR_METHOD", "FactorMix", "factor_recipe"]

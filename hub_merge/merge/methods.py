@@ -24,7 +24,7 @@ from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
 from ..layers import layer_position
 from .kernels import arithmetic_label, fast_method
-from .recipe import Condition
+from .recipe import RANDOM_METHODS, Condition  # noqa: F401 (re-exported)
 
 
 def available_methods() -> list[str]:

@@ -1,6 +1,11 @@
 """The merge recipe: exactly what was merged, as data.
 
 A recipe is what a card shows, what a cache is keyed by (``recipe_hash``) and what the CLI reads.
+It is the one recipe type of the package: a search's candidate is a recipe whose inputs (``base``
+and each model) may themselves be recipes, so a merge of merges is one nested value, and an
+original expert is the *leaf* recipe ``passthrough`` of one model (``MergeRecipe.leaf``). A leaf
+used as an input collapses to its model string, so ``merge(leaf(a), leaf(b))`` and
+``merge(a, b)`` are the same recipe with the same hash.
 Parameter values use mergekit's setting syntax so a recipe exports to an equivalent
 ``mergekit-yaml`` config one-to-one: a scalar, a *gradient* (a list of numbers interpolated across
 the layers), or a list of ``{filter, value}`` conditions matched by substring of the tensor name,
@@ -48,17 +53,26 @@ Setting = ScalarOrGradient | list[Condition]
 DTYPES = ("float32", "float16", "bfloat16")
 # "input": compute in the inputs' own dtype, as mergekit does when its config names no `dtype`.
 COMPUTE_DTYPES = (*DTYPES, "input")
+LEAF_METHOD = "passthrough"  # mergekit's identity method: one model, unchanged
+# Methods that draw random masks: a recipe using one carries a seed, so its tensors are fixed.
+RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
 
 
 class ModelEntry(BaseModel):
-    """One merge input (a model folder/ref, or a LoRA adapter) with its own parameters."""
+    """One merge input (a model folder/ref, a LoRA adapter, or a nested recipe) and its parameters."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(
-        description="Hub reference (org/name@rev) or local folder; may be a LoRA adapter."
+    model: str | MergeRecipe = Field(
+        description="Hub reference (org/name@rev), local folder (may be a LoRA adapter), or a "
+        "recipe whose result is the input."
     )
     parameters: dict[str, Setting] = Field(default_factory=dict)
+
+    @field_validator("model", mode="after")
+    @classmethod
+    def _leaf_as_model(cls, value: str | MergeRecipe) -> str | MergeRecipe:
+        return value.as_input() if isinstance(value, MergeRecipe) else value
 
 
 class MergeRecipe(BaseModel):
@@ -67,8 +81,9 @@ class MergeRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    base: str | None = Field(
-        default=None, description="Base model (required by task-vector methods and adapters)."
+    base: str | MergeRecipe | None = Field(
+        default=None,
+        description="Base model (required by task-vector methods and adapters), or a recipe.",
     )
     models: list[ModelEntry]
     parameters: dict[str, Setting] = Field(default_factory=dict)
@@ -87,10 +102,55 @@ class MergeRecipe(BaseModel):
     @field_validator("models", mode="before")
     @classmethod
     def _models_as_entries(cls, value: Any) -> Any:
-        # Allow the shorthand `models: [org/a, org/b]`.
+        # Allow the shorthand `models: [org/a, org/b]` (and recipes as bare inputs).
         if isinstance(value, list):
-            return [{"model": v} if isinstance(v, str) else v for v in value]
+            return [{"model": v} if isinstance(v, (str, MergeRecipe)) else v for v in value]
         return value
+
+    @field_validator("base", mode="after")
+    @classmethod
+    def _leaf_as_base(cls, value: str | MergeRecipe | None) -> str | MergeRecipe | None:
+        return value.as_input() if isinstance(value, MergeRecipe) else value
+
+    # --- nesting ----------------------------------------------------------------------------
+
+    @classmethod
+    def leaf(cls, model: str) -> MergeRecipe:
+        """The recipe of one unmerged model (an original expert as a search candidate)."""
+        return cls(method=LEAF_METHOD, models=[ModelEntry(model=model)])
+
+    @property
+    def is_leaf(self) -> bool:
+        return (
+            self.method == LEAF_METHOD
+            and self.base is None
+            and len(self.models) == 1
+            and isinstance(self.models[0].model, str)
+            and not self.models[0].parameters
+            and not self.parameters
+            and self.dtype is None
+        )
+
+    def as_input(self) -> str | MergeRecipe:
+        """How this recipe appears as another recipe's input: a leaf is its model string."""
+        return self.models[0].model if self.is_leaf else self  # type: ignore[return-value]
+
+    def inputs(self) -> list[str | MergeRecipe]:
+        """Base (when any) then each model: the direct inputs of this step."""
+        return ([self.base] if self.base is not None else []) + [e.model for e in self.models]
+
+    def leaves(self) -> list[str]:
+        """Every model string this recipe reads, recursively, each once, in order."""
+        out: list[str] = []
+        for item in self.inputs():
+            for leaf in item.leaves() if isinstance(item, MergeRecipe) else [item]:
+                if leaf not in out:
+                    out.append(leaf)
+        return out
+
+    @property
+    def nested(self) -> bool:
+        return any(isinstance(i, MergeRecipe) for i in self.inputs())
 
     @field_validator("dtype")
     @classmethod
@@ -170,6 +230,11 @@ class MergeRecipe(BaseModel):
         """
         from .. import tensors
 
+        if self.nested:
+            raise ConfigError(
+                "A nested recipe is several mergekit steps; export each step (the card does)."
+            )
+
         def ref(model: str) -> str:
             if self.base and tensors.is_adapter_folder(model):
                 return f"{self.base}+{model}"
@@ -233,6 +298,10 @@ def one_line_error(err: ValidationError) -> str:
             )
         parts.append(f"`{where or 'recipe'}` {msg}")
     return "Invalid merge recipe: " + "; ".join(parts) + "."
+
+
+ModelEntry.model_rebuild()
+MergeRecipe.model_rebuild()
 
 
 def _settings_json(settings: dict[str, Setting]) -> dict[str, Any]:

@@ -142,6 +142,11 @@ def merge_to_folder(
     """
     if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise: the output is an adapter
         return write_factor_recipe(recipe, out, overwrite=overwrite)
+    if recipe.nested:
+        raise ConfigError(
+            "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "
+            "(hub_merge.merge.MergeSession.merge_recipe), or one step at a time."
+        )
     dev = resolve_device(device)
     method = get_method(recipe.method)
     if needs_base(method) and recipe.base is None:

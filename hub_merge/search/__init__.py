@@ -1,48 +1,51 @@
-"""Merge searches. ``greedy_search(SearchConfig(...))`` is the top-k greedy search with kinship.
+"""Merge searches: one core, many strategies. ``search(SearchConfig(strategy=..., ...))``.
 
-The algorithm (``greedy``) is pure and reaches tensors only through a backend; ``backend`` wires
-the merge engine, kinship and evaluation; ``api`` resolves models and tasks and runs it all in a
-run folder; ``plots`` draws fitness-by-generation and the family tree.
+- ``strategy``: the interface (``Strategy``, ``StrategyContext``, ``register_strategy``);
+- ``strategies/``: one module per strategy (``greedy``, ``evolve``...), pure ask/tell, no I/O;
+- ``core``: baselines, the ask/tell loop, score and kinship caches, lineage, budget, resume;
+- ``backend``: the merge engine, kinship and evaluation behind the core;
+- ``api``: resolves models and tasks and runs it all in a run folder; ``plots``: the pictures.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from .greedy import (
-    PAPER_SLERP_PARAMETERS,
-    Candidate,
-    GreedySearch,
-    GreedySettings,
-    Original,
-    SearchBackend,
-    SearchResult,
-    recipe_hash,
-    run_greedy,
-)
-from .state import KinshipCache, RunFolder
+# Lazy: the core and the API import torch (evaluation), the strategies and their settings do not,
+# so the CLI can list strategies and their settings without loading the engine.
+_LAZY = {
+    "SearchBackend": "core",
+    "SearchCore": "core",
+    "SearchResult": "result",
+    "run_greedy": "core",
+    "run_strategy": "core",
+    "uniform_recipe": "core",
+    "KinshipCache": "state",
+    "RunFolder": "state",
+    "STRATEGIES": "strategy",
+    "Baseline": "strategy",
+    "Expert": "strategy",
+    "Strategy": "strategy",
+    "StrategyContext": "strategy",
+    "Workspace": "strategy",
+    "get_strategy": "strategy",
+    "load_strategies": "strategy",
+    "register_strategy": "strategy",
+    "strategy_names": "strategy",
+    "SearchConfig": "api",
+    "greedy_search": "api",
+    "search": "api",
+    "GreedySettings": "strategies.greedy",
+    "Original": "strategy",  # the name the greedy-only API used for Expert
+}
 
-__all__ = [
-    "PAPER_SLERP_PARAMETERS",
-    "Candidate",
-    "GreedySearch",
-    "GreedySettings",
-    "KinshipCache",
-    "Original",
-    "RunFolder",
-    "SearchBackend",
-    "SearchConfig",
-    "SearchResult",
-    "greedy_search",
-    "recipe_hash",
-    "run_greedy",
-]
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:
-    # The API pulls in torch/transformers and the merge engine; import it only when asked.
-    if name in ("SearchConfig", "greedy_search"):
-        from . import api
-
-        return getattr(api, name)
-    raise AttributeError(name)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    found = importlib.import_module(f".{module}", __name__)
+    return getattr(found, "Expert" if name == "Original" else name)

@@ -1,53 +1,53 @@
-"""``greedy_search(SearchConfig(...))``: resolve models and tasks, search in a run folder, write the winner.
+"""``search(SearchConfig(...))``: resolve models and tasks, run a strategy in a run folder, write the winner.
 
-This is the wiring around the pure algorithm in ``greedy``: Hub/folder resolution (pinned shas for
-lineage), the task set, the merge session on the device, the run folder with its caches, the
-plots and the materialised winner (``RUN/winner/``).
+This is the wiring around the pure core (``hub_merge.search.core``): Hub/folder resolution
+(pinned shas for lineage, content fingerprints for local folders), the task set, the merge
+session on the device, the run folder with its caches, the plots and the materialised winner
+(``RUN/winner/``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator, load_tasks
-from ..kinship import self_kinship
 from ..refs import ModelRef
 from ..tensors import dtype_name
-from .greedy import GreedySearch, GreedySettings, Original, SearchResult
-from .state import RunFolder, write_json
+from .core import SearchCore, SearchResult
+from .state import RunFolder, folder_fingerprint, write_json
+from .strategy import Expert, fingerprinted_settings, get_strategy, settings_from_dict
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class SearchConfig:
-    """Everything a greedy search needs. Models are Hub refs (``org/name[@rev]``) or folders.
+    """Everything a search needs: shared settings once, the strategy's own as one typed object.
 
-    Settings that change results (models, tasks, limit, metric, method, parameters, k, kinship
-    options) are fingerprinted in the run folder; ``generations`` and ``patience`` may change on
-    resume, so a finished run can be continued further.
+    ``settings`` is the strategy's settings object (e.g. ``GreedySettings(k=3)``) or a mapping of
+    its fields (``{"k": 3}``); None takes the strategy's defaults. Models are Hub refs
+    (``org/name[@rev]``) or local folders. Settings that change results are fingerprinted in the
+    run folder; ``budget`` and the strategy's ``resumable`` settings (greedy: generations,
+    patience) may change on resume, so a finished run can be continued further.
     """
 
     base: str | ModelRef  # a ModelRef is used as given (the Space passes Hub-only refs)
     experts: list[str | ModelRef]
     tasks: list[str]
     out: str
-    k: int = 3
-    generations: int = 5
-    method: str = "slerp"
-    parameters: dict[str, Any] | None = None  # default: DEFAULT_PARAMETERS[method] (paper's SLERP)
-    parent_as_base: bool | None = None  # default: True for slerp (fitter parent is base_model)
-    kinship_guided: bool = True
-    kinship_stop: float | None = 0.9
-    kinship_metric: str = "pearson"
-    patience: int = 2
+    strategy: str = "greedy"
+    settings: Any = None
+    budget: int | None = None  # evaluations in the whole run, baselines included
+    seed: int = 0  # every random draw (DARE masks, CMA-ES samples) derives from it
     metric: str = "answer_loss"
     weights: dict[str, float] = field(default_factory=dict)
+    kinship_metric: str = "pearson"
     limit: int | None = None
     batch_size: int = 16
     device: str = "auto"
@@ -60,39 +60,27 @@ class SearchConfig:
     cache_dir: str | None = None  # Hub download cache (default: huggingface_hub's)
     token: str | None = field(default=None, repr=False)  # never stored in the run folder
 
-    def settings(self) -> GreedySettings:
-        return GreedySettings(
-            k=self.k,
-            generations=self.generations,
-            method=self.method,
-            parameters=self.parameters,
-            parent_as_base=self.parent_as_base,
-            kinship_guided=self.kinship_guided,
-            kinship_stop=self.kinship_stop,
-            kinship_metric=self.kinship_metric,
-            patience=self.patience,
-            metric=self.metric,
-            weights=dict(self.weights),
-        )
+    def strategy_settings(self) -> Any:
+        """The strategy's typed settings (refuses a setting another strategy owns)."""
+        return settings_from_dict(self.strategy, self.settings)
 
 
-def _original(pulled: Any, name: str) -> Original:
+def _original(pulled: Any, name: str) -> Expert:
     if pulled.repo_id:
-        source = f"{pulled.repo_id}@{pulled.revision}"
-        return Original(
+        return Expert(
             name=name,
-            source=source,
+            source=f"{pulled.repo_id}@{pulled.revision}",
+            is_adapter=pulled.kind == "adapter",
             repo_id=pulled.repo_id,
             revision=pulled.revision,
-            is_adapter=pulled.kind == "adapter",
             license=pulled.license,
         )
     path = str(Path(pulled.path).resolve())
-    return Original(
+    return Expert(
         name=name,
         source=path,
-        path=path,
         is_adapter=pulled.kind == "adapter",
+        path=path,
         license=pulled.license,
     )
 
@@ -101,6 +89,8 @@ def _unique_names(pulled: list[Any]) -> list[str]:
     names: list[str] = []
     for p in pulled:
         stem = (p.repo_id or str(p.path)).rstrip("/").split("/")[-1] or "model"
+        if stem in ("base", "uniform"):
+            stem = f"{stem}-expert"
         name, i = stem, 2
         while name in names:
             name, i = f"{stem}-{i}", i + 1
@@ -108,20 +98,33 @@ def _unique_names(pulled: list[Any]) -> list[str]:
     return names
 
 
-def greedy_search(config: SearchConfig) -> SearchResult:
-    """Run (or resume) a kinship-guided top-k greedy merge search; see ``hub_merge.search.greedy``.
+def layer_filters(names: list[str]) -> list[str]:
+    """Per layer index, the tensor-name substring selecting that layer (``.layers.3.``, ``h.3.``)."""
+    from ..layers import layer_filter, layer_index
+
+    found: dict[int, str] = {}
+    for name in names:
+        index, text = layer_index(name), layer_filter(name)
+        if index is not None and text is not None:
+            found.setdefault(index, text)
+    return [found[i] for i in sorted(found)]
+
+
+def search(config: SearchConfig) -> SearchResult:
+    """Run (or resume) a merge search with ``config.strategy``; see ``hub_merge.search.core``.
 
     Returns:
-        `SearchResult`: winner id, family tree, stop reason, evaluations used; the run folder holds
-        ``family_tree.json``, ``fitness.png``, ``family_tree.png``, ``recipes.json`` and ``winner/``.
+        `SearchResult`: winner id, family tree (baselines included), stop reason, evaluations;
+        the run folder holds ``family_tree.json``, ``fitness.png``, ``family_tree.png``,
+        ``recipes.json`` and ``winner/``.
 
     Raises:
-        TaskFileError, ConfigError: bad tasks or settings (before anything is loaded).
+        TaskFileError, ConfigError: bad tasks or settings (before anything is scored or written).
         SearchStateError: resuming a run made with other settings, or overwriting one.
         KeyboardInterrupt: after saving state; resume with ``resume=True``.
 
-    >>> r = greedy_search(SearchConfig(base="zoo/base", experts=["a", "b", "c"],
-    ...                                tasks=["t.jsonl"], out="run", limit=32))  # doctest: +SKIP
+    >>> r = search(SearchConfig(base="zoo/base", experts=["a", "b", "c"], tasks=["t.jsonl"],
+    ...                         out="run", strategy="greedy", settings={"k": 3}))  # doctest: +SKIP
     """
     from transformers import AutoTokenizer
 
@@ -129,9 +132,10 @@ def greedy_search(config: SearchConfig) -> SearchResult:
     from ..merge import MergeSession
     from .backend import EngineBackend
 
-    settings = config.settings()
+    strategy_cls = get_strategy(config.strategy)
+    settings = config.strategy_settings()
     if len(config.experts) < 2:
-        raise ConfigError(f"A greedy search needs at least two experts; got {len(config.experts)}.")
+        raise ConfigError(f"A merge search needs at least two experts; got {len(config.experts)}.")
     tasks = load_tasks(config.tasks, limit=config.limit)
     hub_kw = {
         "allow_pickle": config.allow_pickle,
@@ -143,86 +147,114 @@ def greedy_search(config: SearchConfig) -> SearchResult:
     if base.kind != "full":
         raise ConfigError(f"The base {config.base} is an adapter; pass the full base model.")
     pulled = [hub.pull(ref, **hub_kw) for ref in config.experts]
-    originals = [_original(p, n) for p, n in zip(pulled, _unique_names(pulled), strict=True)]
-    base_original = _original(base, "base")
-    fingerprinted = {
-        "base": base_original.source,
-        "experts": [o.source for o in originals],
-        "tasks": [[t.name, t.digest] for t in tasks],
-        "limit": config.limit,
-        "search": settings.fingerprinted(),
+    experts = [_original(p, n) for p, n in zip(pulled, _unique_names(pulled), strict=True)]
+    base_expert = _original(base, "base")
+    fingerprints = {
+        e.source: folder_fingerprint(p.path)
+        for e, p in zip([base_expert, *experts], [base, *pulled], strict=True)
+        if e.path is not None
     }
-    run = RunFolder(config.out, fingerprinted, resume=config.resume)
 
     session = MergeSession(base.path, device=config.device)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     evaluator = Evaluator(
         tasks,
         tokenizer,
-        metric=settings.metric,
+        metric=config.metric,
         batch_size=config.batch_size,
         device=session.device,
-        weights=settings.weights or None,
+        weights=config.weights or None,
     )
-    folders = {o.source: p.path for o, p in zip(originals, pulled, strict=True)}
+    folders = {e.source: p.path for e, p in zip(experts, pulled, strict=True)}
     backend = EngineBackend(
         session,
         evaluator,
         folders,
-        kinship_metric=settings.kinship_metric,
+        base_source=base_expert.source,
+        kinship_metric=config.kinship_metric,
         keep_models=config.keep_models or auto_keep_models(session),
     )
-    search = GreedySearch(
-        originals,
+    core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
+        experts,
         backend,
+        config.strategy,
         settings,
-        run=run,
-        base=base_original,
+        base=base_expert,
         tasks=[t.name for t in tasks],
+        metric=config.metric,
+        weights=config.weights,
+        kinship_metric=config.kinship_metric,
+        seed=config.seed,
+        budget=config.budget,
+        layers=layer_filters(session.names),
+        fingerprints=fingerprints,
         progress=config.progress,
     )
-    result = search.run_search()
+    fingerprinted = {
+        "base": base_expert.source,
+        "experts": [e.source for e in experts],
+        "tasks": [[t.name, t.digest] for t in tasks],
+        "limit": config.limit,
+        "strategy": strategy_cls.name,
+        "search": fingerprinted_settings(strategy_cls, settings),
+        "metric": config.metric,
+        "weights": config.weights,
+        "kinship_metric": config.kinship_metric,
+        "seed": config.seed,
+    }
+    core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
+    result = core.run_search()
     tree = result.tree
-    # kinship of the originals (all measured already as generation-1 parents' kinship)
-    names = [o.name for o in originals]
+    run: RunFolder = core.run  # type: ignore[assignment]
+    names = [e.name for e in experts]
     tree.kinship_ids = names
-    same = self_kinship(settings.kinship_metric)  # the diagonal: 0 for a distance, 1 otherwise
-    tree.kinship_matrix = [[same if a == b else search.kinship(a, b) for b in names] for a in names]
+    tree.kinship_matrix = [
+        core.kinship(core.recipes[a], [core.recipes[b] for b in names]) for a in names
+    ]
     tree.settings = {
         **asdict(settings),
+        "strategy": strategy_cls.name,
+        "budget": config.budget,
+        "seed": config.seed,
+        "metric": config.metric,
+        "kinship_metric": config.kinship_metric,
+        "weights": config.weights,
         "limit": config.limit,
         "stop_reason": result.stop_reason,
         # every merge step is stored in the session's dtype: the card's mergekit YAML says so
         "dtype": dtype_name(session.dtype),
     }
-    write_json(run.root / "recipes.json", search.recipes)
+    write_json(run.root / "recipes.json", {k: r.to_dict() for k, r in core.recipes.items()})
     run.save_tree(tree)
     _plots(tree, run.root)
 
     for wanted in config.materialize:
         node_id = tree.winner if wanted == "winner" else wanted
-        if node_id not in search.recipes:
+        if node_id not in core.recipes:
             raise ConfigError(
-                f"Cannot materialise {wanted!r}: no such node in the run (nodes: {list(search.recipes)[:8]}...)."
+                f"Cannot materialise {wanted!r}: no such node in the run (nodes: {list(core.recipes)[:8]}...)."
             )
         out = run.root / ("winner" if wanted == "winner" else f"nodes/{node_id}")
         marker = run.root / (
             f"{out.name}.recipe.json" if wanted == "winner" else f"nodes/{node_id}.recipe.json"
         )
-        recipe = search.recipes[node_id]
-        if out.exists() and marker.is_file() and json.loads(marker.read_text()) == recipe:
-            pass  # already written by an earlier (resumed) call
-        else:
-            import shutil
-
+        recipe = core.recipes[node_id].to_dict()
+        if not (out.exists() and marker.is_file() and json.loads(marker.read_text()) == recipe):
             shutil.rmtree(out, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
-            backend.materialize(recipe, out)
+            backend.materialize(core.recipes[node_id], out)
             write_json(marker, recipe)
         if wanted == "winner":
             result.winner_path = str(out)
     run.save_state(winner_path=result.winner_path)
     return result
+
+
+def greedy_search(config: SearchConfig) -> SearchResult:
+    """The greedy search (``search`` with ``strategy="greedy"``); kept as a thin alias."""
+    if config.strategy != "greedy":
+        raise ConfigError(f"greedy_search runs the greedy strategy, not {config.strategy!r}.")
+    return search(config)
 
 
 def auto_keep_models(session: Any, share: float = 0.4, most: int = 16) -> int:

@@ -1,9 +1,10 @@
 """The real search backend: the merge engine's in-memory session, kinship and the evaluator.
 
-A candidate is rebuilt from its recipe tree (a merged node's tensors are a deterministic function
-of it), so the pool never has to live in memory: only the last few state dicts are kept (an LRU
-of ``keep_models``; a SmolLM2-135M node is ~540 MB in fp32) and anything older is merged again
-from its parents when needed. Candidates are scored from memory and never written to disk.
+A candidate is rebuilt from its recipe (a merged node's tensors are a deterministic function of
+it), so the pool never has to live in memory: adapters are loaded once (factored), only the last
+few full state dicts are kept (an LRU of ``keep_models``; a SmolLM2-135M node is ~540 MB in fp32)
+and anything older is merged again from its inputs when needed. Candidates are scored from
+memory and never written to disk.
 """
 
 from __future__ import annotations
@@ -18,22 +19,22 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator
-from .greedy import Candidate, recipe_hash
+from ..merge.recipe import MergeRecipe
 
 StateDict = dict[str, torch.Tensor]
-BASE = "@base"  # recipe placeholder for the search's common base model
 
 
 class EngineBackend:
-    """Implements :class:`~hub_merge.search.greedy.SearchBackend` over ``MergeSession``.
+    """Implements :class:`~hub_merge.search.core.SearchBackend` over ``MergeSession``.
 
     Args:
         session: a ``hub_merge.merge.MergeSession`` on the search's base (holds it on the device).
-        evaluator: scores an in-memory transformers model on the tasks.
-        folders: recipe model string (an original's ``source``) -> local folder.
+        evaluator: scores an in-memory transformers model on the dev rows (the fitness).
+        folders: recipe model string (an expert's ``source``) -> local folder.
+        base_source: the recipe string of the session's base (a task-vector merge's ``base``).
         kinship_metric: ``pearson``, ``cosine`` or ``euclidean``.
-        keep_models: how many merged/loaded state dicts to keep in memory.
-        seed: seed for random merge methods (DARE), so a recipe always gives the same tensors.
+        keep_models: how many merged state dicts to keep in memory (experts stay loaded).
+        test_evaluator: scores the held-out test rows (reported, never the fitness).
     """
 
     def __init__(
@@ -42,19 +43,22 @@ class EngineBackend:
         evaluator: Evaluator,
         folders: Mapping[str, str | Path],
         *,
+        base_source: str = "@base",
         kinship_metric: str = "pearson",
         keep_models: int = 4,
-        seed: int = 0,
+        test_evaluator: Evaluator | None = None,
     ) -> None:
         if keep_models < 1:
             raise ConfigError(f"keep_models must be at least 1; got {keep_models}.")
         self.session = session
         self.evaluator = evaluator
+        self.test_evaluator = test_evaluator
         self.folders = {k: Path(v) for k, v in folders.items()}
+        self.base_source = base_source
         self.kinship_metric = kinship_metric
         self.keep_models = keep_models
-        self.seed = seed
         self._lru: OrderedDict[str, StateDict] = OrderedDict()
+        self._adapters: dict[str, Any] = {}  # source -> factored adapter handle, loaded once
         self.merges = 0
 
     # -- tensors -----------------------------------------------------------------------------
@@ -74,58 +78,94 @@ class EngineBackend:
             self._lru.popitem(last=False)
         return state
 
-    def state(self, recipe: dict[str, Any]) -> StateDict:
-        """The full state dict of a recipe tree, from the LRU or rebuilt from its parents."""
-        key = recipe_hash(recipe)
+    def _expert(self, source: str) -> Any:
+        """An expert: a full state dict on the device (in the LRU), or a factored adapter."""
+        if source in self._adapters:
+            return self._adapters[source]
+        key = f"expert:{source}"
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        if "model" in recipe:
-            handle = self.session.load(self._folder(recipe["model"]), label=recipe["model"])
-            if handle.state is not None:
-                state = handle.state
-            else:  # a LoRA adapter: base + scale * B @ A, one tensor at a time
-                state = {
-                    n: handle.tensor(n, self.session.device).to(self.session.dtype)
-                    if self.session.base.state[n].is_floating_point()
-                    else handle.tensor(n, self.session.device)
-                    for n in self.session.names
-                }
+        handle = self.session.load(self._folder(source), label=source)
+        if handle.state is None:
+            self._adapters[source] = handle
+            return handle
+        return self._remember(key, handle.state)
+
+    def _input(self, item: str | MergeRecipe) -> Any:
+        """A merge input as the session takes it: 'session' (the base), a handle or a state."""
+        if isinstance(item, MergeRecipe):
+            return self.state(item)
+        if item == self.base_source:
+            return "session"
+        return self._expert(item)
+
+    def state(self, recipe: MergeRecipe) -> StateDict:
+        """The full state dict of a recipe, from the LRU or rebuilt from its inputs."""
+        if recipe.is_leaf:
+            handle = self._expert(recipe.models[0].model)  # type: ignore[arg-type]
+            if isinstance(handle, dict):
+                return handle
+            key = recipe.recipe_hash()
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return self._lru[key]
+            dtype = self.session.dtype
+            state = {  # a LoRA adapter: base + scale * B @ A, one tensor at a time
+                n: handle.tensor(n, self.session.device).to(dtype)
+                if self.session.base.state[n].is_floating_point()
+                else handle.tensor(n, self.session.device)
+                for n in self.session.names
+            }
             return self._remember(key, state)
-        base: Any = "session" if recipe["base"] == BASE else self.state(recipe["base"])
-        models = [self.state(m) for m in recipe["models"]]
+        key = recipe.recipe_hash()
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return self._lru[key]
+        base = None if recipe.base is None else self._input(recipe.base)
         state = self.session.merge(
-            recipe["method"], models, recipe.get("parameters") or {}, base=base, seed=self.seed
+            recipe.method,
+            [self._input(e.model) for e in recipe.models],
+            recipe.parameters,
+            base=base,
+            model_parameters=[e.parameters for e in recipe.models],
+            seed=recipe.seed,
         )
         self.merges += 1
         return self._remember(key, state)
 
-    def _kinship_input(self, recipe: dict[str, Any]) -> Any:
-        # Originals are read from disk (adapters stay factored, the cheap path); merges from memory.
-        if "model" in recipe:
-            return str(self._folder(recipe["model"]))
+    def _kinship_input(self, recipe: MergeRecipe) -> Any:
+        # Experts are read from disk (adapters stay factored, the cheap path); merges from memory.
+        if recipe.is_leaf:
+            return str(self._folder(recipe.models[0].model))  # type: ignore[arg-type]
         return self.state(recipe)
 
     # -- SearchBackend -----------------------------------------------------------------------
 
-    def evaluate(self, candidate: Candidate) -> dict[str, float]:
-        model = self.session.to_model(self.state(candidate.recipe))
+    def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
+        model = self.session.to_model(self.state(recipe))
         return self.evaluator.score(model)
 
-    def kinship(self, a: Candidate, b: Candidate) -> float:
+    def evaluate_test(self, recipe: MergeRecipe) -> dict[str, float]:
+        if self.test_evaluator is None:
+            raise ConfigError("This search has no test rows.")
+        model = self.session.to_model(self.state(recipe))
+        return self.test_evaluator.score(model)
+
+    def kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
         return self.kinship_many(a, [b])[0]
 
-    def kinship_many(self, anchor: Candidate, others: list[Candidate]) -> list[float]:
+    def kinship_many(self, anchor: MergeRecipe, others: list[MergeRecipe]) -> list[float]:
         """The anchor's kinship to each of ``others``, several per pass over the weights.
 
-        Originals (on disk, adapters factored) cost no memory and all join the first pass;
+        Experts (on disk, adapters factored) cost no memory and all join the first pass;
         merged nodes are held in memory while measured, so at most ``keep_models - 1`` of them
         share a pass, keeping peak memory near the LRU's.
         """
         from ..kinship import kinship_matrix
 
-        on_disk = [c for c in others if "model" in c.recipe]
-        in_memory = [c for c in others if "model" not in c.recipe]
+        on_disk = [c for c in others if c.is_leaf]
+        in_memory = [c for c in others if not c.is_leaf]
         per_pass = max(1, self.keep_models - 1)
         passes = [on_disk + in_memory[:per_pass]]
         passes += [in_memory[i : i + per_pass] for i in range(per_pass, len(in_memory), per_pass)]
@@ -133,28 +173,30 @@ class EngineBackend:
         for group in passes:
             if not group:
                 continue
+            names = ["anchor"] + [f"c{i}" for i in range(len(group))]
             result = kinship_matrix(
-                [self._kinship_input(anchor.recipe)]
-                + [self._kinship_input(c.recipe) for c in group],
+                [self._kinship_input(anchor)] + [self._kinship_input(c) for c in group],
                 self.session.base.state,
                 self.kinship_metric,
-                names=[anchor.id] + [c.id for c in group],
+                names=names,
                 device=self.session.device,
             )
             for i, c in enumerate(group, start=1):
-                values[c.id] = float(result.pair(0, i))
-        return [values[c.id] for c in others]
+                values[c.recipe_hash()] = float(result.pair(0, i))
+        return [values[c.recipe_hash()] for c in others]
 
     # -- output ------------------------------------------------------------------------------
 
-    def materialize(self, recipe: dict[str, Any], out: str | Path) -> Path:
-        """Write a node as a model folder (an original is copied, an adapter stays an adapter)."""
+    def materialize(self, recipe: MergeRecipe, out: str | Path) -> Path:
+        """Write a candidate as a model folder (an expert is copied, an adapter stays one)."""
         out = Path(out)
-        if "model" in recipe:
+        if recipe.is_leaf:
             tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(
-                self._folder(recipe["model"]), tmp, ignore=shutil.ignore_patterns(".cache", ".git*")
+                self._folder(recipe.models[0].model),  # type: ignore[arg-type]
+                tmp,
+                ignore=shutil.ignore_patterns(".cache", ".git*"),
             )
             shutil.rmtree(out, ignore_errors=True)
             tmp.replace(out)

@@ -3,7 +3,8 @@
 Layout of ``RUN/``::
 
     state.json         settings, their fingerprint, status, last finished generation
-    scores.json        score cache: recipe hash -> per-task raw scores (saved after every score)
+    scores.json        score cache: candidate key -> per-task raw dev scores (after every score)
+    test_scores.json   the same for the held-out test rows (winner and baselines only)
     kinship.json       kinship cache: "hashA|hashB" (sorted) -> value
     family_tree.json   the lineage of every node (hub_merge.lineage.FamilyTree)
     fitness.png        best/top fitness by generation
@@ -35,6 +36,31 @@ def fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
         :16
     ]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """A content fingerprint of a local model folder, so a retrained folder is scored again.
+
+    Covers every file's name, size and mtime, the full text of the small JSON configs, and each
+    safetensors header (tensor names, shapes, dtypes and byte offsets). Hashing every weight
+    would cost a full read of the model per run; a retrain rewrites the files (new mtimes and,
+    almost always, new headers), which this catches.
+    """
+    root = Path(folder)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in (".cache", ".git") or rel.name.startswith("."):
+            continue
+        stat = path.stat()
+        h.update(f"{rel.as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        if path.suffix == ".json" and stat.st_size < 1_000_000:
+            h.update(path.read_bytes())
+        elif path.suffix == ".safetensors" and stat.st_size >= 8:
+            with path.open("rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                h.update(fh.read(min(n, 100_000_000)))
+    return h.hexdigest()[:32]
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -125,6 +151,7 @@ class RunFolder:
             }
             self.save_state()
         self.scores = ScoreCache(self.root / "scores.json")
+        self.test_scores = ScoreCache(self.root / "test_scores.json")
         self.kinship = KinshipCache(self.root / "kinship.json")
 
     def _read_state(self) -> dict[str, Any]:
