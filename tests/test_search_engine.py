@@ -311,10 +311,10 @@ def test_batched_kinship_equals_pairwise_and_takes_fewer_passes(tiny_zoo, monkey
     floats = [k for k, v in base.items() if v.is_floating_point()]
 
     def flat(candidate) -> np.ndarray:
-        if "model" in candidate.recipe:
-            state = load_file(folders[candidate.recipe["model"]] / "model.safetensors")
+        if candidate.is_leaf:
+            state = load_file(folders[candidate.models[0].model] / "model.safetensors")
         else:
-            state = backend.state(candidate.recipe)
+            state = backend.state(candidate)
         return np.concatenate(
             [(state[k].double().cpu() - base[k].double()).numpy().ravel() for k in floats]
         )
