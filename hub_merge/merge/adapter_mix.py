@@ -270,15 +270,34 @@ def factor_weights(recipe: MergeRecipe) -> list[float]:
     return weights
 
 
-def write_factor_recipe(recipe: MergeRecipe, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Run a ``lora_factor_sum`` recipe into a peft adapter folder, checked before writing."""
+def check_factor_inputs(folders: Sequence[str | Path], labels: Sequence[str] | None = None) -> None:
+    """Refuse inputs that cannot be mixed factor-wise (full models, other ranks, other bases).
+
+    Called before a search scores anything; it reads the adapters once (megabytes).
+    """
+    FactorMix(folders, labels=labels)
+
+
+def write_factor_recipe(
+    recipe: MergeRecipe,
+    out: str | Path,
+    *,
+    folders: Mapping[str, str | Path] | None = None,
+    base_folder: str | Path | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Run a ``lora_factor_sum`` recipe into a peft adapter folder, checked before writing.
+
+    ``folders`` maps the recipe's model strings (``org/name@sha``) to local folders and
+    ``base_folder`` is the base's folder (default: the strings are folders).
+    """
     import shutil
 
     from ..tensors import CheckpointReader
 
-    mix, weights = open_factor_recipe(recipe)
+    mix, weights = open_factor_recipe(recipe, folders)
     assert recipe.base is not None
-    base = CheckpointReader(recipe.base)
+    base = CheckpointReader(base_folder or recipe.base)
     mix.check_base({n: base.shape(n) for n in base.names})
     out = Path(out)
     if not out.exists():

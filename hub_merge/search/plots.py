@@ -6,16 +6,16 @@ from pathlib import Path
 
 from ..lineage import FamilyTree
 
-__all__ = ["plot_family_tree", "plot_fitness"]
+__all__ = ["has_trajectory", "plot_family_tree", "plot_fitness", "plot_trajectory"]
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, rows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    return plt, plt.subplots(figsize=(width, height))
+    return plt, plt.subplots(rows, 1, figsize=(width, height), sharex=rows > 1)
 
 
 def _save(fig, path: Path, dpi: int = 120) -> Path:
@@ -124,6 +124,43 @@ def plot_family_tree(tree: FamilyTree, path: str | Path) -> Path:
         ax.set_yticks([])
         ax.set_xlim(min(by_gen, default=0) - 0.3, max(by_gen, default=0) + 0.9)
         ax.set_title(f"Family tree (winner: {tree.winner}; colour = fitness)")
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def has_trajectory(tree: FamilyTree) -> bool:
+    """Whether the generations carry mixing coefficients (a swarm run) to draw a trajectory of."""
+    return any("alpha" in g.stats and "spread" in g.stats for g in tree.generations)
+
+
+def plot_trajectory(tree: FamilyTree, path: str | Path) -> Path:
+    """A swarm's trajectory: global best fitness, the swarm's spread, and α of the global best.
+
+    Reads each generation's ``stats`` (``alpha``, ``alpha_names``, ``spread``), so it draws any
+    strategy that searches over mixing coefficients.
+    """
+    gens = [g for g in tree.generations if "alpha" in g.stats and "spread" in g.stats]
+    if not gens:
+        raise ValueError("No generation records mixing coefficients (alpha) to plot.")
+    plt, (fig, (ax_f, ax_s, ax_a)) = _figure(7, 7.5, rows=3)
+    try:
+        steps = [g.generation for g in gens]
+        ax_f.plot(steps, [g.best_fitness for g in gens], "o-", color="C0", ms=3)
+        ax_f.set_ylabel("global best fitness")
+        ax_f.set_title("Model Swarms trajectory")
+        ax_s.plot(steps, [g.stats["spread"] for g in gens], "s-", color="C2", ms=3)
+        ax_s.set_ylabel("swarm spread (RMS dist. in α)")
+        names = gens[-1].stats.get("alpha_names") or [
+            f"expert {j}" for j in range(len(gens[-1].stats["alpha"]))
+        ]
+        alphas = [g.stats["alpha"] for g in gens]
+        for j, name in enumerate(names):
+            ax_a.plot(steps, [a[j] for a in alphas], "-", lw=1.5, label=name)
+        ax_a.axhline(0.0, color="0.6", lw=0.6)
+        ax_a.set_ylabel("α of the global best")
+        ax_a.set_xlabel("generation (swarm step)")
+        ax_a.legend(fontsize=7, ncol=min(4, len(names)), loc="best")
         return _save(fig, Path(path))
     finally:
         plt.close(fig)

@@ -23,8 +23,8 @@ The algorithm (design/algorithms.md, section 3)::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +33,10 @@ from ..merge.adapter_mix import factor_recipe
 from ..merge.recipe import MergeRecipe, ModelEntry
 
 SPACES = ("dense", "adapter")
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
 
 
 @dataclass(frozen=True)
@@ -52,18 +56,34 @@ class SwarmSettings:
         step_length: λ, the initial step length; decays ×``step_decay`` per step to ``min_step``.
     """
 
-    space: Literal["dense", "adapter"] = "dense"
-    population: int | None = None
-    patience: int = 10
-    max_steps: int = 200
-    restart_patience: float = 0.5
-    phi_v: float = 0.4
-    phi_p: float = 0.3
-    phi_g: float = 0.3
-    phi_w: float = 0.3
-    step_length: float = 1.0
-    step_decay: float = 0.95
-    min_step: float = 0.1
+    space: str = field(
+        default="dense",
+        metadata=_help(
+            "dense: task arithmetic with weights α (full models or LoRA); adapter: LoRA factors "
+            "mixed A = Σα A, B = Σα B (adapters of one rank; the winner is an adapter)."
+        ),
+    )
+    population: int | None = field(
+        default=None,
+        metadata=_help("Particles (default: one per expert; more are made by crossover)."),
+    )
+    patience: int = field(
+        default=10, metadata=_help("Stop after this many steps without a new global best.")
+    )
+    max_steps: int = field(default=200, metadata=_help("Maximum swarm steps."))
+    restart_patience: float = field(
+        default=0.5,
+        metadata=_help(
+            "A particle stale for restart_patience × patience steps restarts at its best."
+        ),
+    )
+    phi_v: float = field(default=0.4, metadata=_help("Inertia weight φ_v."))
+    phi_p: float = field(default=0.3, metadata=_help("Pull to the personal best, φ_p."))
+    phi_g: float = field(default=0.3, metadata=_help("Pull to the global best, φ_g."))
+    phi_w: float = field(default=0.3, metadata=_help("Push from the global worst, φ_w."))
+    step_length: float = field(default=1.0, metadata=_help("Initial step length λ."))
+    step_decay: float = field(default=0.95, metadata=_help("λ is multiplied by this each step."))
+    min_step: float = field(default=0.1, metadata=_help("λ never decays below this."))
 
     def validate(self, n_experts: int) -> None:
         """Refuse settings the swarm cannot run, before anything is scored."""
