@@ -50,6 +50,14 @@ def test_swarm_improves_on_every_expert_and_uniform():
     assert s.stop_reason().startswith("no new global best")
 
 
+def test_uniform_particle_starts_beside_the_experts():
+    s = ParticleSwarm(3, SwarmSettings(population=5, uniform_particle=True), seed=0)
+    first = s.ask()
+    np.testing.assert_allclose(first[3], [1 / 3] * 3)
+    with pytest.raises(ConfigError, match="--population 4 or more"):
+        ParticleSwarm(3, SwarmSettings(uniform_particle=True), seed=0)
+
+
 def test_same_seed_same_questions_and_another_seed_differs():
     fit = _quadratic(np.array([0.3, 0.3, 0.4]))
     a = _run(ParticleSwarm(3, SwarmSettings(population=5, max_steps=8), seed=7), fit)

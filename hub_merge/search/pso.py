@@ -48,6 +48,8 @@ class SwarmSettings:
             or LoRA task vectors densified per tensor) or ``adapter`` (LoRA experts only: the
             adapter with ``A = Σ α_j A_j``, ``B = Σ α_j B_j``; the winner is an adapter).
         population: particles; None = one per expert. More are made by crossover.
+        uniform_particle: one of the extra particles starts at the uniform average α = 1/N
+            (not in the paper: it lets a small swarm start from the one-shot baseline).
         patience: steps without a new global best before stopping.
         max_steps: PSO steps at most (the initial evaluation is step 0).
         restart_patience: a particle stale for ``restart_patience * patience`` steps restarts at
@@ -66,6 +68,14 @@ class SwarmSettings:
     population: int | None = field(
         default=None,
         metadata=_help("Particles (default: one per expert; more are made by crossover)."),
+    )
+    uniform_particle: bool = field(
+        default=False,
+        metadata={
+            "help": "Start one particle at the uniform average (α = 1/N) instead of a "
+            "crossover child; needs a population above the number of experts (not in the paper).",
+            "flag": "--uniform-particle/--no-uniform-particle",
+        },
     )
     patience: int = field(
         default=10, metadata=_help("Stop after this many steps without a new global best.")
@@ -97,6 +107,11 @@ class SwarmSettings:
             raise ConfigError(
                 f"Swarm population {self.population} is smaller than the {n_experts} experts "
                 f"(each expert starts a particle): use --population {n_experts} or more."
+            )
+        if self.uniform_particle and (self.population or n_experts) <= n_experts:
+            raise ConfigError(
+                f"--uniform-particle adds a particle beside the {n_experts} experts: use "
+                f"--population {n_experts + 1} or more."
             )
         if self.patience < 1 or self.max_steps < 1:
             raise ConfigError("Swarm patience and max steps must be at least 1.")
@@ -165,6 +180,8 @@ class ParticleSwarm:
     def _initial_positions(self) -> np.ndarray:
         """The experts (unit vectors), then crossover children ``t·x_a + (1−t)·x_b``, t ~ U(0, 2)."""
         x = [np.eye(self.n)[i] for i in range(self.n)]
+        if self.settings.uniform_particle:
+            x.append(np.full(self.n, 1.0 / self.n))
         while len(x) < self.size:
             a, b = self.rng.choice(self.n, size=2, replace=False)
             t = self.rng.uniform(0.0, 2.0)

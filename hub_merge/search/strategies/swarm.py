@@ -63,6 +63,10 @@ class SwarmStrategy(Strategy):
         hot = np.flatnonzero(a != 0.0)
         if len(hot) == 1 and a[hot[0]] == 1.0:
             return self.ctx.experts[int(hot[0])].recipe
+        uniform = self.ctx.baselines.get("uniform")
+        if self.settings.space == "dense" and uniform is not None and np.all(a == 1.0 / len(a)):
+            # base + Σ τ_j / N is the linear average: the uniform baseline, already scored
+            return uniform.recipe
         return position_recipe(self.settings.space, self.ctx.base, self.sources, a)
 
     def ask(self) -> list[MergeRecipe]:
