@@ -119,28 +119,48 @@ def test_adapter_swarm_from_the_cli_pushes_an_adapter_that_peft_loads(tiny_zoo, 
         args += [seeded.repo_ids[f"adapter/{t}"] for t in TASKS]
         args += ["--tasks", *(str(tiny_zoo.tasks[t]) for t in TASKS), "--out", str(run)]
         args += ["--limit", "2", "--device", "cpu", "--json", "--endpoint", server.endpoint]
+        args += ["--combine", "harmonic"]  # the paper's utility for several tasks
         env = {"HF_TOKEN": "hf_alice", "HF_HUB_CACHE": str(tmp_path / "cache")}
         res = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
         assert res.exit_code == 0, res.output
         data = json.loads(res.output[res.output.index("{") :])
-        winner = run / "winner"
-        print("WINNER", data["winner"], data["stop_reason"])
-        assert data["winner"].startswith("g")  # a swarm particle, not a baseline
-        assert (winner / "adapter_config.json").is_file()
-        assert not (winner / "model.safetensors").exists()
-        published = publish(run, "alice/swarm", endpoint=server.endpoint, token="hf_alice")
+        from hub_merge.evaluate import fitness_from_scores
+
+        harmonic = fitness_from_scores(data["scores"], "answer_loss", combine="harmonic")
+        assert data["fitness"] == pytest.approx(harmonic) and 0 < harmonic < 1
+        # publish the swarm's best particle (a factor mix), written by a replay: 0 evaluations
+        from hub_merge.lineage import FamilyTree
+
+        tree = FamilyTree.load(run / "family_tree.json")
+        best = max(
+            (n for n in tree.nodes.values() if n.kind == "merge" and n.method == "lora_factor_sum"),
+            key=lambda n: n.fitness,
+        )
+        res = CliRunner().invoke(
+            cli, [*args, "--resume", "--save-node", best.id], env=env, catch_exceptions=False
+        )
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.output[res.output.index("{") :])["evaluations"] == 0
+        node = run / "nodes" / best.id
+        assert (node / "adapter_config.json").is_file()
+        assert not (node / "model.safetensors").exists()
+        assert sum(p.stat().st_size for p in node.rglob("*") if p.is_file()) < 2_000_000
+        published = publish(
+            run, "alice/swarm", node_id=best.id, endpoint=server.endpoint, token="hf_alice"
+        )
         assert published.push.commit_sha
         local = snapshot_download(
             "alice/swarm", endpoint=server.endpoint, token="hf_alice", cache_dir=tmp_path / "dl"
         )
-    assert sum(p.stat().st_size for p in winner.rglob("*") if p.is_file()) < 2_000_000
     base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, local).merge_and_unload()
     # the pushed adapter is the mix the search scored: W_base + (Σα B)(Σα A)
     from hub_merge.merge import MergeRecipe, MergeSession
     from hub_merge.merge.adapter_mix import FactorMix
 
-    recipe = MergeRecipe.from_dict(json.loads((run / "winner.recipe.json").read_text()))
+    recipe = MergeRecipe.from_dict(
+        json.loads((run / "nodes" / f"{best.id}.recipe.json").read_text())
+    )
     weights = [m.parameters["weight"] for m in recipe.models]
     mix = FactorMix([tiny_zoo.adapters[t] for t in TASKS])
     expect = mix.apply(MergeSession(tiny_zoo.base, device="cpu").base.state, weights)
