@@ -168,6 +168,13 @@ def _strategy_names() -> list[str]:
     help="Task score; fitness is higher-is-better (a loss is negated).",
 )
 @click.option(
+    "--combine",
+    type=click.Choice(["mean", "harmonic"]),
+    default="mean",
+    show_default=True,
+    help="Tasks -> fitness: mean, or harmonic (favours balance; a loss enters as exp(-loss)).",
+)
+@click.option(
     "--limit", type=int, default=None, help="Score only the first N examples of each task."
 )
 @click.option("--batch-size", default=16, show_default=True)
@@ -197,6 +204,7 @@ def command(
     seed: int,
     kinship_metric: str,
     metric: str,
+    combine: str,
     limit: int | None,
     batch_size: int,
     device: str,
@@ -266,6 +274,7 @@ def command(
         seed=seed,
         kinship_metric=kinship_metric,
         metric=metric,
+        combine=combine,
         limit=limit,
         batch_size=batch_size,
         device=device,

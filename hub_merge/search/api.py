@@ -21,7 +21,7 @@ from ..refs import ModelRef
 from ..tensors import dtype_name
 from .core import SearchCore, SearchResult
 from .state import RunFolder, folder_fingerprint, write_json
-from .strategy import Expert, fingerprinted_settings, get_strategy, settings_from_dict
+from .strategy import Expert, Workspace, fingerprinted_settings, get_strategy, settings_from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class SearchConfig:
     seed: int = 0  # every random draw (DARE masks, CMA-ES samples) derives from it
     metric: str = "answer_loss"
     weights: dict[str, float] = field(default_factory=dict)
+    combine: str = "mean"  # tasks -> fitness: mean, or harmonic (hub_merge.evaluate.COMBINES)
     kinship_metric: str = "pearson"
     limit: int | None = None
     batch_size: int = 16
@@ -183,12 +184,19 @@ def search(config: SearchConfig) -> SearchResult:
         tasks=[t.name for t in tasks],
         metric=config.metric,
         weights=config.weights,
+        combine=config.combine,
         kinship_metric=config.kinship_metric,
         seed=config.seed,
         budget=config.budget,
         layers=layer_filters(session.names),
         fingerprints=fingerprints,
         progress=config.progress,
+        workspace=Workspace(  # read-only inputs: strategies check their experts' files here
+            device=str(session.device),
+            base_folder=Path(base.path),
+            expert_folders={e.name: Path(p.path) for e, p in zip(experts, pulled, strict=True)},
+            dev_tasks=list(tasks),
+        ),
     )
     fingerprinted = {
         "base": base_expert.source,
@@ -202,6 +210,8 @@ def search(config: SearchConfig) -> SearchResult:
         "kinship_metric": config.kinship_metric,
         "seed": config.seed,
     }
+    if config.combine != "mean":  # runs made before --combine existed stay resumable
+        fingerprinted["combine"] = config.combine
     core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
     result = core.run_search()
     tree = result.tree
@@ -217,6 +227,7 @@ def search(config: SearchConfig) -> SearchResult:
         "budget": config.budget,
         "seed": config.seed,
         "metric": config.metric,
+        "combine": config.combine,
         "kinship_metric": config.kinship_metric,
         "weights": config.weights,
         "limit": config.limit,
@@ -292,10 +303,12 @@ def _available_ram() -> int | None:
 
 
 def _plots(tree: Any, root: Path) -> None:
-    from .plots import plot_family_tree, plot_fitness
+    from .plots import has_trajectory, plot_family_tree, plot_fitness, plot_trajectory
 
     try:
         plot_fitness(tree, root / "fitness.png")
         plot_family_tree(tree, root / "family_tree.png")
+        if has_trajectory(tree):  # a search over mixing coefficients (the swarm)
+            plot_trajectory(tree, root / "trajectory.png")
     except (OSError, ValueError) as err:  # a plot must never cost the user a finished search
         logger.warning("Search finished but plotting failed (%s); the run folder is intact.", err)

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator
+from ..merge.adapter_mix import is_factor_recipe
 from ..merge.recipe import MergeRecipe
 
 StateDict = dict[str, torch.Tensor]
@@ -122,6 +123,10 @@ class EngineBackend:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
+        if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise (adapter-space swarm)
+            state = self.session.merge_factors(recipe, folders=self.folders)
+            self.merges += 1
+            return self._remember(key, state)
         base = None if recipe.base is None else self._input(recipe.base)
         state = self.session.merge(
             recipe.method,
@@ -201,4 +206,10 @@ class EngineBackend:
             shutil.rmtree(out, ignore_errors=True)
             tmp.replace(out)
             return out
+        if is_factor_recipe(recipe):  # an adapter-space winner is written as an adapter
+            from ..merge.adapter_mix import write_factor_recipe
+
+            return write_factor_recipe(
+                recipe, out, folders=self.folders, base_folder=self.session.base_path
+            )
         return Path(self.session.save(self.state(recipe), out))

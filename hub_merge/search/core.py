@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from ..errors import ConfigError
-from ..evaluate import METRICS, ScoreCache, fitness_from_scores
+from ..evaluate import COMBINES, METRICS, ScoreCache, fitness_from_scores
 from ..lineage import BASE_ID, FamilyTree, GenerationRecord, LineageNode
 from ..merge.recipe import MergeRecipe, ModelEntry
 from .result import SearchResult
@@ -72,6 +72,7 @@ class SearchCore:
         base: the common base (its ``source`` is the recipes' base string, its node ``base``).
         run: the run folder (caches and checkpoints); None keeps everything in memory.
         metric, weights: how per-task scores become the fitness (higher is better).
+        combine: ``mean`` of the tasks, or ``harmonic`` (Model Swarms' utility for two tasks).
         fingerprints: model string -> content fingerprint (local folders); part of cache keys.
 
     Constructing the core builds the strategy, so bad settings fail before anything is scored.
@@ -89,6 +90,7 @@ class SearchCore:
         tasks: Sequence[str] = (),
         metric: str = "answer_loss",
         weights: Mapping[str, float] | None = None,
+        combine: str = "mean",
         kinship_metric: str = "pearson",
         seed: int = 0,
         budget: int | None = None,
@@ -119,6 +121,9 @@ class SearchCore:
         self.run = run
         self.metric = metric
         self.weights = dict(weights or {})
+        if combine not in COMBINES:
+            raise ConfigError(f"combine {combine!r} is not one of {COMBINES}.")
+        self.combine = combine
         self.kinship_metric = kinship_metric
         self.progress = progress
         self.fingerprints = dict(fingerprints or {})
@@ -188,7 +193,7 @@ class SearchCore:
     # -- services ----------------------------------------------------------------------------
 
     def fitness(self, scores: Mapping[str, float]) -> float:
-        return fitness_from_scores(scores, self.metric, self.weights)
+        return fitness_from_scores(scores, self.metric, self.weights, self.combine)
 
     def _score(self, node: LineageNode) -> float:
         recipe = self.recipes[node.id]
