@@ -58,8 +58,8 @@ def _refuse_unsafe(folder: Path) -> None:
     if pickles:
         raise UnsafeWeightsError(
             f"{folder} has only pickle weights ({', '.join(pickles[:3])}); hub-merge reads "
-            "safetensors only. Convert the model to safetensors, or pass allow_pickle=True "
-            "(CLI: --allow-pickle) to hub_merge.hub.pull if you trust its author."
+            "safetensors only. Pull it with allow_pickle=True (CLI: `hub-merge pull FOLDER_OR_ID "
+            "--allow-pickle`), which converts it once to safetensors and gives that folder."
         )
     if ggufs:
         raise UnsupportedRepoError(

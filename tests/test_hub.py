@@ -21,6 +21,7 @@ from hub_merge.errors import (
     UnsupportedRepoError,
 )
 from hub_merge.hub import inspect_folder, parse_size, pull
+from hub_merge.hub.convert import PickleWeightsWarning
 
 # --- what a folder is (no Hub needed) ----------------------------------------------------------
 
@@ -53,8 +54,12 @@ def test_pickle_only_needs_opt_in(hubio_models, tmp_path):
     folder = _pickle_only(hubio_models.expert, tmp_path / "pickled")
     with pytest.raises(UnsafeWeightsError, match="allow_pickle=True"):
         inspect_folder(folder)
-    model = inspect_folder(folder, allow_pickle=True)
-    assert model.pickle and "pytorch_model.bin" in model.files
+    with pytest.warns(PickleWeightsWarning):
+        model = inspect_folder(folder, allow_pickle=True, cache_dir=tmp_path / "cache")
+    # converted into the cache, never into the user's folder
+    assert model.pickle and "model.safetensors" in model.files
+    assert model.path.is_relative_to(tmp_path / "cache")
+    assert not (folder / "model.safetensors").exists()
 
 
 @pytest.mark.parametrize("how", ["auto_map", "code_file", "tokenizer_auto_map"])
@@ -206,10 +211,11 @@ def test_unusable_repos_are_refused_before_downloading_weights(
     downloaded = {p.name for p in cache.rglob("*") if p.is_file()} if cache.exists() else set()
     assert not downloaded & {"pytorch_model.bin", "model.safetensors", "model-Q4_K_M.gguf"}
     if what == "pickle":
-        model = pull(
-            repo_id, endpoint=hub.endpoint, token=hub.token, cache_dir=cache, allow_pickle=True
-        )
-        assert model.pickle and (model.path / "pytorch_model.bin").is_file()
+        with pytest.warns(PickleWeightsWarning):
+            model = pull(
+                repo_id, endpoint=hub.endpoint, token=hub.token, cache_dir=cache, allow_pickle=True
+            )
+        assert model.pickle and (model.path / "model.safetensors").is_file()
 
 
 def test_discover_by_relation_license_and_size(hub, hubio_models, tmp_path):

@@ -19,7 +19,8 @@ from ._hubopts import endpoint_option, token_option
 @click.option(
     "--allow-pickle",
     is_flag=True,
-    help="Accept pickle-only (.bin) weights. They can run code: trust the author.",
+    help="Accept pickle-only (.bin) weights: loaded with torch.load(weights_only=True), tensors "
+    "only, and converted once to safetensors in the cache (a warning says so).",
 )
 @click.option(
     "--cache-dir",
@@ -34,7 +35,8 @@ def command(refs, base, allow_pickle, cache_dir, as_json, endpoint, token) -> No
 
     REF is org/name, org/name@revision (branch, tag or sha) or a local folder. Only safetensors
     weights, configs, tokenizer files, adapter_config.json and README.md are downloaded.
-    Repos needing remote code, GGUF-only and pickle-only repos are refused.
+    Repos needing remote code and GGUF-only repos are refused; pickle-only repos too, before any
+    download, unless --allow-pickle.
 
     \b
     Examples:

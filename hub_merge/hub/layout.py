@@ -159,8 +159,14 @@ def classify(
         if not allow_pickle:
             raise UnsafeWeightsError(
                 f"{where} has only pickle weights ({', '.join(sorted(other_pickles)[:3])}), which "
-                "can run arbitrary code when loaded. Ask its author for safetensors, or pass "
-                "allow_pickle=True (CLI: --allow-pickle) if you trust it."
+                "can run arbitrary code when unpickled. Ask its author for safetensors, or pass "
+                "allow_pickle=True (CLI: --allow-pickle): hub-merge then loads them with "
+                "torch.load(weights_only=True) and converts them once to safetensors."
+            )
+        if pickles and kind == "full" and "config.json" not in top:
+            raise UnsupportedRepoError(
+                f"{where} has pickle weights but no config.json, so its architecture is "
+                "unknown. hub-merge needs a transformers model folder or a peft adapter."
             )
         if pickles:
             return RepoLayout(

@@ -27,6 +27,7 @@ from .. import __version__
 from ..errors import HubError, UnsupportedRepoError
 from ..refs import ModelRef
 from .client import get_api, hub_errors, is_offline, resolve_endpoint
+from .convert import convert_pickle_folder, converted_folder_for_local, converted_folder_for_repo
 from .layout import (
     _META_FILES,
     AdapterInfo,
@@ -179,10 +180,29 @@ def _local_files(folder: Path) -> list[str]:
     )
 
 
+def _as_safetensors(
+    folder: Path, layout: RepoLayout, out: Path, where: str
+) -> tuple[Path, RepoLayout]:
+    """The folder every reader uses: ``folder`` itself, or the safetensors conversion of its
+    pickle weights (only reached with ``allow_pickle``; classify refuses them otherwise)."""
+    if not layout.pickle:
+        return folder, layout
+    files = convert_pickle_folder(folder, layout, out, where=where)
+    return out, RepoLayout(kind=layout.kind, files=tuple(files), pickle=True)
+
+
 def inspect_folder(
-    folder: str | Path, *, allow_pickle: bool = False, ref: ModelRef | None = None
+    folder: str | Path,
+    *,
+    allow_pickle: bool = False,
+    ref: ModelRef | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PulledModel:
-    """Describe a local model folder (no Hub access) with the same checks as :func:`pull`."""
+    """Describe a local model folder (no Hub access) with the same checks as :func:`pull`.
+
+    A folder of pickle weights is converted (with ``allow_pickle``) into ``cache_dir`` (default:
+    the huggingface_hub cache), never into the folder itself.
+    """
     folder = Path(folder).expanduser().resolve()
     if not folder.is_dir():
         raise UnsupportedRepoError(f"{folder} is not a folder.")
@@ -194,6 +214,10 @@ def inspect_folder(
         adapter_config=_read_json(folder / "adapter_config.json"),
         allow_pickle=allow_pickle,
     )
+    if layout.pickle:
+        cache = Path(cache_dir or constants.HF_HUB_CACHE)
+        out = converted_folder_for_local(cache, folder, layout.files)
+        folder, layout = _as_safetensors(folder, layout, out, str(folder))
     return _describe(
         ref or ModelRef(path=str(folder)),
         folder,
@@ -258,7 +282,10 @@ def pull(
 
     Args:
         ref: ``org/name``, ``org/name@revision`` (branch, tag or sha) or a local folder.
-        allow_pickle: accept pickle-only (``.bin``) weights; they can run code when loaded.
+        allow_pickle: accept pickle-only (``.bin``) weights: they are loaded with
+            ``torch.load(weights_only=True)`` (tensors only, never code) and converted once to
+            safetensors in the cache, with a :class:`~hub_merge.hub.convert.PickleWeightsWarning`.
+            Without it such repos are refused from their file listing, before any download.
         cache_dir: huggingface_hub cache folder (default: the usual HF cache).
         verify: check downloaded LFS files against the sha256 the Hub lists.
         endpoint, token: default from ``HF_ENDPOINT`` / ``HF_TOKEN`` / ``hf auth login``.
@@ -276,7 +303,9 @@ def pull(
     """
     ref = ModelRef.parse(ref)
     if ref.is_local:
-        return inspect_folder(ref.path or "", allow_pickle=allow_pickle, ref=ref)
+        return inspect_folder(
+            ref.path or "", allow_pickle=allow_pickle, ref=ref, cache_dir=cache_dir
+        )
     repo_id = str(ref.repo_id)
     if is_offline():
         return _pull_offline(ref, allow_pickle=allow_pickle, cache_dir=cache_dir)
@@ -325,6 +354,10 @@ def pull(
 
         _verify(folder, expected, refetch)
     _remember_ref(folder, ref.revision, sha)
+    # 4. Pickle weights (allowed above) become safetensors once, beside the snapshots.
+    folder, layout = _as_safetensors(
+        folder, layout, converted_folder_for_repo(folder.parent.parent, sha), where
+    )
     card = _card_data(folder) or _as_dict(getattr(info, "card_data", None))
     base_sha = _adapter_base_sha(folder, layout, endpoint=endpoint, token=token)
     return _describe(
@@ -405,6 +438,9 @@ def _pull_offline(
         raise HubError(
             f"{repo_id}@{sha[:12]} is only partly cached (missing {missing[:3]}); run the pull online once."
         )
+    folder, layout = _as_safetensors(
+        folder, layout, converted_folder_for_repo(storage, sha), f"{repo_id}@{sha[:12]}"
+    )
     return _describe(ref, folder, layout, repo_id=repo_id, sha=sha, card=_card_data(folder))
 
 
