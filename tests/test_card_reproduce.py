@@ -58,13 +58,11 @@ def bf16_run(tiny_zoo, tmp_path_factory) -> Path:
             experts=[str(e) for e in experts],
             tasks=[str(tiny_zoo.tasks["add"]), str(tiny_zoo.tasks["sort"])],
             out=str(run),
-            k=2,
-            generations=1,
+            settings={"k": 2, "generations": 1, "kinship_stop": None},
             limit=4,
             device="cpu",
             progress=False,
             kinship_metric="euclidean",
-            kinship_stop=None,
             materialize=["g1-1"],
         )
     )
