@@ -233,3 +233,11 @@ def test_lora_bias_on_a_base_without_biases_is_refused_naming_the_adapter(gpt2, 
     with pytest.raises(KinshipError, match="lora_bias=True") as err:
         kinship_matrix([gpt2.llama_bias_lora, gpt2.llama_base], gpt2.llama_base, device="cpu")
     assert str(gpt2.llama_bias_lora) in str(err.value)
+
+
+def test_factor_wise_adapter_mixing_refuses_lora_bias_naming_the_adapter(gpt2):
+    from hub_merge.merge.adapter_mix import FactorMix
+
+    with pytest.raises(LoraBiasError, match="lora_bias=True") as err:
+        FactorMix([gpt2.bias_lora])
+    assert str(gpt2.bias_lora) in str(err.value)

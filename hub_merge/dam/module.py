@@ -213,6 +213,7 @@ class DamModel:
         own = dict(self.model.named_parameters())  # tied weights appear once
         for folder, reader in zip(self.folders, readers, strict=True):
             if isinstance(reader, LoraAdapterReader):
+                reader.check_biases(own, str(self.arch_path))
                 unknown = [n for n in reader.names if n not in own]
                 if unknown:
                     raise IncompatibleModelsError(
@@ -265,6 +266,9 @@ class DamModel:
                     "DAM merges models of one architecture and size."
                 )
             return t, None
+        bias = reader.bias_delta(name)
+        if bias is not None:  # lora_bias=True: the base bias shifted by scale * lora_B.bias
+            return param.detach().to(self.device, torch.float32) + bias.to(self.device), None
         override = reader.override(name)
         dense = None
         if override is not None:

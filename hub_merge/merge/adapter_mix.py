@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError, IncompatibleModelsError
+from ..errors import ConfigError, IncompatibleModelsError, LoraBiasError
 from ..tensors import LoraAdapterReader, LoraFactors, is_adapter_folder
 from .adapter_out import write_adapter_folder
 from .recipe import MergeRecipe, ModelEntry
@@ -111,6 +111,11 @@ class FactorMix:
             )
         shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...], bool, str]] = {}
         for r, label in zip(self.readers, self.labels, strict=True):
+            if r.bias_names:
+                raise LoraBiasError(
+                    f"{label} was trained with lora_bias=True: its bias delta is not a LoRA "
+                    f"factor, so it cannot be mixed factor-wise; {USE_DENSE}."
+                )
             for name in r.names:
                 f = r.factors(name)
                 if f is None:
