@@ -16,6 +16,7 @@ from hub_merge.kinship import kinship_matrix
 from hub_merge.lineage import FamilyTree
 from hub_merge.merge.recipe import MergeRecipe, ModelEntry
 from hub_merge.search import SearchConfig, greedy_search
+from hub_merge.splits import split_tasks
 
 GREEDY = {"k", "generations", "method", "parameters", "kinship_stop", "kinship_guided", "patience"}
 
@@ -92,10 +93,15 @@ def test_winner_folder_scores_what_the_search_measured_in_memory(tiny_zoo, finis
     out, result = finished
     tok = AutoTokenizer.from_pretrained(out / "winner")
     model = AutoModelForCausalLM.from_pretrained(out / "winner", dtype=torch.float32)
-    tasks = load_tasks([tiny_zoo.tasks[n] for n in ("add", "reverse", "uppercase")], limit=8)
-    scores = Evaluator(tasks, tok).score(model)
-    for task, value in result.winner_node.scores.items():
-        assert math.isclose(scores[task], value, rel_tol=1e-4), task
+    split = split_tasks([tiny_zoo.tasks[n] for n in ("add", "reverse", "uppercase")], limit=8)
+    dev, test = Evaluator(split.dev, tok).score(model), Evaluator(split.test, tok).score(model)
+    for task, value in result.winner_node.scores.items():  # the fitness: dev rows only
+        assert math.isclose(dev[task], value, rel_tol=1e-4), task
+    held_out = result.tree.test_scores[result.winner]
+    for task, value in held_out.items():  # reported: test rows, which the search never read
+        assert math.isclose(test[task], value, rel_tol=1e-4), task
+    assert set(result.tree.test_scores) == {result.winner, "add", "reverse", "uppercase", "uniform"}
+    assert result.tree.split["kind"] == "fraction" and result.tree.split["test_fraction"] == 0.3
 
 
 def test_parent_kinship_is_the_kinship_of_the_parents(tiny_zoo, finished):
@@ -338,3 +344,27 @@ def test_state_cache_fits_free_memory(tiny_zoo):
         device="cpu", base=SimpleNamespace(state={"w": torch.empty(10**12, device="meta")})
     )
     assert auto_keep_models(huge) == 2
+
+
+def test_a_retrained_local_expert_is_scored_again_on_resume(tiny_zoo, tmp_path):
+    """Local experts are cached by content (headers, sizes, mtimes), not by path."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    models = {}
+    for name in ("add", "sort"):
+        models[name] = tmp_path / name
+        shutil.copytree(tiny_zoo.experts[name], models[name])
+    kw = {"models": models, "names": ["add", "sort"], "k": 2, "generations": 1, "materialize": []}
+    first = greedy_search(config(tiny_zoo, tmp_path / "run", **kw))
+    assert first.evaluations == 4  # two experts, their average, their child
+    assert greedy_search(config(tiny_zoo, tmp_path / "run", resume=True, **kw)).evaluations == 0
+    # retrain "sort" in place: same path, other weights
+    weights = models["sort"] / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v * 1.01 if v.is_floating_point() else v for k, v in state.items()}, weights)
+    again = greedy_search(config(tiny_zoo, tmp_path / "run", resume=True, **kw))
+    assert again.evaluations == 3  # sort, the average and the child read it; add is cached
+    assert again.tree.nodes["sort"].fitness != first.tree.nodes["sort"].fitness
+    assert again.tree.nodes["add"].fitness == first.tree.nodes["add"].fitness

@@ -122,10 +122,9 @@ def _strategy_names() -> list[str]:
 @click.command(name="search")
 @click.option(
     "--strategy",
-    type=click.Choice(_strategy_names()),
     default="greedy",
     show_default=True,
-    help="How to search: greedy (Hu et al.), evolve (CMA-ES, Akiba et al.), ...",
+    help=f"How to search: {', '.join(_strategy_names())}.",
 )
 @click.option(
     "--base", required=True, help="Base model all experts share (Hub ref org/name[@rev] or folder)."
@@ -177,6 +176,24 @@ def _strategy_names() -> list[str]:
 @click.option(
     "--limit", type=int, default=None, help="Score only the first N examples of each task."
 )
+@click.option(
+    "--test-fraction",
+    type=float,
+    default=0.3,
+    show_default=True,
+    help="Share of each task's rows held out as test (by a hash of the prompt); the search "
+    "optimises the rest (dev) and reports test scores for the winner and the baselines.",
+)
+@click.option(
+    "--test-tasks",
+    cls=_ManyValues,
+    help="Test JSONL files instead, one per --tasks file (same order); never read by the search.",
+)
+@click.option(
+    "--allow-benchmark-fitness",
+    is_flag=True,
+    help="Allow task files named like public benchmarks (gsm8k, mmlu...) as the fitness.",
+)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option(
@@ -206,6 +223,9 @@ def command(
     metric: str,
     combine: str,
     limit: int | None,
+    test_fraction: float,
+    test_tasks: tuple[str, ...],
+    allow_benchmark_fitness: bool,
     batch_size: int,
     device: str,
     resume: bool,
@@ -233,8 +253,9 @@ def command(
       hub-merge search --base org/base --discover 6 --tasks t.jsonl --out run --no-kinship
     """
     from ..errors import ConfigError
-    from ..search import SearchConfig, search
+    from ..search import SearchConfig, get_strategy, search
 
+    get_strategy(strategy)  # an unknown name: one line listing the strategies
     settings: dict[str, Any] = {}
     for name, value in strategy_values.items():
         if value is None:
@@ -276,6 +297,9 @@ def command(
         metric=metric,
         combine=combine,
         limit=limit,
+        test_fraction=test_fraction,
+        test_tasks=list(test_tasks),
+        allow_benchmark_fitness=allow_benchmark_fitness,
         batch_size=batch_size,
         device=device,
         resume=resume,
@@ -285,6 +309,10 @@ def command(
         token=token,
     )
     config.strategy_settings()  # a bad setting fails here, before any download
+    if not test_tasks and not 0.0 < test_fraction < 1.0:
+        raise ConfigError(
+            f"--test-fraction must be between 0 and 1 (exclusive); got {test_fraction}."
+        )
     try:
         result = search(config)
     except KeyboardInterrupt:
@@ -300,18 +328,32 @@ def command(
 
 
 def echo_summary(result: Any, out: str) -> None:
-    """The winner against the baselines (dev fitness; test scores when the run has them)."""
+    """The winner against the baselines: dev (what the search optimised) and held-out test."""
+    from ..evaluate import fitness_from_scores
+
+    tree = result.tree
     node = result.winner_node
     click.echo(
-        f"Winner ({result.strategy}): {node.id} (fitness {node.fitness:.4g}) after "
-        f"{result.generations} generation(s): {result.stop_reason}."
+        f"Winner ({result.strategy}): {node.id} after {result.generations} generation(s): "
+        f"{result.stop_reason}."
     )
-    for task, value in node.scores.items():
-        click.echo(f"  {task}: {value:.4g}")
-    click.echo("Against the baselines (dev fitness, higher is better):")
-    for b in result.baselines():
-        mark = " <- winner" if b.id == node.id else ""
-        click.echo(f"  {b.id}: {b.fitness:.4g}{mark}")
+    rows = [node, *(b for b in result.baselines() if b.id != node.id)]
+    metric = tree.score_metric
+    tasks = list(node.scores)
+    click.echo(f"{'model':<24} {'dev ' + metric:>16} {'test ' + metric:>16}  per task (test)")
+    for n in rows:
+        test = tree.test_scores.get(n.id)
+        dev_mean = -n.fitness if metric == "answer_loss" else n.fitness
+        test_mean = None
+        if test:
+            f = fitness_from_scores(test, metric, tree.settings.get("weights") or None)
+            test_mean = -f if metric == "answer_loss" else f
+        per_task = " ".join(f"{t}={test[t]:.4g}" for t in tasks if test and t in test)
+        mark = "*" if n.id == node.id else " "
+        shown = "–" if test_mean is None else f"{test_mean:.4g}"
+        click.echo(f"{mark}{n.id:<23} {dev_mean:>16.4g} {shown:>16}  {per_task}")
+    if tree.split.get("description"):
+        click.echo(f"Test rows: {tree.split['description']}.")
     click.echo(
         f"Evaluations: {result.evaluations} new, {result.cache_hits} from cache. "
         f"Run folder: {out} (winner in {result.winner_path})."

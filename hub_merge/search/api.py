@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..evaluate import Evaluator, load_tasks
+from ..evaluate import Evaluator
 from ..refs import ModelRef
 from ..tensors import dtype_name
 from .core import SearchCore, SearchResult
@@ -49,7 +49,10 @@ class SearchConfig:
     weights: dict[str, float] = field(default_factory=dict)
     combine: str = "mean"  # tasks -> fitness: mean, or harmonic (hub_merge.evaluate.COMBINES)
     kinship_metric: str = "pearson"
-    limit: int | None = None
+    limit: int | None = None  # at most N dev rows and N test rows per task
+    test_fraction: float = 0.3  # share of each task's rows held out as test (hash of the prompt)
+    test_tasks: list[str] = field(default_factory=list)  # one test file per task instead
+    allow_benchmark_fitness: bool = False  # optimise against a public benchmark's rows anyway
     batch_size: int = 16
     device: str = "auto"
     resume: bool = False
@@ -137,7 +140,17 @@ def search(config: SearchConfig) -> SearchResult:
     settings = config.strategy_settings()
     if len(config.experts) < 2:
         raise ConfigError(f"A merge search needs at least two experts; got {len(config.experts)}.")
-    tasks = load_tasks(config.tasks, limit=config.limit)
+    from ..splits import split_tasks
+
+    split = split_tasks(
+        config.tasks,
+        test_fraction=config.test_fraction,
+        test_paths=config.test_tasks,
+        seed=config.seed,
+        limit=config.limit,
+        allow_benchmark_fitness=config.allow_benchmark_fitness,
+    )
+    tasks = split.dev  # all a strategy ever sees
     hub_kw = {
         "allow_pickle": config.allow_pickle,
         "endpoint": config.endpoint,
@@ -166,6 +179,14 @@ def search(config: SearchConfig) -> SearchResult:
         device=session.device,
         weights=config.weights or None,
     )
+    test_evaluator = Evaluator(
+        split.test,
+        tokenizer,
+        metric=config.metric,
+        batch_size=config.batch_size,
+        device=session.device,
+        weights=config.weights or None,
+    )
     folders = {e.source: p.path for e, p in zip(experts, pulled, strict=True)}
     backend = EngineBackend(
         session,
@@ -174,6 +195,7 @@ def search(config: SearchConfig) -> SearchResult:
         base_source=base_expert.source,
         kinship_metric=config.kinship_metric,
         keep_models=config.keep_models or auto_keep_models(session),
+        test_evaluator=test_evaluator,
     )
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
         experts,
@@ -202,6 +224,7 @@ def search(config: SearchConfig) -> SearchResult:
         "base": base_expert.source,
         "experts": [e.source for e in experts],
         "tasks": [[t.name, t.digest] for t in tasks],
+        "test": [[t.name, t.digest] for t in split.test],
         "limit": config.limit,
         "strategy": strategy_cls.name,
         "search": fingerprinted_settings(strategy_cls, settings),
@@ -215,6 +238,7 @@ def search(config: SearchConfig) -> SearchResult:
     core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
     result = core.run_search()
     tree = result.tree
+    tree.split = {**split.how, "description": split.describe()}
     run: RunFolder = core.run  # type: ignore[assignment]
     names = [e.name for e in experts]
     tree.kinship_ids = names
@@ -231,6 +255,7 @@ def search(config: SearchConfig) -> SearchResult:
         "kinship_metric": config.kinship_metric,
         "weights": config.weights,
         "limit": config.limit,
+        "test_fraction": None if config.test_tasks else config.test_fraction,
         "stop_reason": result.stop_reason,
         # every merge step is stored in the session's dtype: the card's mergekit YAML says so
         "dtype": dtype_name(session.dtype),

@@ -151,6 +151,10 @@ class EngineBackend:
         model = self.session.to_model(self.state(recipe))
         return self.evaluator.score(model)
 
+    @property
+    def has_test(self) -> bool:
+        return self.test_evaluator is not None
+
     def evaluate_test(self, recipe: MergeRecipe) -> dict[str, float]:
         if self.test_evaluator is None:
             raise ConfigError("This search has no test rows.")

@@ -208,6 +208,20 @@ class SearchCore:
         node.fitness = self.fitness(scores)
         return node.fitness
 
+    def _score_test(self, node_ids: Sequence[str]) -> None:
+        """Held-out scores of the winner and the baselines (never seen by the strategy)."""
+        evaluate_test = getattr(self.backend, "evaluate_test", None)
+        if evaluate_test is None or not getattr(self.backend, "has_test", True):
+            return
+        cache = self.run.test_scores if self.run is not None else ScoreCache()
+        for node_id in dict.fromkeys(node_ids):
+            key = self.key(self.recipes[node_id])
+            scores = cache.get(key)
+            if scores is None:
+                scores = evaluate_test(self.recipes[node_id])
+                cache.put(key, scores)
+            self.tree.test_scores[node_id] = scores
+
     def kinship(self, anchor: MergeRecipe, others: Sequence[MergeRecipe]) -> list[float]:
         """The anchor's kinship to each of ``others``: cached, batched when the backend can.
 
@@ -444,6 +458,7 @@ class SearchCore:
             raise
         self.tree.validate()
         self.tree.winner = self.best().id
+        self._score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
         self._checkpoint(generation, "done", reason)
         return SearchResult(
             winner=self.tree.winner,
