@@ -346,7 +346,12 @@ def echo_summary(result: Any, out: str) -> None:
         dev_mean = -n.fitness if metric == "answer_loss" else n.fitness
         test_mean = None
         if test:
-            f = fitness_from_scores(test, metric, tree.settings.get("weights") or None)
+            f = fitness_from_scores(
+                test,
+                metric,
+                tree.settings.get("weights") or None,
+                tree.settings.get("combine", "mean"),
+            )
             test_mean = -f if metric == "answer_loss" else f
         per_task = " ".join(f"{t}={test[t]:.4g}" for t in tasks if test and t in test)
         mark = "*" if n.id == node.id else " "
