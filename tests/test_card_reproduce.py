@@ -101,7 +101,9 @@ def test_euclidean_kinship_table_has_zero_on_its_diagonal(bf16_run):
     matrix = kinship["matrix"]
     assert [matrix[i][i] for i in range(len(matrix))] == [0.0] * len(matrix)
     assert matrix[0][1] > 0  # the off-diagonal distance is a real one
-    lines = written.readme.read_text().splitlines()
+    text = written.readme.read_text()
+    assert "Euclidean distance" in text and "near 1, they learned" not in text
+    lines = text.splitlines()
     header = lines.index("| | `add` | `sort` |")  # the kinship table of the card body
     rows = [line.strip("|").split("|") for line in lines[header + 2 : header + 4]]
     assert [row[1 + i].strip() for i, row in enumerate(rows)] == ["0", "0"]
