@@ -265,3 +265,32 @@ def test_smol_lora_experts_beat_base_on_their_tasks() -> None:
         tuned = PeftModel.from_pretrained(fresh, adapter).eval()
         tuned_loss = _answer_loss(tuned, tok, rows)
         assert tuned_loss < base_loss - 0.3, (task, base_loss, tuned_loss)
+
+
+# --- the smol-wide zoo's record (the zoo itself is built only by benchmarks/) -------------------
+
+
+def test_manifest_keeps_which_task_each_expert_learned(tmp_path: Path) -> None:
+    root = tmp_path / "wide"
+    zoo = Zoo(
+        name="wide",
+        root=root,
+        base=root / "base",
+        adapters={"sort-a": root / "adapters" / "sort-a", "sort-b": root / "adapters" / "sort-b"},
+        tasks={"sort": root / "tasks" / "sort.jsonl"},
+        expert_tasks={"sort-a": "sort", "sort-b": "sort"},
+    )
+    root.mkdir()
+    (root / "zoo.json").write_text(json.dumps(zoo.to_json()))
+    again = load_zoo(root)
+    assert again == zoo
+    assert [again.task_of(n) for n in again.adapters] == ["sort", "sort"]
+    # Older manifests have no such map: an expert is named after its task.
+    assert "expert_tasks" not in Zoo(name="t", root=root, base=root / "base").to_json()
+    assert Zoo(name="t", root=root, base=root / "base").task_of("sort") == "sort"
+
+
+def test_smol_wide_refuses_zero_steps_before_building(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="steps and full_steps must be >= 1"):
+        zoo_mod.build_smol_wide_zoo(tmp_path, steps=0)
+    assert not (tmp_path / "zoo").exists()

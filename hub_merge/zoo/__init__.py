@@ -27,6 +27,7 @@ from .smol import SMOL_NAME, SMOL_ORIGIN, build_smol_zoo
 from .tasks import SMOL_TASKS, TASKS, TINY_TASKS, make_examples
 from .tiny import TINY_NAME, build_tiny_zoo
 from .upload import UploadedZoo, upload_zoo
+from .wide import WIDE_NAME, build_smol_wide_zoo
 
 __all__ = [
     "MANIFEST",
@@ -38,8 +39,10 @@ __all__ = [
     "TINY_NAME",
     "TINY_TASKS",
     "UploadedZoo",
+    "WIDE_NAME",
     "Zoo",
     "_cached_build",
+    "build_smol_wide_zoo",
     "build_smol_zoo",
     "build_tiny_zoo",
     "default_cache_dir",

@@ -39,6 +39,13 @@ class Zoo:
     # Suggested Hub repo id for each model folder ("base", "expert/<task>", "adapter/<task>").
     repo_ids: dict[str, str] = field(default_factory=dict)
     seed: int = 0
+    # Which task each expert/adapter was trained on, where its name is not the task itself
+    # (smol-wide has several per task: "sort-a", "sort-b", ...). See :meth:`task_of`.
+    expert_tasks: dict[str, str] = field(default_factory=dict)
+
+    def task_of(self, name: str) -> str:
+        """The task expert or adapter ``name`` was trained on (its own name in the older zoos)."""
+        return self.expert_tasks.get(name, name)
 
     def all_models(self) -> dict[str, Path]:
         """Every model folder keyed as in ``repo_ids``: ``base``, ``expert/<t>``, ``adapter/<t>``."""
@@ -58,6 +65,7 @@ class Zoo:
             "tasks": {t: rel(p) for t, p in self.tasks.items()},
             "train": {t: rel(p) for t, p in self.train.items()},
             "repo_ids": dict(self.repo_ids),
+            **({"expert_tasks": dict(self.expert_tasks)} if self.expert_tasks else {}),
         }
 
     @classmethod
@@ -74,6 +82,7 @@ class Zoo:
             train=paths(data.get("train", {})),
             repo_ids=dict(data.get("repo_ids", {})),
             seed=int(data.get("seed", 0)),
+            expert_tasks=dict(data.get("expert_tasks", {})),
         )
 
 

@@ -129,9 +129,14 @@ def _card(
 def _save_adapter(model: Any, folder: Path, base_final: Path) -> None:
     """Save a peft adapter whose config names the final (cached) base folder, not the temp one."""
     model.save_pretrained(str(folder))
+    _point_adapter_at(folder, base_final)
+
+
+def _point_adapter_at(folder: Path, base: Path) -> None:
+    """Make the adapter in ``folder`` name ``base`` as its base model (peft loads it from there)."""
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
-    cfg["base_model_name_or_path"] = str(base_final)
+    cfg["base_model_name_or_path"] = str(base)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
