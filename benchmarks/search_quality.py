@@ -152,19 +152,26 @@ class Bench:
     def tasks(self) -> list[str]:
         return sorted(self.task_files)
 
+    def _share_caches(self, run_dir: Path) -> None:
+        _share_caches_into(self.out / "runs", run_dir)
+
     def search(
         self, key: str, strategy: str, settings: dict[str, Any], *, seed: int, budget: int | None
     ) -> Outcome:
         """One search through the public API, in its own run folder under ``out``."""
         from hub_merge.search import SearchConfig, search
 
+        run_dir = self.out / "runs" / f"{key}-seed{seed}"
+        resume = (run_dir / "state.json").is_file()
+        if not resume:
+            self._share_caches(run_dir)
         t0 = time.perf_counter()
         result = search(
             SearchConfig(
                 base=self.base,
                 experts=list(self.experts.values()),
                 tasks=[self.task_files[t] for t in self.tasks],
-                out=str(self.out / "runs" / f"{key}-seed{seed}"),
+                out=str(run_dir),
                 strategy=strategy,
                 settings=settings,
                 seed=seed,
@@ -173,30 +180,57 @@ class Bench:
                 test_fraction=self.test_fraction,
                 device=self.device,
                 materialize=["winner"],
-                resume=(self.out / "runs" / f"{key}-seed{seed}" / "state.json").is_file(),
+                resume=resume,
                 progress=False,
             )
         )
         seconds = time.perf_counter() - t0
         data = result.to_dict()
-        by_folder = {v: k for k, v in self.experts.items()}
+        by_folder = {str(Path(v).resolve()): k for k, v in self.experts.items()}
         baselines = {}
-        for node in result.baselines():  # the experts and the uniform average, on dev and test
-            name = node.id
-            if node.source in by_folder or getattr(node, "path", None) in by_folder:
-                name = f"expert:{by_folder.get(node.source) or by_folder[node.path]}"
-            baselines[name] = {"dev": node.scores, "test": result.tree.test_scores[node.id]}
+        for node in result.baselines():  # each expert and the uniform average, on dev and test
+            if node.baseline == "uniform":
+                name = "uniform"
+            else:
+                name = f"expert:{by_folder.get(str(Path(node.path or '').resolve()), node.name)}"
+            baselines[name] = {"dev": node.scores, "test": result.tree.test_scores.get(node.id, {})}
         return Outcome(
             dev=data["scores"],
-            test=data["test_scores"],
-            evaluations=data["evaluations"] + data["cache_hits"],
+            test=data["test_scores"] or {},
+            # candidates the run scored, whether computed now or found in the shared cache
+            evaluations=sum(1 for n in result.tree.nodes.values() if n.fitness is not None),
             seconds=seconds,
             winner=data["winner"],
             winner_path=data.get("winner_path"),
             note=f"{data['winner']}: {data['stop_reason']}",
             baselines=baselines,
-            extra={"generations": data["generations"], "summaries": _summaries(result)},
+            extra={
+                "generations": data["generations"],
+                "computed": data["evaluations"],
+                "summaries": _summaries(result),
+            },
         )
+
+
+CACHES = ("scores.json", "test_scores.json", "kinship.json")
+
+
+def _share_caches_into(runs: Path, run_dir: Path) -> None:
+    """Seed a new run folder with every earlier run's score and kinship caches.
+
+    Keys cover the recipe, the models' content and the rows scored, so a shared entry is the
+    score the run would compute; the baselines, identical in every run, are then scored once per
+    zoo. A run's evaluation count includes these cache hits; its wall time does not.
+    """
+    merged: dict[str, dict[str, Any]] = {name: {} for name in CACHES}
+    for other in sorted(runs.glob("*/")) if runs.is_dir() else []:
+        for name in CACHES:
+            if (other / name).is_file() and other != run_dir:
+                merged[name].update(json.loads((other / name).read_text()))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name, entries in merged.items():
+        if entries:
+            (run_dir / name).write_text(json.dumps(entries))
 
 
 def _summaries(result: Any) -> list[dict[str, Any]]:
