@@ -78,6 +78,12 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
         "averages the models' weights (a 'model soup')",
         "https://arxiv.org/abs/2203.05482",
     ),
+    "lora_factor_sum": (
+        "LoRA factor mix",
+        "mixes LoRA adapters factor by factor (A = Σ w·A_j, B = Σ w·B_j), as Model Swarms moves "
+        "LoRA experts; the result is itself an adapter",
+        "https://arxiv.org/abs/2410.11163",
+    ),
     "task_arithmetic": (
         "task arithmetic",
         "adds up what each model changed relative to the base model (its 'task vector')",
@@ -279,12 +285,18 @@ def step_recipe(
         return given
     if node.recipe is not None:
         step = MergeRecipe.from_dict(node.recipe)
+        from .merge.adapter_mix import FACTOR_METHOD
+
+        # hub-merge's own factor mix reads the adapters themselves, not mergekit's base+adapter
+        own = step.method == FACTOR_METHOD
 
         def node_ref(item: Any) -> str:
             if not isinstance(item, str) or item not in tree.nodes:
                 raise ConfigError(
                     f"Step {step_id}'s recipe names {item!r}, which is not in the run."
                 )
+            if own and tree.nodes[item].kind != "merge":
+                return str(tree.nodes[item].source)
             return _ref(tree, item)
 
         return step.model_copy(
@@ -294,7 +306,7 @@ def step_recipe(
                     ModelEntry(model=node_ref(e.model), parameters=e.parameters)
                     for e in step.models
                 ],
-                "dtype": step.dtype or _stored_dtype(tree),
+                "dtype": step.dtype if own else (step.dtype or _stored_dtype(tree)),
             }
         )
     # a node without a step recipe (hand-made trees): its parents over the common base
@@ -497,6 +509,56 @@ def card_metadata(
     )
 
 
+def _search_paragraph(tree: FamilyTree) -> str | None:
+    """The strategy's own card paragraph (``Strategy.explain``); None for the greedy search,
+    which the template describes itself."""
+    name = getattr(tree, "strategy", "greedy") or "greedy"
+    if name == "greedy":
+        return None
+    from .search.strategy import get_strategy
+
+    try:
+        return get_strategy(name).explain()
+    except ConfigError:  # a run made by a strategy this install does not have
+        return f"The blend was found by hub-merge's `{name}` search."
+
+
+def _strategy_flags(tree: FamilyTree) -> list[str]:
+    """``--strategy NAME`` and the strategy's settings that differ from its defaults."""
+    import dataclasses
+
+    from .search.strategy import get_strategy
+
+    name = getattr(tree, "strategy", "greedy") or "greedy"
+    s = tree.settings
+    args = ["--strategy", name]
+    try:
+        fields = dataclasses.fields(get_strategy(name).settings_type)
+    except ConfigError:
+        return args
+    for f in fields:
+        if f.name not in s or f.name in ("patience",):  # patience: the shared flag below
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = s[f.name]
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            spelled = f.metadata.get("flag", f"{flag}/--no-{f.name.replace('_', '-')}")
+            args.append(spelled.split("/")[0 if value else 1])
+        elif isinstance(value, (dict, list)):
+            args += [flag, json.dumps(value, separators=(",", ":"))]
+        else:
+            args += [flag, str(value)]
+    for key in ("seed", "budget"):
+        if s.get(key) is not None:
+            args += [f"--{key}", str(s[key])]
+    if s.get("combine", "mean") != "mean":
+        args += ["--combine", str(s["combine"])]
+    return args
+
+
 def _reproduce_command(tree: FamilyTree) -> str:
     """The ``hub-merge search`` line that reruns this search (task files named after the tasks).
 
@@ -508,6 +570,8 @@ def _reproduce_command(tree: FamilyTree) -> str:
     args = ["hub-merge", "search", "--base", base, "--experts"]
     args += [n.source for n in tree.experts()]
     args += ["--tasks", *[f"{t}.jsonl" for t in tree.tasks], "--out", "run"]
+    if (getattr(tree, "strategy", "greedy") or "greedy") != "greedy":
+        args += _strategy_flags(tree)
     for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
         if s.get(key) is not None:
             args += [flag, str(s[key])]
@@ -547,6 +611,7 @@ class _Step:
     method: str
     recipe: dict[str, Any]
     mergekit_yaml: str
+    tool: str = "mergekit"  # "hub-merge" for hub-merge's own methods (lora_factor_sum)
 
 
 def _steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) -> list[_Step]:
@@ -559,10 +624,19 @@ def _steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) ->
                 parents=list(tree.nodes[step_id].parents),
                 method=recipe.method,
                 recipe=recipe.to_dict(),
-                mergekit_yaml=recipe.to_mergekit_yaml(),
+                **_step_config(recipe),
             )
         )
     return out
+
+
+def _step_config(recipe: Any) -> dict[str, str]:
+    """A step's config for its tool: mergekit YAML, or a hub-merge recipe for hub-merge's methods."""
+    from .merge.adapter_mix import FACTOR_METHOD  # light: no tensors are read
+
+    if recipe.method == FACTOR_METHOD:  # not a mergekit method: `hub-merge merge` runs it
+        return {"mergekit_yaml": recipe.to_yaml(), "tool": "hub-merge"}
+    return {"mergekit_yaml": recipe.to_mergekit_yaml()}
 
 
 def build_card(
@@ -627,6 +701,7 @@ def build_card(
         "license_choice": choice,
         "library_name": library_name,
         "methods": methods,
+        "search_paragraph": _search_paragraph(tree),
         "tasks": [t for t in tree.tasks if t in node.scores] or sorted(node.scores),
         "score_metric": tree.score_metric,
         "score_lower_better": "loss" in tree.score_metric,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,6 +153,11 @@ def test_adapter_swarm_from_the_cli_pushes_an_adapter_that_peft_loads(tiny_zoo, 
         local = snapshot_download(
             "alice/swarm", endpoint=server.endpoint, token="hf_alice", cache_dir=tmp_path / "dl"
         )
+    card = (Path(local) / "README.md").read_text()
+    assert "**Model Swarms**" in card and "library_name: peft" in card
+    assert "--strategy swarm --space adapter --population 4 --max-steps 1" in card
+    assert "--combine harmonic" in card
+    assert f"hub-merge merge {best.id}.yml --out ./{best.id}" in card  # not a mergekit method
     base = AutoModelForCausalLM.from_pretrained(tiny_zoo.base, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, local).merge_and_unload()
     # the pushed adapter is the mix the search scored: W_base + (Σα B)(Σα A)
