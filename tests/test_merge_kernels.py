@@ -203,3 +203,36 @@ def test_card_says_which_arithmetic_ran():
     exact = str(build_card(tree, arithmetic=ARITHMETIC_MERGEKIT))
     assert "mergekit's own arithmetic" in exact and "lower element indices" not in exact
     assert "lower element indices" not in str(build_card(tree))
+
+
+def test_read_ahead_failure_leaves_nothing_and_reads_stay_bounded(
+    tiny_models, tmp_path, monkeypatch
+):
+    """A read that fails in the read-ahead thread surfaces in the merge; nothing is left behind."""
+    from hub_merge.merge import inputs, run
+
+    z = tiny_models
+    recipe = MergeRecipe(
+        method="ties",
+        base=str(z.base),
+        models=[
+            ModelEntry(model=str(e), parameters={"weight": 0.5, "density": 0.5})
+            for e in z.experts[:2]
+        ],
+    )
+    real_get = inputs.CheckpointSource.get
+    reads: list[str] = []
+    merged: list[str] = []
+
+    def failing_get(self, name, **kw):
+        reads.append(name)
+        if len(reads) == 3 * 6:  # the 6th tensor of 3 inputs
+            raise OSError("input disk went away")
+        return real_get(self, name, **kw)
+
+    monkeypatch.setattr(inputs.CheckpointSource, "get", failing_get)
+    with pytest.raises(run.MergeError, match="input disk went away"):
+        merge_to_folder(recipe, tmp_path / "out", progress=False, on_tensor=merged.append)
+    assert list(tmp_path.iterdir()) == []
+    # It read ahead of the merge, but not further than its bound (3 tensors).
+    assert len(merged) < 6 and len(set(reads)) - len(merged) <= 4

@@ -1,9 +1,10 @@
 """Stream a recipe's merge into a model folder: read, merge and write overlap, one tensor at a time.
 
 Everything that can be checked is checked before the first byte is written (method, parameters,
-tensor names, shapes, adapters' base). Reading runs one tensor ahead in a thread, merging on the
-device, writing in a background thread behind a bounded queue, so the device is rarely idle and
-memory stays at a few tensors. Output goes to a temporary folder renamed into place at the end.
+tensor names, shapes, adapters' base). Reading (and casting to the compute dtype) runs a few
+tensors ahead in one thread, merging on the device in the calling thread, casting and writing in
+a third behind a bounded queue, so the device rarely waits on the disk and memory stays at a few
+tensors. Output goes to a temporary folder renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -95,6 +95,78 @@ class _BackgroundWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+
+class _ReadAhead:
+    """A thread reading the next tensors (all inputs of each) while the current one is merged.
+
+    Bounded by ``depth`` tensors and by ``max_bytes`` held, so memory stays at a few tensors; every
+    ``release_bytes`` read it closes the checkpoints' mmap handles, which otherwise keep every page
+    read so far resident (RSS would grow to the size of all inputs).
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        load: Callable[[str], tuple[list[torch.Tensor], torch.Tensor | None]],
+        checkpoints: list,
+        *,
+        depth: int = 3,
+        max_bytes: int = 1 << 30,
+        release_bytes: int = 1 << 30,
+    ) -> None:
+        self.names, self.load, self.checkpoints = names, load, checkpoints
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.max_bytes, self.release_bytes = max_bytes, release_bytes
+        self.held = 0
+        self.cond = threading.Condition()
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, name="hub-merge-read", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        since_release = 0
+        try:
+            for name in self.names:
+                item = self.load(name)
+                size = sum(t.numel() * t.element_size() for t in item[0]) + (
+                    item[1].numel() * item[1].element_size() if item[1] is not None else 0
+                )
+                with self.cond:
+                    while self.held > 0 and self.held + size > self.max_bytes and not self.stop:
+                        self.cond.wait()
+                    if self.stop:
+                        return
+                    self.held += size
+                self.queue.put((name, item, size, None))
+                since_release += size
+                if since_release >= self.release_bytes:
+                    for reader in self.checkpoints:
+                        reader.release()
+                    since_release = 0
+        except BaseException as err:  # noqa: BLE001 - re-raised in the merging thread
+            self.queue.put((None, None, 0, err))
+
+    def next(self, name: str):
+        got, item, size, err = self.queue.get()
+        if err is not None:
+            raise err
+        assert got == name, (got, name)
+        with self.cond:
+            self.held -= size
+            self.cond.notify_all()
+        return item
+
+    def close(self) -> None:
+        with self.cond:
+            self.stop = True
+            self.cond.notify_all()
+        while self.thread.is_alive():
+            try:
+                self.queue.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        self.thread.join()
 
 
 def _check_inputs(names: list[str], sources: list[TensorSource]) -> None:
@@ -199,46 +271,66 @@ def merge_to_folder(
     except OSError as err:
         raise MergeError(f"Cannot create the output beside {out}: {err}") from err
 
-    def load(name: str):
-        base_t = base_in.get(name, device=dev) if base_in is not None else None
-        return [s.get(name, device=dev) for s in sources], base_t
+    # Inputs are cast to the compute dtype in the read-ahead thread (mergekit would cast them
+    # first thing anyway) and results to the output dtype in the write-behind thread, so the
+    # merging thread only merges.
+    cast_to = op.compute_dtype
 
+    def load(name: str):
+        def one(src: TensorSource) -> torch.Tensor:
+            t = src.get(name, device=dev)
+            return t.to(cast_to) if (cast_to is not None and t.is_floating_point()) else t
+
+        base_t = one(base_in) if base_in is not None else None
+        return [one(s) for s in sources], base_t
+
+    checkpoints = [
+        s.reader
+        for s in ([base_in] if base_in else []) + sources
+        if isinstance(s, CheckpointSource)
+    ]
     bg = None
+    ahead = None
     try:
         _copy_side_files(writer, config_dir, out_dtype)
         bg = _BackgroundWriter(writer)
+        ahead = _ReadAhead(names, load, checkpoints)
         iterator = names
         if progress:
             from tqdm.auto import tqdm
 
             iterator = tqdm(names, desc=f"merge ({recipe.method})", unit="tensor", leave=False)
-        with ThreadPoolExecutor(1, thread_name_prefix="hub-merge-read") as pool, torch.no_grad():
-            pending = pool.submit(load, names[0]) if names else None
-            for i, name in enumerate(iterator):
-                tensors, base_t = pending.result()
-                pending = pool.submit(load, names[i + 1]) if i + 1 < len(names) else None
+        with torch.no_grad():
+            for name in iterator:
+                tensors, base_t = ahead.next(name)
                 if not tensors[0].is_floating_point():
                     merged = base_t if base_t is not None else tensors[0]
                 else:
-                    merged = op(name, tensors, base_t, out_dtype=out_dtype)
+                    merged = op(name, tensors, base_t)
                 bg.put(name, merged)
                 del tensors, base_t, merged
                 if on_tensor is not None:
                     on_tensor(name)
+        ahead.close()
+        ahead = None
         bg.close()
         bg = None
         return writer.finalize()
     except OSError as err:
-        _abort(bg, writer)
+        _abort(bg, writer, ahead)
         raise MergeError(
             f"Writing the merge to {out} failed ({err}); nothing was left behind. Free disk space and retry."
         ) from err
     except BaseException:
-        _abort(bg, writer)
+        _abort(bg, writer, ahead)
         raise
 
 
-def _abort(bg: _BackgroundWriter | None, writer: ShardedWriter) -> None:
+def _abort(
+    bg: _BackgroundWriter | None, writer: ShardedWriter, ahead: _ReadAhead | None = None
+) -> None:
+    if ahead is not None:
+        ahead.close()
     if bg is not None:
         try:
             bg.close()
