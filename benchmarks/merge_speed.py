@@ -1,9 +1,13 @@
-"""hub-merge vs mergekit-yaml: wall time and peak RSS of the same merge, measured in one run.
+"""hub-merge vs mergekit-yaml vs the I/O floor: wall time and peak RSS, measured in one run.
 
 Builds random-weight Llama models on disk (default: hidden 1024, 24 layers, vocab 32000, bf16,
-~0.47B parameters each; ``--small`` for a quick run), then runs linear and TIES merges with the
-``mergekit-yaml`` CLI and with ``hub-merge merge``, each in its own subprocess; peak RSS is that
-subprocess tree's ``ru_maxrss`` (read in a fresh wrapper process per measurement). Prints ratios.
+~0.47B parameters each; ``--small`` for a quick run), then runs each merge (default: linear,
+TIES, DARE-TIES) with the ``mergekit-yaml`` CLI, with ``hub-merge merge``, and as the *floor*: a
+bare script that reads the same input files with safetensors, adds them tensor by tensor and
+writes the sum with safetensors (the same bytes in and out, no merge logic; torch import
+included, as in both tools). Each runs in its own subprocess; peak RSS is that subprocess tree's
+``ru_maxrss`` (read in a fresh wrapper process per measurement). Prints every tool's time as a
+ratio to mergekit's and to the floor's.
 
     python benchmarks/merge_speed.py --small
     python benchmarks/merge_speed.py --layers 8 --workdir /tmp/mbench
@@ -89,6 +93,23 @@ def build_models(
     return folders
 
 
+# The floor: read every input with safetensors, add the tensors, write the result.
+_FLOOR = (
+    "import sys, torch\n"
+    "from safetensors import safe_open\n"
+    "from safetensors.torch import save_file\n"
+    "*ins, out, dev = sys.argv[1:]\n"
+    "hs = [safe_open(p, 'pt') for p in ins]\n"
+    "res = {}\n"
+    "for n in hs[0].keys():\n"
+    "    acc = hs[0].get_tensor(n).to(dev)\n"
+    "    for h in hs[1:]:\n"
+    "        acc = acc + h.get_tensor(n).to(dev)\n"
+    "    res[n] = acc.cpu()\n"
+    "save_file(res, out)\n"
+)
+
+
 def measure(cmd: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _WRAP, json.dumps(cmd)], capture_output=True, text=True
@@ -105,7 +126,7 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="hidden 256, 4 layers, vocab 8000")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--cuda", action="store_true")
-    ap.add_argument("--methods", default="linear,ties")
+    ap.add_argument("--methods", default="linear,ties,dare_ties")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     dims = (
@@ -116,17 +137,21 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-bench-"))
     base, *experts = build_models(work / "models", **dims)
     bin_dir = Path(sys.executable).parent
-    print(f"models: {dims}, bf16, in {work}")
-    print(f"{'method':8} {'tool':10} {'wall s':>8} {'peak RSS MB':>12}")
+    print(f"models: {dims}, bf16, in {work}; torch threads {torch.get_num_threads()}")
+    header = f"{'method':10} {'tool':10} {'wall s':>8} {'peak RSS MB':>12} {'/mergekit':>10} {'/floor':>8}"
+    print(header)
+    rows = []
     for method in args.methods.split(","):
         params = {"weight": 0.5} if method == "linear" else {"weight": 0.5, "density": 0.5}
         recipe = MergeRecipe(
             method=method,
             base=None if method == "linear" else str(base),
             models=[ModelEntry(model=str(e), parameters=params) for e in experts],
+            seed=0 if method.startswith("dare") else None,
         )
         (work / f"{method}.yaml").write_text(recipe.to_yaml())
         (work / f"{method}.mk.yaml").write_text(recipe.to_mergekit_yaml(input_dtype="bfloat16"))
+        inputs = ([] if method == "linear" else [base]) + experts
         results = {}
         for tool, cmd in (
             (
@@ -137,7 +162,8 @@ def main() -> None:
                     str(work / f"out-mk-{method}"),
                     "--quiet",
                 ]
-                + (["--cuda"] if args.cuda else []),
+                + (["--cuda"] if args.cuda else [])
+                + (["--random-seed", "0"] if method.startswith("dare") else []),
             ),
             (
                 "hub-merge",
@@ -152,18 +178,37 @@ def main() -> None:
                     "cuda" if args.cuda else "cpu",
                 ],
             ),
+            (
+                "floor",
+                [
+                    sys.executable,
+                    "-c",
+                    _FLOOR,
+                    *(str(p / "model.safetensors") for p in inputs),
+                    str(work / f"out-fl-{method}.safetensors"),
+                    "cuda" if args.cuda else "cpu",
+                ],
+            ),
         ):
-            for d in work.glob(f"out-*-{method}"):
-                shutil.rmtree(d)
+            for d in work.glob(f"out-*-{method}*"):
+                shutil.rmtree(d) if d.is_dir() else d.unlink()
             results[tool] = measure(cmd)
-            print(
-                f"{method:8} {tool:10} {results[tool]['wall']:8.2f} {results[tool]['rss_kb'] / 1024:12.0f}"
+        for tool, r in results.items():
+            line = (
+                f"{method:10} {tool:10} {r['wall']:8.2f} {r['rss_kb'] / 1024:12.0f} "
+                f"{r['wall'] / results['mergekit']['wall']:10.2f} {r['wall'] / results['floor']['wall']:8.2f}"
             )
+            print(line, flush=True)
+            rows.append(line)
         mk, hm = results["mergekit"], results["hub-merge"]
         print(
-            f"{method:8} speedup (mergekit wall / hub-merge wall): {mk['wall'] / hm['wall']:.2f}x; "
-            f"peak RSS ratio (hub-merge / mergekit): {hm['rss_kb'] / mk['rss_kb']:.2f}"
+            f"{method:10} speedup (mergekit wall / hub-merge wall): {mk['wall'] / hm['wall']:.2f}x; "
+            f"hub-merge / floor: {hm['wall'] / results['floor']['wall']:.2f}x; "
+            f"peak RSS ratio (hub-merge / mergekit): {hm['rss_kb'] / mk['rss_kb']:.2f}",
+            flush=True,
         )
+        for d in work.glob(f"out-*-{method}*"):
+            shutil.rmtree(d) if d.is_dir() else d.unlink()
 
 
 if __name__ == "__main__":

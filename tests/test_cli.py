@@ -11,6 +11,7 @@ EXPECTED = [
     "pull",
     "discover",
     "kinship",
+    "plan",
     "merge",
     "search",
     "moe",

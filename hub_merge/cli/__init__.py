@@ -21,6 +21,7 @@ COMMANDS: list[str] = [
     "pull",
     "discover",
     "kinship",
+    "plan",
     "merge",
     "search",
     "moe",

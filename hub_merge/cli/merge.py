@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError
+from ._hubopts import endpoint_option, token_option
 
 
 def _size(text: str) -> int:
@@ -17,6 +18,20 @@ def _size(text: str) -> int:
         raise ConfigError(f"--max-shard-size {text!r} is not a size like 5GB, 500MB or 1000000.")
     factor = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}[match.group(2)]
     return int(float(match.group(1)) * factor)
+
+
+def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
+    """The recipe with every Hub ref replaced by its pulled folder (local folders unchanged)."""
+    from ..hub import pull
+    from ..refs import ModelRef
+
+    def local(ref: str | None) -> str | None:
+        if ref is None or ModelRef.parse(ref).is_local:
+            return ref
+        return str(pull(ref, endpoint=endpoint, token=token).path)
+
+    models = [e.model_copy(update={"model": local(e.model)}) for e in recipe.models]
+    return recipe.model_copy(update={"base": local(recipe.base), "models": models})
 
 
 @click.command("merge")
@@ -40,8 +55,19 @@ def _size(text: str) -> int:
     "linear-time sparsification for ties/dare/breadcrumbs/della (ties broken by index).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@endpoint_option
+@token_option
 def command(
-    recipe, out, device, max_shard_size, overwrite, show_mergekit, exact_mergekit, as_json
+    recipe,
+    out,
+    device,
+    max_shard_size,
+    overwrite,
+    show_mergekit,
+    exact_mergekit,
+    as_json,
+    endpoint,
+    token,
 ) -> None:
     """Merge models per RECIPE (YAML: method, base, models, parameters, dtype, seed).
 
@@ -56,8 +82,13 @@ def command(
         - {model: ./math, parameters: {weight: 1.0, density: 0.5}}
         - {model: ./code-lora, parameters: {weight: 0.7, density: 0.5}}
       seed: 0
+
+    Models may be local folders or Hub refs (org/name[@rev]). `hub-merge plan` runs first: any
+    incompatibility fails the merge in seconds, before a weight is downloaded; then Hub refs are
+    pulled (pinned to their commits) and merged.
     """
     from ..merge import MergeRecipe, merge_to_folder
+    from ..plan import check_method, plan_recipe
 
     parsed = MergeRecipe.from_yaml(Path(recipe))
     if exact_mergekit:
@@ -65,6 +96,9 @@ def command(
     if show_mergekit:
         click.echo(parsed.to_mergekit_yaml())
         return
+    check_method(parsed)  # before any I/O
+    plan_recipe(parsed, endpoint=endpoint, token=token).raise_for_issues()
+    parsed = _pull_refs(parsed, endpoint=endpoint, token=token)
     path = merge_to_folder(
         parsed,
         out,

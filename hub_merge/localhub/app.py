@@ -56,6 +56,7 @@ class HubApp:
         self.access = Access(store, tokens)
         self.max_request_bytes, self.max_lfs_bytes = max_request_bytes, max_lfs_bytes
         self.fail_downloads: dict[str, int] = {}  # path in repo -> bytes to send before dropping
+        self.served: dict[str, int] = {}  # "repo_id/path" -> body bytes served by resolve (tests)
         self._starlette = Starlette(
             routes=self._routes(),
             exception_handlers={

@@ -232,6 +232,8 @@ def resolve(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     fail_after = hub.fail_downloads.pop(path, None)
+    key = f"{repo.repo_id}/{path}"
+    hub.served[key] = hub.served.get(key, 0) + length
     blob = st.blob_path(entry["sha256"])
     return StreamingResponse(
         _stream(blob, start, length, fail_after), status_code=status, headers=headers
