@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator
+from ..plan import preflight_search
 from ..refs import ModelRef
 from ..tensors import dtype_name
 from .core import SearchCore, SearchResult
@@ -151,6 +152,7 @@ def search(config: SearchConfig) -> SearchResult:
         allow_benchmark_fitness=config.allow_benchmark_fitness,
     )
     tasks = split.dev  # all a strategy ever sees
+    preflight_search(config)  # hub_merge.plan: every incompatibility, before any weight download
     hub_kw = {
         "allow_pickle": config.allow_pickle,
         "endpoint": config.endpoint,
