@@ -352,13 +352,29 @@ def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
     return issues
 
 
+def _steps(recipe: Any) -> list[Any]:
+    """Every merge step of a (possibly nested) recipe, innermost first."""
+    out = []
+    for item in recipe.inputs():
+        if not isinstance(item, str):
+            out += _steps(item)
+    return out + [recipe]
+
+
 def check_method(recipe: Any) -> None:
-    """The recipe's method and parameters against the method's input contract (no I/O).
+    """Each step's method and parameters against the method's input contract (no I/O).
 
     Raises UnknownMethodError / ConfigError, as ``merge_to_folder`` would, naming what is valid.
     """
+    for step in _steps(recipe):
+        _check_step(step)
+
+
+def _check_step(recipe: Any) -> None:
     from .merge.methods import get_method, validate_parameters
 
+    if recipe.is_leaf:
+        return
     validate_parameters(
         get_method(recipe.method),
         recipe.parameters,
@@ -473,8 +489,9 @@ def plan_models(
 
 
 def plan_recipe(recipe: Any, **kw: Any) -> MergePlan:
-    """:func:`plan_models` for a :class:`~hub_merge.merge.MergeRecipe`."""
-    return plan_models(recipe.base, [e.model for e in recipe.models], recipe=recipe, **kw)
+    """:func:`plan_models` for a :class:`~hub_merge.merge.MergeRecipe` (nested: all its leaves)."""
+    base = recipe.base if isinstance(recipe.base, str) else None
+    return plan_models(base, [m for m in recipe.leaves() if m != base], recipe=recipe, **kw)
 
 
 def preflight_search(config: Any) -> MergePlan:

@@ -161,6 +161,18 @@ def test_plan_checks_the_method_contract_and_passes_a_good_recipe(local_hub, hub
     )
     issues = plan_recipe(slerp3, **kw).issues
     assert [i.what for i in issues] == ["method input contract"]
+    # A nested recipe is planned through all its leaves and steps.
+    inner = MergeRecipe(
+        method="linear",
+        models=[ModelEntry(model=r["same"]), ModelEntry(model=r["deeper"])],
+        parameters={"weight": 0.5},
+    )
+    nested = good.model_copy(
+        update={"models": [good.models[0], ModelEntry(model=inner, parameters={"weight": 0.5})]}
+    )
+    assert any(
+        i.model == r["deeper"] and i.what == "layer count" for i in plan_recipe(nested, **kw).issues
+    )
 
 
 def test_cli_plan_and_merge_fail_fast_with_no_weight_sent(

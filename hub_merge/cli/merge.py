@@ -21,14 +21,18 @@ def _size(text: str) -> int:
 
 
 def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
-    """The recipe with every Hub ref replaced by its pulled folder (local folders unchanged)."""
+    """The recipe with every Hub ref (nested ones too) replaced by its pulled folder."""
     from ..hub import pull
     from ..refs import ModelRef
 
-    def local(ref: str | None) -> str | None:
-        if ref is None or ModelRef.parse(ref).is_local:
-            return ref
-        return str(pull(ref, endpoint=endpoint, token=token).path)
+    def local(item):
+        if item is None:
+            return None
+        if not isinstance(item, str):
+            return _pull_refs(item, endpoint=endpoint, token=token)
+        if ModelRef.parse(item).is_local:
+            return item
+        return str(pull(item, endpoint=endpoint, token=token).path)
 
     models = [e.model_copy(update={"model": local(e.model)}) for e in recipe.models]
     return recipe.model_copy(update={"base": local(recipe.base), "models": models})
