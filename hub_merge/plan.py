@@ -25,6 +25,8 @@ from typing import Any
 from . import hub
 from .compat import _SEMANTIC_FIELDS, _vocab
 from .errors import HubMergeError, IncompatibleModelsError
+from .hub.layout import _as_dict, _license
+from .hub.pull import _card_data
 from .refs import ModelRef
 from .tensors import ADAPTER_WEIGHTS, CheckpointReader
 
@@ -63,6 +65,7 @@ class ModelMeta:
     license: str | None = None
     folder: Path | None = None  # where its small files are (for the tokenizer comparison)
     problem: str | None = None  # why it cannot be used at all (pickle-only, remote code...)
+    note: str | None = None  # worth saying, but no reason to stop
 
     @property
     def layers(self) -> int | None:
@@ -170,8 +173,8 @@ def _local_meta(ref: ModelRef, allow_pickle: bool) -> ModelMeta:
     meta.id, meta.kind, meta.license = str(pulled.path), pulled.kind, pulled.license
     meta.config = _read_json(folder / "config.json") or {}
     meta.adapter_config = _read_json(folder / "adapter_config.json")
-    if pulled.pickle:
-        meta.problem = "pickle-only weights: nothing to read headers from (convert to safetensors)"
+    if pulled.pickle:  # allowed by the user: converted on pull; no header to check here
+        meta.note = "pickle weights (allowed): tensors are checked only after the download"
         return meta
     reader = (
         CheckpointReader(folder, weights_file=ADAPTER_WEIGHTS)
@@ -213,8 +216,8 @@ def _remote_meta(
     meta.folder = folder
     meta.config = _read_json(folder / "config.json") or {}
     meta.adapter_config = _read_json(folder / "adapter_config.json")
-    card = hub._card_data(folder) or hub._as_dict(getattr(info, "card_data", None))
-    meta.license = hub._license(card, info.tags or ())
+    card = _card_data(folder) or _as_dict(getattr(info, "card_data", None))
+    meta.license = _license(card, info.tags or ())
     try:
         layout = hub.classify(
             sorted(sizes),
@@ -237,8 +240,8 @@ def _remote_meta(
             try_to_load_from_cache(repo_id, f, cache_dir=cache_dir, revision=sha), str
         )
     )
-    if layout.pickle:
-        meta.problem = "pickle-only weights: nothing to read headers from (convert to safetensors)"
+    if layout.pickle:  # allowed by the user: converted on pull; no header to check here
+        meta.note = "pickle weights (allowed): tensors are checked only after the download"
         return meta
     for f in (w for w in weights if w.endswith(".safetensors")):
         with hub.hub_errors(f"read the header of {f}", **ctx):
@@ -335,6 +338,8 @@ def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
             )
     if ref.layers != m.layers:
         issues.append(Issue(m.id, "layer count", f"{m.layers} layers vs {ref.layers}"))
+    if not ref.tensors or not m.tensors:
+        return issues  # pickle weights: no header to compare
     missing = [n for n in ref.tensors if n not in m.tensors]
     extra = [n for n in m.tensors if n not in ref.tensors]
     if missing:
@@ -460,6 +465,8 @@ def plan_models(
     for m in ([base_meta] if base_meta else []) + metas:
         if m.problem:
             issues.append(Issue(m.id, "unusable", m.problem))
+        if m.note:
+            issues.append(Issue(m.id, "note", m.note, blocking=False))
     if base_meta is not None and base_meta.kind == "adapter":
         issues.append(Issue(base_meta.id, "base", "the base must be a full model, not an adapter"))
     if ref is not None and not ref.problem:
