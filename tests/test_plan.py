@@ -214,7 +214,7 @@ def test_search_fails_fast_before_any_weight(local_hub, plan_models_dir, hub_rep
     from hub_merge.search import SearchConfig, greedy_search
 
     tasks = tmp_path / "t.jsonl"
-    tasks.write_text('{"prompt": "w1 w2", "answer": "w3"}\n')
+    tasks.write_text("".join(f'{{"prompt": "w{i} w2", "answer": "w3"}}\n' for i in range(10)))
     r = hub_repos
     config = SearchConfig(
         base=r["base"],
