@@ -27,7 +27,12 @@ def _save(fig, path: Path, dpi: int = 120) -> Path:
 
 
 def plot_fitness(tree: FamilyTree, path: str | Path) -> Path:
-    """Best fitness per generation, every node's fitness as dots, and top-k kinship on a 2nd axis."""
+    """Best fitness per generation, every node as a dot, the population's spread, the baseline.
+
+    A population strategy (evolve) records each generation's fitness mean, spread and range
+    (``GenerationRecord.stats``): they are drawn as a band; greedy's top-k kinship goes on a
+    second axis; the uniform average is a dashed line, the bar a search has to clear.
+    """
     plt, (fig, ax) = _figure(7, 4)
     try:
         gens = [g.generation for g in tree.generations]
@@ -43,11 +48,31 @@ def plot_fitness(tree: FamilyTree, path: str | Path) -> Path:
             alpha=0.35,
             label="every model",
         )
+        spread = [g for g in tree.generations if {"min", "max", "mean"} <= set(g.stats)]
+        if spread:
+            xs = [g.generation for g in spread]
+            ax.fill_between(
+                xs,
+                [g.stats["min"] for g in spread],
+                [g.stats["max"] for g in spread],
+                color="C2",
+                alpha=0.15,
+                label="population range",
+            )
+            std = [g.stats.get("std") or 0.0 for g in spread]
+            mean = [g.stats["mean"] for g in spread]
+            ax.errorbar(
+                xs, mean, yerr=std, fmt="^-", color="C2", ms=4, label="population mean ± sd"
+            )
+        uniform = tree.nodes.get("uniform")
+        if uniform is not None and uniform.fitness is not None:
+            ax.axhline(uniform.fitness, color="0.4", ls="--", lw=1, label="uniform average")
         ax.set_xlabel("generation")
         ax.set_ylabel(
             f"fitness ({'-' if tree.score_metric == 'answer_loss' else ''}{tree.score_metric})"
         )
-        ax.set_xticks(gens)
+        if len(gens) <= 20:
+            ax.set_xticks(gens)
         kin = [(g.generation, g.top_kinship) for g in tree.generations if g.top_kinship is not None]
         handles, labels = ax.get_legend_handles_labels()
         if kin:
@@ -63,7 +88,7 @@ def plot_fitness(tree: FamilyTree, path: str | Path) -> Path:
             h2, l2 = ax2.get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
         ax.legend(handles, labels, loc="lower right", fontsize=8)
-        ax.set_title("Greedy merge search: fitness by generation")
+        ax.set_title(f"Merge search ({tree.strategy}): fitness by generation")
         return _save(fig, Path(path))
     finally:
         plt.close(fig)
