@@ -31,7 +31,8 @@ import torch
 
 from .errors import ConfigError, TaskFileError
 
-Metric = Literal["answer_loss", "exact_match", "choice"]
+# "lm_eval": each lm-eval task's own primary metric (hub_merge.lmeval; higher is better).
+Metric = Literal["answer_loss", "exact_match", "choice", "lm_eval"]
 METRICS: tuple[str, ...] = get_args(Metric)
 LOWER_IS_BETTER: frozenset[str] = frozenset({"answer_loss"})
 COMBINES: tuple[str, ...] = ("mean", "harmonic")  # how per-task scores become one fitness
@@ -308,8 +309,11 @@ class Evaluator:
         padding_side: str = "right",
         max_new_tokens: int | None = None,
     ) -> None:
-        if metric not in METRICS:
-            raise ConfigError(f"Unknown metric {metric!r}; choose one of {list(METRICS)}.")
+        if metric not in METRICS or metric == "lm_eval":
+            raise ConfigError(
+                f"Unknown metric {metric!r} for JSONL tasks; choose one of "
+                f"{[m for m in METRICS if m != 'lm_eval']} (lm_eval is for lm-eval: tasks)."
+            )
         if padding_side not in ("left", "right"):
             raise ConfigError(f"padding_side must be 'left' or 'right'; got {padding_side!r}.")
         if batch_size != "auto" and (

@@ -32,6 +32,7 @@ __all__ = [
     "Split",
     "check_benchmark_fitness",
     "split_tasks",
+    "test_mask",
 ]
 
 DEFAULT_TEST_FRACTION = 0.3
@@ -78,24 +79,28 @@ def _unit(seed: int, prompt: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_task(task: Task, test_fraction: float, seed: int = 0) -> tuple[Task, Task]:
-    """One task's (dev, test) by the hash of each prompt; file order kept on each side."""
-    if len(task.examples) < 2:
+def test_mask(name: str, keys: Sequence[str], test_fraction: float, seed: int = 0) -> list[bool]:
+    """Which rows of a task go to test, by the hash of each row's key (its prompt, or for an
+    lm-eval task its document); order-independent, and equal keys land on one side."""
+    if len(keys) < 2:
         raise TaskFileError(
-            f"Task {task.name!r} has one row; it cannot be split into dev and test. Add rows "
+            f"Task {name!r} has one row; it cannot be split into dev and test. Add rows "
             "or give a test file with --test-tasks."
         )
-    units = [_unit(seed, ex.prompt) for ex in task.examples]
+    units = [_unit(seed, key) for key in keys]
     is_test = [u < test_fraction for u in units]
     if all(is_test) or not any(is_test):
-        # keep one row on the short side: the prompt whose hash is nearest the threshold
+        # keep one row on the short side: the key whose hash is nearest the threshold
         nearest = min(range(len(units)), key=lambda i: abs(units[i] - test_fraction))
-        prompt = task.examples[nearest].prompt
-        is_test = [t != (ex.prompt == prompt) for t, ex in zip(is_test, task.examples, strict=True)]
+        is_test = [t != (key == keys[nearest]) for t, key in zip(is_test, keys, strict=True)]
         if all(is_test) or not any(is_test):
-            raise TaskFileError(
-                f"Task {task.name!r} repeats one prompt on every row; it cannot be split."
-            )
+            raise TaskFileError(f"Task {name!r} repeats one row on every line; it cannot be split.")
+    return is_test
+
+
+def split_task(task: Task, test_fraction: float, seed: int = 0) -> tuple[Task, Task]:
+    """One task's (dev, test) by the hash of each prompt; file order kept on each side."""
+    is_test = test_mask(task.name, [ex.prompt for ex in task.examples], test_fraction, seed)
     dev = tuple(ex for ex, t in zip(task.examples, is_test, strict=True) if not t)
     test = tuple(ex for ex, t in zip(task.examples, is_test, strict=True) if t)
     return Task(task.name, dev, task.path), Task(task.name, test, task.path)
@@ -124,12 +129,7 @@ def split_tasks(
         ConfigError: a fraction outside (0, 1), a test file that is a dev file, a benchmark name.
         TaskFileError: a missing or malformed file, a task too small to split.
     """
-    if not test_paths and not (0.0 < float(test_fraction) < 1.0):
-        raise ConfigError(
-            f"--test-fraction must be between 0 and 1 (exclusive); got {test_fraction}."
-        )
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive number of examples; got {limit}.")
+    check_split_settings(test_fraction, test_paths, limit)
     tasks = load_tasks(paths)
     check_benchmark_fitness([t.name for t in tasks], allow=allow_benchmark_fitness)
     if test_paths:
@@ -166,6 +166,18 @@ def split_tasks(
     how["dev_rows"] = {t.name: len(t.examples) for t in dev}
     how["test_rows"] = {t.name: len(t.examples) for t in test_tasks}
     return Split(dev=dev, test=test_tasks, how=how)
+
+
+def check_split_settings(
+    test_fraction: float, test_paths: Sequence[Any], limit: int | None
+) -> None:
+    """The split's own settings, checked before anything is read."""
+    if not test_paths and not (0.0 < float(test_fraction) < 1.0):
+        raise ConfigError(
+            f"--test-fraction must be between 0 and 1 (exclusive); got {test_fraction}."
+        )
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive number of examples; got {limit}.")
 
 
 def check_benchmark_fitness(names: Sequence[str], *, allow: bool = False) -> None:

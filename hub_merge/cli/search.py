@@ -138,7 +138,10 @@ def _strategy_names() -> list[str]:
     help="Also take the N most-downloaded fine-tunes/adapters of --base from the Hub model tree.",
 )
 @click.option(
-    "--tasks", cls=_ManyValues, required=True, help="Task JSONL files (prompt, answer[, choices])."
+    "--tasks",
+    cls=_ManyValues,
+    required=True,
+    help="Task JSONL files (prompt, answer[, choices]), or lm-eval tasks: lm-eval:NAME[,NAME].",
 )
 @click.option(
     "--out",
@@ -187,7 +190,14 @@ def _strategy_names() -> list[str]:
 @click.option(
     "--test-tasks",
     cls=_ManyValues,
-    help="Test JSONL files instead, one per --tasks file (same order); never read by the search.",
+    help="Test JSONL files (or lm-eval:NAME tasks) instead, one per task (same order); never "
+    "read by the search.",
+)
+@click.option(
+    "--lm-eval-include",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder of lm-eval task YAMLs for --tasks lm-eval:NAME (local tasks, offline).",
 )
 @click.option(
     "--allow-benchmark-fitness",
@@ -226,6 +236,7 @@ def command(
     test_fraction: float,
     test_tasks: tuple[str, ...],
     allow_benchmark_fitness: bool,
+    lm_eval_include: str | None,
     batch_size: int,
     device: str,
     resume: bool,
@@ -300,6 +311,7 @@ def command(
         test_fraction=test_fraction,
         test_tasks=list(test_tasks),
         allow_benchmark_fitness=allow_benchmark_fitness,
+        lm_eval_include=lm_eval_include,
         batch_size=batch_size,
         device=device,
         resume=resume,

@@ -54,6 +54,7 @@ class SearchConfig:
     test_fraction: float = 0.3  # share of each task's rows held out as test (hash of the prompt)
     test_tasks: list[str] = field(default_factory=list)  # one test file per task instead
     allow_benchmark_fitness: bool = False  # optimise against a public benchmark's rows anyway
+    lm_eval_include: str | None = None  # folder of lm-eval task YAMLs (tasks = lm-eval:NAME)
     batch_size: int = 16
     device: str = "auto"
     resume: bool = False
@@ -141,16 +142,33 @@ def search(config: SearchConfig) -> SearchResult:
     settings = config.strategy_settings()
     if len(config.experts) < 2:
         raise ConfigError(f"A merge search needs at least two experts; got {len(config.experts)}.")
-    from ..splits import split_tasks
+    from ..lmeval import METRIC as LM_EVAL_METRIC
+    from ..lmeval import is_lm_eval
+    from ..splits import Split, split_tasks
 
-    split = split_tasks(
-        config.tasks,
-        test_fraction=config.test_fraction,
-        test_paths=config.test_tasks,
-        seed=config.seed,
-        limit=config.limit,
-        allow_benchmark_fitness=config.allow_benchmark_fitness,
-    )
+    lm_eval = is_lm_eval(config.tasks)
+    metric = config.metric
+    if lm_eval:  # lm-eval tasks are scored by their own primary metric
+        if metric not in ("answer_loss", LM_EVAL_METRIC):
+            raise ConfigError(
+                f"lm-eval tasks are scored by their own metric; drop --metric {metric}."
+            )
+        metric = LM_EVAL_METRIC
+        from ..lmeval import parse_specs
+        from ..splits import check_benchmark_fitness, check_split_settings
+
+        check_split_settings(config.test_fraction, config.test_tasks, config.limit)
+        check_benchmark_fitness(parse_specs(config.tasks), allow=config.allow_benchmark_fitness)
+        split = Split(dev=[], test=[])  # filled in from lm-eval's documents below
+    else:
+        split = split_tasks(
+            config.tasks,
+            test_fraction=config.test_fraction,
+            test_paths=config.test_tasks,
+            seed=config.seed,
+            limit=config.limit,
+            allow_benchmark_fitness=config.allow_benchmark_fitness,
+        )
     tasks = split.dev  # all a strategy ever sees
     preflight_search(config)  # hub_merge.plan: every incompatibility, before any weight download
     hub_kw = {
@@ -173,22 +191,43 @@ def search(config: SearchConfig) -> SearchResult:
 
     session = MergeSession(base.path, device=config.device)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    evaluator = Evaluator(
-        tasks,
-        tokenizer,
-        metric=config.metric,
-        batch_size=config.batch_size,
-        device=session.device,
-        weights=config.weights or None,
-    )
-    test_evaluator = Evaluator(
-        split.test,
-        tokenizer,
-        metric=config.metric,
-        batch_size=config.batch_size,
-        device=session.device,
-        weights=config.weights or None,
-    )
+    if lm_eval:
+        from ..lmeval import build_evaluators
+
+        evaluator, test_evaluator, how = build_evaluators(
+            config.tasks,
+            tokenizer,
+            test_specs=config.test_tasks,
+            test_fraction=config.test_fraction,
+            seed=config.seed,
+            limit=config.limit,
+            include_path=config.lm_eval_include,
+            allow_benchmark_fitness=config.allow_benchmark_fitness,
+            batch_size=config.batch_size,
+            device=session.device,
+        )
+        split = Split(dev=[], test=[], how=how)
+        task_rows = [[t.name, t.digest] for t in evaluator.tasks]
+        test_rows = [[t.name, t.digest] for t in test_evaluator.tasks]
+    else:
+        evaluator = Evaluator(
+            tasks,
+            tokenizer,
+            metric=metric,
+            batch_size=config.batch_size,
+            device=session.device,
+            weights=config.weights or None,
+        )
+        test_evaluator = Evaluator(
+            split.test,
+            tokenizer,
+            metric=metric,
+            batch_size=config.batch_size,
+            device=session.device,
+            weights=config.weights or None,
+        )
+        task_rows = [[t.name, t.digest] for t in tasks]
+        test_rows = [[t.name, t.digest] for t in split.test]
     folders = {e.source: p.path for e, p in zip(experts, pulled, strict=True)}
     backend = EngineBackend(
         session,
@@ -205,8 +244,8 @@ def search(config: SearchConfig) -> SearchResult:
         config.strategy,
         settings,
         base=base_expert,
-        tasks=[t.name for t in tasks],
-        metric=config.metric,
+        tasks=[name for name, _ in task_rows],
+        metric=metric,
         weights=config.weights,
         combine=config.combine,
         kinship_metric=config.kinship_metric,
@@ -225,12 +264,12 @@ def search(config: SearchConfig) -> SearchResult:
     fingerprinted = {
         "base": base_expert.source,
         "experts": [e.source for e in experts],
-        "tasks": [[t.name, t.digest] for t in tasks],
-        "test": [[t.name, t.digest] for t in split.test],
+        "tasks": task_rows,
+        "test": test_rows,
         "limit": config.limit,
         "strategy": strategy_cls.name,
         "search": fingerprinted_settings(strategy_cls, settings),
-        "metric": config.metric,
+        "metric": metric,
         "weights": config.weights,
         "kinship_metric": config.kinship_metric,
         "seed": config.seed,
@@ -252,7 +291,7 @@ def search(config: SearchConfig) -> SearchResult:
         "strategy": strategy_cls.name,
         "budget": config.budget,
         "seed": config.seed,
-        "metric": config.metric,
+        "metric": metric,
         "combine": config.combine,
         "kinship_metric": config.kinship_metric,
         "weights": config.weights,
