@@ -483,18 +483,22 @@ def card_metadata(
     steps = merge_steps(tree, node.id)
     methods = sorted({str(tree.nodes[s].method) for s in steps})
     lower_better = "loss" in tree.score_metric
+    # held-out test rows when the run has them (the search never read them); else the dev rows
+    test = tree.test_scores.get(node.id)
+    scores, split = (test, "test") if test else (node.scores, "dev")
     results = [
         EvalResult(
             task_type="text-generation",
             task_name=task,
             dataset_type=task,
-            dataset_name=task,
+            dataset_name=f"{task} ({split} rows)",
+            dataset_split=split,
             metric_type=tree.score_metric,
-            metric_value=round(float(node.scores[task]), 6),
+            metric_value=round(float(scores[task]), 6),
             metric_name=f"{tree.score_metric} ({'lower' if lower_better else 'higher'} is better)",
         )
-        for task in (tree.tasks or sorted(node.scores))
-        if task in node.scores and math.isfinite(float(node.scores[task]))
+        for task in (tree.tasks or sorted(scores))
+        if task in scores and math.isfinite(float(scores[task]))
     ]
     return ModelCardData(
         base_model=ids or None,
@@ -509,12 +513,37 @@ def card_metadata(
     )
 
 
+def _test_rows(tree: FamilyTree, node: LineageNode) -> list[dict[str, Any]]:
+    """This model and every baseline on the held-out test rows (empty for runs without them)."""
+    from .evaluate import fitness_from_scores
+
+    rows = []
+    ids = [node.id, *(b.id for b in tree.baselines() if b.id != node.id)]
+    for node_id in ids:
+        scores = tree.test_scores.get(node_id)
+        if not scores:
+            continue
+        fitness = fitness_from_scores(
+            scores,
+            tree.score_metric,
+            tree.settings.get("weights") or None,
+            tree.settings.get("combine", "mean"),
+        )
+        rows.append(
+            {
+                "id": node_id,
+                "this": node_id == node.id,
+                "scores": scores,
+                "mean": -fitness if "loss" in tree.score_metric else fitness,
+                "dev_fitness": tree.nodes[node_id].fitness,
+            }
+        )
+    return rows if rows and rows[0]["this"] else []
+
+
 def _search_paragraph(tree: FamilyTree) -> str | None:
-    """The strategy's own card paragraph (``Strategy.explain``); None for the greedy search,
-    which the template describes itself."""
+    """The strategy's own card paragraph with its paper's link (``Strategy.explain``)."""
     name = getattr(tree, "strategy", "greedy") or "greedy"
-    if name == "greedy":
-        return None
     from .search.strategy import get_strategy
 
     try:
@@ -702,6 +731,8 @@ def build_card(
         "library_name": library_name,
         "methods": methods,
         "search_paragraph": _search_paragraph(tree),
+        "test_rows": _test_rows(tree, node),
+        "split_description": (tree.split or {}).get("description"),
         "tasks": [t for t in tree.tasks if t in node.scores] or sorted(node.scores),
         "score_metric": tree.score_metric,
         "score_lower_better": "loss" in tree.score_metric,

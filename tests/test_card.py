@@ -212,7 +212,8 @@ def test_card_parses_back_with_every_field(tmp_path):
     for task, result in results.items():
         assert result.metric_type == "answer_loss"
         assert result.metric_value == pytest.approx(tree.nodes["g2-1"].scores[task])
-        assert result.dataset_name == task
+        # a hand-made tree has no held-out rows: the card says these are dev scores
+        assert result.dataset_name == f"{task} (dev rows)" and result.dataset_split == "dev"
     # hub_merge block: every node with its source, method, parameters, generation, fitness
     block = data.hub_merge
     lineage = {entry["id"]: entry for entry in block["lineage"]}
@@ -514,9 +515,15 @@ def test_card_of_a_real_search_run_parses(tiny_zoo, tmp_path):
     lineage = {e["id"]: e for e in card.data.hub_merge["lineage"]}
     assert set(lineage) == set(result.tree.nodes)
     assert "family_tree.png" in card.text and "fitness.png" in card.text
-    merged = result.tree.nodes["g1-1"]
+    # the model index reports the held-out test rows, and says so
+    test = result.tree.test_scores["g1-1"]
+    assert {r.dataset_split for r in card.data.eval_results} == {"test"}
     values = {r.task_name: r.metric_value for r in card.data.eval_results}
-    assert all(math.isclose(values[t], merged.scores[t], rel_tol=1e-5) for t in values)
+    assert set(values) == {"add", "sort"}
+    assert all(math.isclose(values[t], test[t], rel_tol=1e-5) for t in values)
+    # the body sets it against the baselines on the same rows
+    assert "Held-out test rows" in card.text and "`uniform`" in card.text
+    assert "hash of the prompt" in card.text and "Top-k greedy merging" in card.text
 
 
 def test_local_hub_accepts_the_card_and_files_it_in_the_model_tree(local_hub, tmp_path):

@@ -323,6 +323,9 @@ def search(config: SearchConfig) -> SearchResult:
             write_json(marker, recipe)
         if wanted == "winner":
             result.winner_path = str(out)
+    materialized = [tree.winner if w == "winner" else w for w in config.materialize]
+    core.score_test(materialized)  # a node written out may be published: its card needs them
+    run.save_tree(tree)
     run.save_state(winner_path=result.winner_path)
     return result
 

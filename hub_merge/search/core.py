@@ -208,7 +208,7 @@ class SearchCore:
         node.fitness = self.fitness(scores)
         return node.fitness
 
-    def _score_test(self, node_ids: Sequence[str]) -> None:
+    def score_test(self, node_ids: Sequence[str]) -> None:
         """Held-out scores of the winner and the baselines (never seen by the strategy)."""
         evaluate_test = getattr(self.backend, "evaluate_test", None)
         if evaluate_test is None or not getattr(self.backend, "has_test", True):
@@ -458,7 +458,7 @@ class SearchCore:
             raise
         self.tree.validate()
         self.tree.winner = self.best().id
-        self._score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
+        self.score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
         self._checkpoint(generation, "done", reason)
         return SearchResult(
             winner=self.tree.winner,
