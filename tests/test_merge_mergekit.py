@@ -7,16 +7,15 @@ importing mergekit's planner costs ~10 s a process on the shared 2-core machine.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hub_merge.merge import MergeRecipe, ModelEntry, default_greedy_recipe, merge_to_folder
+from tests.fixtures.merge import load_folder, run_mergekit_yaml
 
 pytestmark = pytest.mark.slow
 
@@ -102,23 +101,8 @@ def mergekit_outputs(tiny_models, tmp_path_factory) -> dict[str, Path]:
     exe = Path(sys.executable).with_name("mergekit-yaml")
     cli_job = jobs.pop()
     subprocess.run([str(exe), *cli_job, "--quiet"], check=True, capture_output=True)
-    script = (
-        "import sys, json\n"
-        "from mergekit.scripts.run_yaml import main\n"
-        "for cfg, out in json.loads(sys.argv[1]):\n"
-        "    main.main([cfg, out, '--quiet'], standalone_mode=False)\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, json.dumps(jobs)], check=True, capture_output=True
-    )
+    run_mergekit_yaml(jobs)
     return {name: root / name for name in cases}
-
-
-def _load(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
 
 
 @pytest.mark.parametrize(
@@ -140,8 +124,8 @@ def _load(folder: Path) -> dict[str, torch.Tensor]:
 )
 def test_equals_mergekit_yaml(case, tiny_models, mergekit_outputs, tmp_path):
     recipe = _cases(tiny_models)[case]
-    ours = _load(merge_to_folder(recipe, tmp_path / "ours", device="cpu", progress=False))
-    theirs = _load(mergekit_outputs[case])
+    ours = load_folder(merge_to_folder(recipe, tmp_path / "ours", device="cpu", progress=False))
+    theirs = load_folder(mergekit_outputs[case])
     assert set(ours) == set(theirs)
     for name in theirs:
         torch.testing.assert_close(

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hub_merge.cli import main
 from hub_merge.errors import ConfigError
 from hub_merge.merge import MergeRecipe, merge_to_folder
-from tests.fixtures.merge import build_tiny_models
+from tests.fixtures.merge import build_tiny_models, load_folder, run_mergekit_yaml
 
 pytestmark = pytest.mark.slow  # one mergekit subprocess (~10 s of imports on 2 cores)
 
@@ -94,27 +90,12 @@ def _write_configs(models, root: Path) -> dict[str, Path]:
     return paths
 
 
-def _load(folder: Path) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for f in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(f))
-    return out
-
-
 @pytest.fixture(scope="module")
 def mergekit_results(bf16_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("mk_configs")
     configs = _write_configs(bf16_models, root)
     jobs = [(str(cfg), str(root / f"out_{name}")) for name, cfg in configs.items()]
-    script = (
-        "import sys, json\n"
-        "from mergekit.scripts.run_yaml import main\n"
-        "for cfg, out in json.loads(sys.argv[1]):\n"
-        "    main.main([cfg, out, '--quiet'], standalone_mode=False)\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", script, json.dumps(jobs)], check=True, capture_output=True
-    )
+    run_mergekit_yaml(jobs)
     return configs, {name: root / f"out_{name}" for name in configs}
 
 
@@ -122,8 +103,8 @@ def mergekit_results(bf16_models, tmp_path_factory):
 def test_mergekit_config_gives_mergekit_tensors(name, mergekit_results, tmp_path):
     configs, outputs = mergekit_results
     recipe = MergeRecipe.from_yaml(configs[name])
-    ours = _load(merge_to_folder(recipe, tmp_path / "ours", device="cpu", progress=False))
-    theirs = _load(outputs[name])
+    ours = load_folder(merge_to_folder(recipe, tmp_path / "ours", device="cpu", progress=False))
+    theirs = load_folder(outputs[name])
     assert set(ours) == set(theirs)
     for tensor in theirs:
         assert ours[tensor].dtype == theirs[tensor].dtype, tensor
@@ -133,7 +114,7 @@ def test_mergekit_config_gives_mergekit_tensors(name, mergekit_results, tmp_path
 def test_the_cli_merges_a_mergekit_config(mergekit_results, tmp_path, capsys):
     configs, outputs = mergekit_results
     assert main(["merge", str(configs["ties_bf16"]), "--out", str(tmp_path / "m")]) == 0
-    ours, theirs = _load(tmp_path / "m"), _load(outputs["ties_bf16"])
+    ours, theirs = load_folder(tmp_path / "m"), load_folder(outputs["ties_bf16"])
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
