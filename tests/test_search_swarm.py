@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from hub_merge.errors import ConfigError, IncompatibleModelsError
+from hub_merge.merge.recipe import MergeRecipe
 from hub_merge.search import SearchConfig, search
 from hub_merge.search.strategy import get_strategy
 
@@ -173,3 +174,35 @@ def test_adapter_swarm_from_the_cli_pushes_an_adapter_that_peft_loads(tiny_zoo, 
     loaded = model.state_dict()
     for name in mix.modules:
         torch.testing.assert_close(loaded[name], expect[name], atol=1e-5, rtol=1e-4)
+
+
+def test_swarm_particles_are_scored_in_place_with_the_merge_paths_scores(tiny_zoo):
+    from transformers import AutoTokenizer
+
+    from hub_merge.evaluate import Evaluator, load_tasks
+    from hub_merge.merge import MergeSession
+    from hub_merge.search.backend import EngineBackend
+    from hub_merge.search.pso import position_recipe
+
+    folders = {t: str(tiny_zoo.adapters[t]) for t in TASKS}
+    tasks = load_tasks([str(tiny_zoo.tasks[t]) for t in TASKS], limit=2)
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
+    session = MergeSession(tiny_zoo.base, device="cpu", dtype=torch.float32)
+    backend = EngineBackend(session, Evaluator(tasks, tok), folders, base_source="B")
+    # the merge path, in its own session (its model is not the in-place one)
+    reference = MergeSession(tiny_zoo.base, device="cpu", dtype=torch.float32)
+    merged = EngineBackend(reference, Evaluator(tasks, tok), folders, base_source="B")
+    alpha = [0.6, 0.7, -0.3]
+    for space in ("dense", "adapter"):
+        recipe = position_recipe(space, "B", TASKS, alpha)
+        fast = backend.evaluate(recipe)
+        slow = Evaluator(tasks, tok).score(reference.to_model(merged.state(recipe)))
+        assert fast == pytest.approx(slow, rel=1e-5)
+    assert backend.in_place == 2
+    before = backend.evaluate(position_recipe("dense", "B", TASKS, [1 / 3] * 3))
+    backend.evaluate(
+        MergeRecipe(
+            method="ties", base="B", models=TASKS, parameters={"weight": 1.0, "density": 0.5}
+        )
+    )
+    assert backend.evaluate(position_recipe("dense", "B", TASKS, [1 / 3] * 3)) == before  # restored

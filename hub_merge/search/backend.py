@@ -61,6 +61,8 @@ class EngineBackend:
         self._lru: OrderedDict[str, StateDict] = OrderedDict()
         self._adapters: dict[str, Any] = {}  # source -> factored adapter handle, loaded once
         self.merges = 0
+        self._inplace: Any = None  # the one scoring model, candidates applied in place
+        self.in_place = 0  # candidates scored without building a state dict
 
     # -- tensors -----------------------------------------------------------------------------
 
@@ -147,9 +149,33 @@ class EngineBackend:
 
     # -- SearchBackend -----------------------------------------------------------------------
 
+    def _handle(self, source: str) -> Any:
+        """An expert as a ``ModelHandle`` for the in-place model (no copy of a loaded state)."""
+        found = self._expert(source)
+        return self.session.load(found, label=source) if isinstance(found, dict) else found
+
+    def _scoring(self, recipe: MergeRecipe) -> Any:
+        """The scoring model with ``recipe`` on it, as a context manager (base again after).
+
+        Affine candidates (experts, the uniform average, task arithmetic, factor mixes: every
+        swarm particle) are written into the model in place, only the modules they change
+        (``hub_merge.merge.inplace``); anything else is merged into a state dict and loaded.
+        """
+        if self._inplace is None:
+            from ..merge.inplace import InPlaceModel
+
+            self._inplace = InPlaceModel(
+                self.session, load=self._handle, base_source=self.base_source
+            )
+        plan = self._inplace.plan(recipe)
+        if plan is not None:
+            self.in_place += 1
+            return self._inplace.applied(plan)
+        return self._inplace.loaded(self.state(recipe))
+
     def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
-        model = self.session.to_model(self.state(recipe))
-        return self.evaluator.score(model)
+        with self._scoring(recipe) as model:
+            return self.evaluator.score(model)
 
     @property
     def has_test(self) -> bool:
@@ -158,8 +184,8 @@ class EngineBackend:
     def evaluate_test(self, recipe: MergeRecipe) -> dict[str, float]:
         if self.test_evaluator is None:
             raise ConfigError("This search has no test rows.")
-        model = self.session.to_model(self.state(recipe))
-        return self.test_evaluator.score(model)
+        with self._scoring(recipe) as model:
+            return self.test_evaluator.score(model)
 
     def kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
         return self.kinship_many(a, [b])[0]
