@@ -28,16 +28,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `workflow` beside th
 from workflow import (  # noqa: E402
     SearchRun,
     Session,
+    baselines_table,
     close_session,
     generation_table,
     live_fitness_plot,
     merge_ids,
     parse_ids,
+    strategy_defaults,
+    strategy_settings,
     task_files,
 )
 
 from hub_merge.errors import HubMergeError  # noqa: E402
 from hub_merge.refs import ModelRef, parse_hub_ref  # noqa: E402
+from hub_merge.search.strategy import strategy_names  # noqa: E402
 
 logger = logging.getLogger("hub_merge.space")
 
@@ -210,6 +214,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
         repo_id: str,
         license: str,
         token_text: str,
+        strategy: str | None,
+        settings_json: str | None,
+        budget: float | None,
         oauth_token: gr.OAuthToken | None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
     ):
@@ -226,6 +233,12 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             raise gr.Error("A search is already running in this tab; cancel it first.")
         base_ref, refs = hub_refs(base, experts)
         try:
+            strategy = strategy or "greedy"
+            greedy = {"k": int(k), "generations": int(generations), "method": method}
+            settings = strategy_settings(strategy, settings_json, greedy)
+            SearchConfig(  # the strategy and its settings are checked before anything is made
+                base=base_ref, experts=refs, tasks=[], out="", strategy=strategy, settings=settings
+            ).strategy_settings()
             tasks = task_files(session, builtin, int(n_examples or 32), uploads)
             run_dir = session.new_run_dir()
             config = SearchConfig(
@@ -233,7 +246,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
                 experts=refs,
                 tasks=tasks,
                 out=str(run_dir),
-                settings={"k": int(k), "generations": int(generations), "method": method},
+                strategy=strategy,
+                settings=settings,
+                budget=int(budget) if budget else None,
                 limit=int(limit) if limit else None,
                 progress=True,
                 endpoint=endpoint,
@@ -252,7 +267,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
                     shown = plot
                     rows = generation_table(run_dir)
                     done = f"generation {rows[-1][0]} done" if rows else "scoring"
-                    yield session, f"Running: {done}.", rows, plot, None, ""
+                    yield session, f"Running: {done}.", rows, plot, None, "", []
         finally:
             # Gradio closes this generator when the user cancels or leaves: stop the search too.
             if run.running:
@@ -266,6 +281,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
                 live_fitness_plot(session, run_dir),
                 None,
                 "",
+                [],
             )
             return
         if run.error is not None:
@@ -273,8 +289,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
         result = run.result
         node = result.winner_node
         status = (
-            f"**Done** ({result.stop_reason}). Winner `{result.winner}` with fitness "
-            f"{node.fitness:.4f} after {result.generations} generation(s)."
+            f"**Done** ({result.strategy}: {result.stop_reason}). Winner `{result.winner}` with "
+            f"dev fitness {node.fitness:.4f} after {result.generations} generation(s); the table "
+            "sets it against the baselines on held-out test rows."
         )
         tree_png = run_dir / "family_tree.png"
         fitness_png = run_dir / "fitness.png"
@@ -285,6 +302,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             str(fitness_png) if fitness_png.is_file() else shown,
             str(tree_png) if tree_png.is_file() else None,
             _card_text(run_dir, repo_id, license),
+            baselines_table(run_dir),
         )
 
     def cancel(state: Session | None):
@@ -439,6 +457,21 @@ def build_demo(
                 file_types=[".jsonl"],
             )
         with gr.Row():
+            strategy = gr.Dropdown(
+                strategy_names(),
+                value="greedy",
+                label="Search strategy",
+                elem_id="strategy",
+                info="greedy: Hu et al. 2024; evolve: CMA-ES, Akiba et al. 2024; "
+                "swarm: Model Swarms, Feng et al. 2024",
+            )
+            budget = gr.Number(
+                value=0,
+                label="Budget (evaluations, baselines included; 0: the strategy's own stop)",
+                precision=0,
+                elem_id="budget",
+            )
+        with gr.Row(visible=True) as greedy_row:
             k = gr.Slider(
                 2, 6, value=3, step=1, label="k (top models merged pairwise)", elem_id="k"
             )
@@ -446,6 +479,13 @@ def build_demo(
                 1, 10, value=3, step=1, label="Generations", elem_id="generations"
             )
             method = gr.Dropdown(METHODS, value="slerp", label="Merge method", elem_id="method")
+        with gr.Row():
+            settings_json = gr.Code(
+                strategy_defaults("greedy"),
+                language="json",
+                label="The strategy's other settings (JSON, its defaults shown)",
+                elem_id="settings",
+            )
             limit = gr.Number(
                 value=None, label="Examples per task (blank: all)", precision=0, elem_id="limit"
             )
@@ -457,6 +497,12 @@ def build_demo(
             headers=["generation", "best fitness", "best", "top-k kinship"],
             interactive=False,
             label="Generations",
+        )
+        baselines = gr.Dataframe(
+            headers=["model", "dev fitness", "test mean", "test per task"],
+            interactive=False,
+            label="Winner against the baselines (each expert, the uniform average)",
+            elem_id="baselines",
         )
         with gr.Row():
             fitness = gr.Image(label="Fitness by generation", type="filepath")
@@ -490,10 +536,15 @@ def build_demo(
         run_event = run_btn.click(
             h["search"],
             [state, base, chosen, pasted, builtin, n_examples, uploads, k, generations, method]
-            + [limit, repo_id, license, token],
-            [state, status, gen_table, fitness, tree, card],
+            + [limit, repo_id, license, token, strategy, settings_json, budget],
+            [state, status, gen_table, fitness, tree, card, baselines],
             api_name="search",
             concurrency_limit=1,  # one search at a time per replica: it uses every core
+        )
+        strategy.change(
+            lambda name: (strategy_defaults(name or "greedy"), gr.Row(visible=name == "greedy")),
+            [strategy],
+            [settings_json, greedy_row],
         )
         cancel_btn.click(h["cancel"], [state], [status], cancels=[run_event], api_name="cancel")
         preview_btn.click(h["preview"], [state, repo_id, license], [card], api_name="preview")

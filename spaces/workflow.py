@@ -43,7 +43,7 @@ def merge_ids(*groups: list[str] | None) -> list[str]:
 
 
 class SearchRun:
-    """``greedy_search`` in a worker thread, so the UI can poll it for live plots and cancel it.
+    """``hub_merge.search.search`` in a worker thread, so the UI can poll it for live plots and cancel it.
 
     The search runs in a copy of the caller's context so that Gradio's ``track_tqdm`` progress
     (bound to the calling event through a context variable) follows the search's tqdm bars.
@@ -58,12 +58,12 @@ class SearchRun:
         self._thread = threading.Thread(target=ctx.run, args=(self._target,), daemon=True)
 
     def _target(self) -> None:
-        from hub_merge.search import greedy_search
+        from hub_merge.search import search
 
         try:
-            self.result = greedy_search(self.config)
+            self.result = search(self.config)
         except KeyboardInterrupt:
-            self.cancelled = True  # greedy_search saved its state before re-raising
+            self.cancelled = True  # search saved its state before re-raising
         except BaseException as err:  # noqa: BLE001 - reported to the user by the UI thread
             self.error = err
 
@@ -81,7 +81,7 @@ class SearchRun:
         return self._thread.is_alive()
 
     def cancel(self) -> None:
-        """Stop the search the way Ctrl-C does: ``greedy_search`` saves its state and returns.
+        """Stop the search the way Ctrl-C does: ``search`` saves its state and returns.
 
         Python offers no other way to interrupt a thread from outside, and a search has no stop
         hook; raising ``KeyboardInterrupt`` asynchronously in the worker uses the path the search
@@ -223,3 +223,69 @@ def generation_table(run_dir: Path) -> list[list[Any]]:
         ]
         for g in tree.generations
     ]
+
+
+# Greedy's settings the Space shows as sliders and a dropdown; every other setting of every
+# strategy is edited as JSON, prefilled with the strategy's defaults.
+GREEDY_CONTROLS = ("k", "generations", "method")
+
+
+def strategy_defaults(name: str) -> str:
+    """A strategy's settings and their defaults as JSON (greedy's slider settings left out)."""
+    import dataclasses
+    import json
+
+    from hub_merge.search.strategy import get_strategy
+
+    settings = dataclasses.asdict(get_strategy(name).settings_type())
+    if name == "greedy":
+        settings = {k: v for k, v in settings.items() if k not in GREEDY_CONTROLS}
+        settings.pop("parameters", None)  # filled from the method
+    return json.dumps(settings, indent=1)
+
+
+def strategy_settings(name: str, text: str | None, greedy: dict[str, Any]) -> dict[str, Any]:
+    """The settings a search gets: the JSON box, and greedy's sliders when greedy is chosen."""
+    import json
+
+    try:
+        settings = json.loads(text) if (text or "").strip() else {}
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"Strategy settings are not valid JSON ({err.msg}).") from None
+    if not isinstance(settings, dict):
+        raise ConfigError('Strategy settings must be a JSON object, e.g. {"layer_groups": 2}.')
+    if name == "greedy":
+        settings = {**settings, **greedy}
+    return settings
+
+
+def baselines_table(run_dir: Path) -> list[list[Any]]:
+    """The winner, then each baseline: dev fitness, mean test score, test score per task."""
+    from hub_merge.evaluate import fitness_from_scores
+    from hub_merge.lineage import FamilyTree
+
+    tree_path = run_dir / "family_tree.json"
+    if not tree_path.is_file():
+        return []
+    try:
+        tree = FamilyTree.load(tree_path)
+    except (OSError, ValueError, KeyError):
+        return []
+    rows = []
+    ids = [tree.winner, *(n.id for n in tree.baselines() if n.id != tree.winner)]
+    for node_id in [i for i in ids if i in tree.nodes]:
+        node = tree.nodes[node_id]
+        test = tree.test_scores.get(node_id) or {}
+        mean = None
+        if test:
+            fitness = fitness_from_scores(test, tree.score_metric, tree.settings.get("weights"))
+            mean = round(-fitness if "loss" in tree.score_metric else fitness, 5)
+        rows.append(
+            [
+                f"{node_id} (winner)" if node_id == tree.winner else node_id,
+                round(node.fitness, 5) if node.fitness is not None else None,
+                mean,
+                ", ".join(f"{t} {v:.4g}" for t, v in test.items()),
+            ]
+        )
+    return rows

@@ -58,7 +58,7 @@ def test_discover_kinship_search_push_and_read_back(space_app, client, tmp_path)
     assert -1.0 <= rows[experts[0]][1] < 1.0
 
     # 3. a short search on two built-in tasks, one pasted id added to the picked one
-    status, gens, fitness, tree, card = client.predict(
+    status, gens, fitness, tree, card, baselines = client.predict(
         space_app.base,
         experts[:1],
         experts[1],
@@ -78,6 +78,12 @@ def test_discover_kinship_search_push_and_read_back(space_app, client, tmp_path)
     assert [g[0] for g in gens["data"]] == [0, 1]
     assert fitness.endswith(".png") and tree.endswith(".png")
     assert "merged" in card and "linear" in card.lower()
+    # the winner against every baseline, with held-out test scores
+    table = {row[0]: row for row in baselines["data"]}
+    assert {"uniform", *(e.split("/")[-1] for e in experts)} <= {
+        name.removesuffix(" (winner)") for name in table
+    }
+    assert all(row[2] is not None and row[3] for row in table.values())
 
     # 4. pushing without a token says how to get one, and pushes nothing
     with pytest.raises(AppError, match="sign in|token"):
@@ -97,6 +103,22 @@ def test_discover_kinship_search_push_and_read_back(space_app, client, tmp_path)
         assert expert in text  # lineage names both parents
     meta = json.loads(open(api.hf_hub_download(repo, "hub_merge.json", local_dir=tmp_path)).read())
     assert meta  # the machine-readable lineage came along
+
+
+def test_evolve_through_the_space_with_its_own_settings_and_a_budget(space_app):
+    client = Client(space_app.url, verbose=False)  # a tab of its own
+    experts = _experts(space_app)
+    pasted = "\n".join(experts[:2])  # a fresh tab has no discovered candidates to tick
+    common = [space_app.base, [], pasted, TASKS, 8, None, 2, 1, "slerp", 4, "", "", ""]
+    status, gens, _, _, card, baselines = client.predict(
+        *common, "evolve", '{"method": "linear"}', 9, api_name="/search"
+    )
+    assert status.startswith("**Done** (evolve: budget of 9 evaluations spent)"), status
+    assert [g[0] for g in gens["data"]] == [0, 1]  # baselines, then one CMA-ES generation of 6
+    assert len(baselines["data"]) >= 3 and "Evolutionary merging" in card
+    # a setting another strategy owns is refused in one line, before anything is searched
+    with pytest.raises(AppError, match="'k' is not a setting of strategy 'evolve'"):
+        client.predict(*common, "evolve", '{"k": 3}', None, api_name="/search")
 
 
 def test_errors_reach_the_user_as_messages(space_app, client):
