@@ -28,7 +28,7 @@ from .errors import SearchStateError
 from .kinship import KinshipResult, kinship_matrix
 from .localhub import LocalHub
 from .publish import PublishResult, publish
-from .search import SearchConfig, SearchResult, greedy_search
+from .search import SearchConfig, SearchResult, search
 from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,10 @@ class DemoConfig:
     quick: bool = False
     out: Path = Path("hub-merge-demo")
     repo_id: str | None = None  # default: demo/<zoo>-merged
-    k: int = 3
-    generations: int | None = None  # default: 2
+    strategy: str = "greedy"  # any registered search strategy (greedy, evolve, swarm...)
+    k: int = 3  # greedy's top-k
+    generations: int | None = None  # greedy's generations; default: 2
+    budget: int | None = None  # evaluations; default: the strategy's own stop (evolve: 40)
     limit: int | None = None  # examples per task; default 16 (quick) or 32
     device: str = "auto"
     progress: bool = True
@@ -77,13 +79,19 @@ class DemoResult:
     seconds: float = 0.0
 
     def comparison(self) -> list[tuple[str, dict[str, float], float]]:
-        """(name, per-task answer loss, mean) for each expert and the winner, lower is better."""
+        """(name, per-task answer loss, mean) of each baseline and the winner, lower is better.
+
+        The scores are the held-out test rows (the search never read them) when the run has
+        them: each expert, the uniform average, then the winner.
+        """
         rows = []
         tree = self.search.tree
-        for node in [*tree.experts(), self.search.winner_node]:
-            mean = sum(node.scores.values()) / max(len(node.scores), 1)
+        nodes = [n for n in tree.baselines() if n.id != tree.winner] + [self.search.winner_node]
+        for node in nodes:
+            scores = tree.test_scores.get(node.id) or node.scores
+            mean = sum(scores.values()) / max(len(scores), 1)
             label = f"winner {node.id}" if node.id == tree.winner else node.name
-            rows.append((label, dict(node.scores), mean))
+            rows.append((label, dict(scores), mean))
         return rows
 
 
@@ -208,7 +216,16 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
 
         plot_kinship(kin, out / "kinship.png")
 
-        echo("[bold]6. Kinship-guided top-k greedy merging[/bold] on the experts' dev sets")
+        title = {
+            "greedy": "Kinship-guided top-k greedy merging",
+            "evolve": "Evolutionary merging (CMA-ES)",
+        }.get(config.strategy, f"The {config.strategy} search")
+        echo(f"[bold]6. {title}[/bold] on the experts' dev rows (test rows held out)")
+        if config.strategy == "greedy":
+            settings: dict[str, Any] = {"k": config.k, "generations": config.generations or 2}
+        else:
+            settings = {}
+        budget = config.budget or (40 if config.strategy == "evolve" else None)
         run_dir = out / "run"
         resume = (run_dir / "state.json").is_file()
         search_config = SearchConfig(
@@ -216,7 +233,9 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             experts=list(experts.values()),
             tasks=[str(zoo.tasks[t]) for t in experts],
             out=str(run_dir),
-            settings={"k": config.k, "generations": config.generations or 2},
+            strategy=config.strategy,
+            settings=settings,
+            budget=budget,
             limit=config.limit or (16 if config.quick else 32),
             device=config.device,
             progress=config.progress,
@@ -226,7 +245,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             cache_dir=str(cache_dir),
         )
         try:
-            result = greedy_search(search_config)
+            result = search(search_config)
         except SearchStateError:
             if not resume:
                 raise
@@ -235,7 +254,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             echo("   (the previous demo run used other settings; starting it over)")
             shutil.rmtree(run_dir)
             search_config.resume, resume = False, False
-            result = greedy_search(search_config)
+            result = search(search_config)
         echo(
             f"   winner {result.winner} after {result.generations} generation(s) "
             f"({result.stop_reason}); {result.evaluations} evaluations"
@@ -277,7 +296,9 @@ def summary_table(result: DemoResult) -> Any:
     from rich.table import Table
 
     tasks = result.search.tree.tasks or sorted(result.experts)
-    table = Table(title="Answer-token loss on the dev sets (lower is better)")
+    held_out = bool(result.search.tree.test_scores)
+    rows_are = "held-out test rows" if held_out else "dev rows"
+    table = Table(title=f"Answer-token loss on the {rows_are} (lower is better)")
     rows = result.comparison()
     table.add_column("model", no_wrap=True, min_width=max(len(label) for label, _, _ in rows))
     for task in tasks:

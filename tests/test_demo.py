@@ -46,7 +46,9 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     matrix = first["kinship"]["matrix"]
     assert all(abs(matrix[i][i] - 1) < 1e-6 for i in range(len(names)))
     models = [row["model"] for row in first["comparison"]]
-    assert models[-1].startswith("winner ") and len(models) == len(first["experts"]) + 1
+    assert models[-1] == f"winner {first['winner']}"
+    # every baseline (each expert, the uniform average) beside the winner, on held-out rows
+    assert len(models) == len(first["experts"]) + 2 - (first["winner"] in ("uniform", *names))
     assert (out / "kinship.png").stat().st_size > 0 and (out / "run" / "fitness.png").is_file()
     _check_published(out, first)
 
@@ -69,7 +71,7 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     lines = quiet.out.strip().splitlines()
     assert "Published" in lines[-1] and first["push"]["repo_id"] in lines[-1]
     assert not any(line.lstrip().startswith(("1.", "4.", "6.")) for line in lines)
-    assert len(lines) <= len(first["experts"]) + 8  # the table and one line
+    assert len(lines) <= len(first["experts"]) + 9  # the table (baselines, winner) and one line
 
 
 @pytest.mark.slow
@@ -82,3 +84,15 @@ def test_full_demo_on_smollm2_merges_better_than_every_expert(tmp_path, capsys):
     experts = [v for k, v in rows.items() if not k.startswith("winner ")]
     assert winner < min(experts), rows  # answer-token loss: lower is better
     _check_published(out, data)
+
+
+@pytest.mark.slow
+def test_quick_demo_with_evolve(tmp_path, capsys):
+    data = _demo(
+        capsys, "--quick", "--strategy", "evolve", "--budget", "15", "--out", str(tmp_path)
+    )
+    assert data["strategy"] == "evolve" and 0 < data["evaluations"] <= 15
+    assert [row["model"] for row in data["comparison"]][-1] == f"winner {data['winner']}"
+    _check_published(tmp_path, data)
+    assert main(["demo", "--quick", "--strategy", "annealing", "--out", str(tmp_path)]) == 2
+    assert "Unknown search strategy" in capsys.readouterr().err

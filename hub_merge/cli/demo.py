@@ -20,7 +20,16 @@ import click
 @click.option(
     "--repo", "repo_id", default=None, help="Repo to publish to (default: demo/<zoo>-merged)."
 )
+@click.option(
+    "--strategy",
+    default="greedy",
+    show_default=True,
+    help="Search strategy: greedy (kinship-guided top-k), evolve (CMA-ES), swarm...",
+)
 @click.option("--generations", type=int, default=None, help="Greedy generations (default 2).")
+@click.option(
+    "--budget", type=int, default=None, help="Evaluations of the search (evolve default: 40)."
+)
 @click.option(
     "--limit", type=int, default=None, help="Dev examples per task (default 16 quick, 32)."
 )
@@ -32,7 +41,9 @@ def command(
     quick: bool,
     out: Path,
     repo_id: str | None,
+    strategy: str,
     generations: int | None,
+    budget: int | None,
     limit: int | None,
     device: str,
     no_progress: bool,
@@ -51,10 +62,14 @@ def command(
       hub-merge demo --quick          # tiny models, under a minute
       hub-merge demo                  # SmolLM2-135M (builds its zoo once: minutes)
       hub-merge demo --out /tmp/demo --device cuda
+      hub-merge demo --quick --strategy evolve --budget 40
     """
     from rich.console import Console
 
     from ..demo import DemoConfig, run_demo, summary_table
+    from ..search import get_strategy
+
+    get_strategy(strategy)  # an unknown strategy: one line, before the Hub starts
     from ..progress import is_quiet, set_quiet
 
     quiet = quiet or is_quiet()
@@ -65,7 +80,9 @@ def command(
         quick=quick,
         out=out,
         repo_id=repo_id,
+        strategy=strategy,
         generations=generations,
+        budget=budget,
         limit=limit,
         device=device,
         progress=not (no_progress or as_json or quiet),
@@ -78,6 +95,7 @@ def command(
                     "zoo": result.zoo,
                     "base": result.base,
                     "experts": result.experts,
+                    "strategy": result.search.strategy,
                     "winner": result.search.winner,
                     "evaluations": result.search.evaluations,
                     "comparison": [
