@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 _QUIET = False
 
@@ -21,13 +22,16 @@ def quiet_libraries() -> None:
     from huggingface_hub.utils import disable_progress_bars
 
     disable_progress_bars()
-    try:
+    if "transformers" not in sys.modules:
+        # Importing transformers costs seconds that commands like `merge` never need; when it
+        # is imported later it reads both settings: the verbosity from this variable, its bars'
+        # state from huggingface_hub's (disabled just above).
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    else:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
         hf_logging.set_verbosity_error()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
 
 

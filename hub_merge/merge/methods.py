@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 from mergekit import merge_methods
-from mergekit.config import ConditionalParameter, evaluate_setting
 from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
 
 from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
@@ -113,12 +112,27 @@ def layer_t(name: str, num_layers: int | None) -> float:
 
 
 def _as_mergekit_setting(value: Any) -> Any:
+    from mergekit.config import ConditionalParameter
+
     if isinstance(value, list) and value and isinstance(value[0], (Condition, Mapping)):
         return [
             ConditionalParameter(**(c.model_dump() if isinstance(c, Condition) else dict(c)))
             for c in value
         ]
     return value
+
+
+def _evaluate(name: str, setting: Any, t: float, validate: Any) -> Any:
+    """mergekit's ``evaluate_setting``; a scalar is only validated, which is all it does with one.
+
+    Why the shortcut: importing ``mergekit.config`` pulls in peft and transformers (seconds of a
+    merge's start-up, more than a small linear merge takes); only gradients and filters need it.
+    """
+    if isinstance(setting, (float, int, bool, str)):
+        return validate(setting)
+    from mergekit.config import evaluate_setting
+
+    return evaluate_setting(name, _as_mergekit_setting(setting), t, validate=validate)
 
 
 def resolve(
@@ -139,9 +153,7 @@ def resolve(
         def value_from(*scopes: Mapping[str, Any], p=p) -> Any:
             for scope in scopes:
                 if p.name in scope:
-                    v = evaluate_setting(
-                        name, _as_mergekit_setting(scope[p.name]), t, validate=p.validate
-                    )
+                    v = _evaluate(name, scope[p.name], t, p.validate)
                     if v is not None:
                         return v
             if p.required:
