@@ -127,6 +127,22 @@ search_row(
     stochastic=True,
     budget=True,
 )
+search_row(  # Model Swarms (Feng et al. 2024): the paper's PSO on mixing coefficients
+    "swarm",
+    "Model Swarms (dense space)",
+    "swarm",
+    {"space": "dense"},
+    stochastic=True,
+    budget=True,
+)
+search_row(  # the paper's way for LoRA experts: A = Σα A_j, B = Σα B_j; the winner is an adapter
+    "swarm-adapter",
+    "Model Swarms (adapter space)",
+    "swarm",
+    {"space": "adapter"},
+    stochastic=True,
+    budget=True,
+)
 DEFAULT_ROWS = ["greedy", "greedy-kinship", "evolve", "evolve-layers"]
 
 
