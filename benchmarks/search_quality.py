@@ -131,7 +131,7 @@ search_row(  # Model Swarms (Feng et al. 2024): the paper's PSO on mixing coeffi
     "swarm",
     "Model Swarms (dense space)",
     "swarm",
-    {"space": "dense"},
+    lambda b: {"space": "dense"},
     stochastic=True,
     budget=True,
 )
@@ -139,7 +139,7 @@ search_row(  # the paper's way for LoRA experts: A = Σα A_j, B = Σα B_j; the
     "swarm-adapter",
     "Model Swarms (adapter space)",
     "swarm",
-    {"space": "adapter"},
+    lambda b: {"space": "adapter"},
     stochastic=True,
     budget=True,
 )
