@@ -40,6 +40,13 @@ class DamSettings:
         default=None, metadata={"help": "use at most this many prompts per expert"}
     )
     max_length: int = field(default=256, metadata={"help": "truncate rows to this many tokens"})
+    teacher_cache_mb: int = field(
+        default=2048,
+        metadata={
+            "help": "keep the experts' output distributions on the training rows in memory when "
+            "they fit in this many MiB (saves N teacher forwards per step); 0: never"
+        },
+    )
     checkpoint_every: int = field(
         default=10, metadata={"help": "steps between coefficient checkpoints"}
     )
@@ -67,6 +74,10 @@ class DamSettings:
             ),
             (self.max_length >= 2, f"max_length must be at least 2; got {self.max_length}."),
             (
+                self.teacher_cache_mb >= 0,
+                f"teacher_cache_mb must be >= 0; got {self.teacher_cache_mb}.",
+            ),
+            (
                 self.checkpoint_every >= 1,
                 f"checkpoint_every must be at least 1; got {self.checkpoint_every}.",
             ),
@@ -81,10 +92,12 @@ class DamSettings:
     def recipe_settings(self) -> dict[str, Any]:
         """The settings that determine the trained coefficients (stored in the ``dam`` recipe).
 
-        ``checkpoint_every`` only changes how often progress is saved, so it is left out.
+        ``checkpoint_every`` and ``teacher_cache_mb`` only change how often progress is saved
+        and where the teacher's outputs come from, so they are left out.
         """
         out = self.to_dict()
         out.pop("checkpoint_every")
+        out.pop("teacher_cache_mb")
         return out
 
     def resume_settings(self) -> dict[str, Any]:

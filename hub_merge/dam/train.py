@@ -54,13 +54,18 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def kl_from_logp(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of KL(p ‖ q) from log-probabilities (positions, vocab)."""
+    return (teacher.exp() * (teacher - student)).sum(-1).mean()
+
+
 def kl_to_teacher(
     teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
     """Mean over masked positions of KL(softmax(teacher/T) ‖ softmax(student/T)), in float32."""
     t = torch.log_softmax(teacher[mask].float() / temperature, dim=-1)
     s = torch.log_softmax(student[mask].float() / temperature, dim=-1)
-    return (t.exp() * (t - s)).sum(-1).mean()
+    return kl_from_logp(t, s)
 
 
 class DamTrainer:
@@ -86,6 +91,7 @@ class DamTrainer:
         for name in model.names:
             examples = list(prompts[name])[: settings.max_rows]
             self.rows.append(encode(tok, examples, settings.max_length))
+        self._teacher: list[list[torch.Tensor]] | None = None
         self.step = 0
         self.resumed_from = 0
         self.history: list[float] = []
@@ -98,7 +104,43 @@ class DamTrainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _kl(self, per_expert: Sequence[Sequence[Row]]) -> torch.Tensor:
+    def _teacher_logp(self, k: int, rows: Sequence[Row]) -> torch.Tensor:
+        """Expert k's log-probabilities (at the temperature) at the loss positions of ``rows``."""
+        s = self.settings
+        part = collate(rows, self.pad_id, s.positions, self.model.device)
+        with torch.no_grad(), self._autocast():
+            teacher = self.model.logits(part.input_ids, part.attention_mask, select=k)
+        return torch.log_softmax(teacher[part.loss_mask].float() / s.temperature, dim=-1)
+
+    def cache_teacher(self) -> bool:
+        """Compute every training row's teacher distribution once, when it fits the budget.
+
+        The teachers never change, so a step then runs one merged forward and backward only.
+        """
+        s = self.settings
+        positions = sum(
+            max(len(r.ids) - 1 - (r.start - 1 if s.positions == "answer" else 0), 0)
+            for rows in self.rows
+            for r in rows
+        )
+        vocab = int(self.model.model.config.get_text_config().vocab_size)
+        if positions * vocab * 4 > s.teacher_cache_mb * 2**20:
+            return False
+        cache: list[list[torch.Tensor]] = []
+        for k, rows in enumerate(self.rows):
+            per_row: list[torch.Tensor] = []
+            for start in range(0, len(rows), s.batch_size):
+                chunk = rows[start : start + s.batch_size]
+                logp = self._teacher_logp(k, chunk)
+                counts = collate(chunk, self.pad_id, s.positions, torch.device("cpu"))
+                per_row += list(logp.split(counts.loss_mask.sum(1).tolist()))
+            cache.append(per_row)
+        self._teacher = cache
+        return True
+
+    def _kl(
+        self, per_expert: Sequence[Sequence[Row]], index: Sequence[Sequence[int]] | None = None
+    ) -> torch.Tensor:
         """Σ_k KL(expert_k ‖ merge) on expert k's rows: one merged forward over all rows."""
         s = self.settings
         batch = collate(
@@ -110,11 +152,12 @@ class DamTrainer:
         start = 0
         for k, rows in enumerate(per_expert):
             part: Batch = batch.slice(start, start + len(rows))
-            with torch.no_grad(), self._autocast():
-                teacher = self.model.logits(part.input_ids, part.attention_mask, select=k)
-            total = total + kl_to_teacher(
-                teacher, student[start : start + len(rows)], part.loss_mask, s.temperature
-            )
+            if self._teacher is not None and index is not None:
+                teacher = torch.cat([self._teacher[k][i] for i in index[k]])
+            else:
+                teacher = self._teacher_logp(k, rows)
+            mine = student[start : start + len(rows)][part.loss_mask].float() / s.temperature
+            total = total + kl_from_logp(teacher, torch.log_softmax(mine, dim=-1))
             start += len(rows)
         return total
 
@@ -124,16 +167,14 @@ class DamTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         kl_total = 0.0
         for micro in range(s.grad_accum):
-            per_expert = [
-                [
-                    rows[i]
-                    for i in draw(
-                        len(rows), s.batch_size, seed=s.seed, expert=k, step=self.step, micro=micro
-                    )
-                ]
+            index = [
+                draw(len(rows), s.batch_size, seed=s.seed, expert=k, step=self.step, micro=micro)
                 for k, rows in enumerate(self.rows)
             ]
-            kl = self._kl(per_expert)
+            per_expert = [
+                [rows[i] for i in idx] for rows, idx in zip(self.rows, index, strict=True)
+            ]
+            kl = self._kl(per_expert, index)
             loss = (kl + s.similarity_weight * self.model.similarity()) / s.grad_accum
             loss.backward()
             kl_total += float(kl.detach()) / s.grad_accum
@@ -150,8 +191,14 @@ class DamTrainer:
         longest = max(len(rows) for rows in self.rows)
         chunks = 0
         for start in range(0, longest, bs):
-            per_expert = [rows[start : start + bs] or rows[:bs] for rows in self.rows]
-            total += float(self._kl(per_expert))
+            index = [
+                list(range(start, min(start + bs, len(rows)))) or list(range(min(bs, len(rows))))
+                for rows in self.rows
+            ]
+            per_expert = [
+                [rows[i] for i in idx] for rows, idx in zip(self.rows, index, strict=True)
+            ]
+            total += float(self._kl(per_expert, index))
             chunks += 1
         return total / chunks
 
@@ -217,6 +264,8 @@ class DamTrainer:
         if checkpoint is not None and Path(checkpoint).is_file():
             self.load_checkpoint(checkpoint)
         start = time.perf_counter()
+        if self.step < s.steps and self._teacher is None and s.teacher_cache_mb > 0:
+            self.cache_teacher()
         bar = None
         if progress and self.step < s.steps:
             from tqdm.auto import tqdm
