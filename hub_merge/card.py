@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 TEMPLATE_NAME = "model_card_template.md"
-IMAGES = ("fitness.png", "family_tree.png", "kinship.png")
+IMAGES = ("fitness.png", "family_tree.png", "kinship.png", "dam_coefficients.png")
 DEPENDENCIES = ("torch", "transformers", "peft", "mergekit", "huggingface_hub", "safetensors")
 
 # Plain-words description and paper of each method a card may name; unknown methods still render.
@@ -83,6 +83,13 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
         "mixes LoRA adapters factor by factor (A = Σ w·A_j, B = Σ w·B_j), as Model Swarms moves "
         "LoRA experts; the result is itself an adapter",
         "https://arxiv.org/abs/2410.11163",
+    ),
+    "dam": (
+        "DAM",
+        "learns one coefficient per input column of every linear layer for each model, by "
+        "gradient descent so the merge imitates each model on its own prompts (the models' "
+        "weights stay unchanged)",
+        "https://arxiv.org/abs/2410.08371",
     ),
     "task_arithmetic": (
         "task arithmetic",
@@ -288,7 +295,7 @@ def step_recipe(
         from .merge.adapter_mix import FACTOR_METHOD
 
         # hub-merge's own factor mix reads the adapters themselves, not mergekit's base+adapter
-        own = step.method == FACTOR_METHOD
+        own = step.method in (FACTOR_METHOD, "dam")
 
         def node_ref(item: Any) -> str:
             if not isinstance(item, str) or item not in tree.nodes:
@@ -663,7 +670,7 @@ def _step_config(recipe: Any) -> dict[str, str]:
     """A step's config for its tool: mergekit YAML, or a hub-merge recipe for hub-merge's methods."""
     from .merge.adapter_mix import FACTOR_METHOD  # light: no tensors are read
 
-    if recipe.method == FACTOR_METHOD:  # not a mergekit method: `hub-merge merge` runs it
+    if recipe.method in (FACTOR_METHOD, "dam"):  # not mergekit methods: `hub-merge merge` runs them
         return {"mergekit_yaml": recipe.to_yaml(), "tool": "hub-merge"}
     return {"mergekit_yaml": recipe.to_mergekit_yaml()}
 
@@ -753,9 +760,34 @@ def build_card(
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,
+        "test_columns": _test_columns(tree, node.id),
+        "split_description": (getattr(tree, "split", None) or {}).get("description"),
+        "dam": _dam_context(node),
     }
     path = Path(template) if template else template_path()
     return ModelCard.from_template(data, template_path=str(path), **context)
+
+
+def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:
+    """This model and the baselines on the held-out test rows (when the run scored them)."""
+    scores = getattr(tree, "test_scores", None) or {}
+    ids = [node_id, *(n.id for n in tree.baselines() if n.id != node_id)]
+    out = []
+    for i in ids:
+        if i in scores and scores[i]:
+            values = [float(v) for v in scores[i].values()]
+            out.append({"id": i, "scores": scores[i], "mean": sum(values) / len(values)})
+    return out if out and out[0]["id"] == node_id else []
+
+
+def _dam_context(node: LineageNode) -> dict[str, Any] | None:
+    """The DAM section's facts, from the recipe's parameters (None for other methods)."""
+    if node.method != "dam":
+        return None
+    params = dict(node.parameters or {})
+    return {k: params.get(k) for k in ("steps", "lr", "train_batch_size", "temperature")} | {
+        "sha256": str(params.get("sha256", ""))
+    }
 
 
 def _default_name(tree: FamilyTree, node: LineageNode) -> str:

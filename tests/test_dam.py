@@ -22,7 +22,7 @@ from hub_merge.errors import ConfigError, IncompatibleModelsError, TaskFileError
 from hub_merge.evaluate import Example, load_task
 from hub_merge.merge import MergeSession
 
-FAST = {"batch_size": 4, "max_rows": 16, "max_length": 32}
+FAST = {"lr": 2e-2, "train_batch_size": 4, "max_rows": 16, "max_length": 32}
 
 
 def _load(folder):
@@ -131,7 +131,7 @@ def test_a_few_steps_lower_the_loss_and_train_only_coefficients(tiny_zoo, adapte
 def test_materialised_model_reproduces_the_trained_module(tiny_zoo, adapters, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    settings = DamSettings(steps=4, lr=5e-2, **FAST)
+    settings = DamSettings(steps=4, **{**FAST, "lr": 5e-2})
     result = train_dam(
         adapters,
         _prompts(tiny_zoo, adapters),
@@ -206,7 +206,7 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(
             adapters,
             prompts,
             tmp_path / "twice",
-            settings=DamSettings(steps=5, lr=1e-3, **FAST),
+            settings=DamSettings(steps=5, **{**FAST, "lr": 1e-3}),
             **go,
         )
 

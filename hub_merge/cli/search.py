@@ -200,6 +200,12 @@ def _strategy_names() -> list[str]:
     help="Folder of lm-eval task YAMLs for --tasks lm-eval:NAME (local tasks, offline).",
 )
 @click.option(
+    "--train-tasks",
+    cls=_ManyValues,
+    help="Training JSONL files, one per task, named like it: rows that strategies which train "
+    "(dam) learn from instead of the dev rows. Must share no prompt with the test rows.",
+)
+@click.option(
     "--allow-benchmark-fitness",
     is_flag=True,
     help="Allow task files named like public benchmarks (gsm8k, mmlu...) as the fitness.",
@@ -235,6 +241,7 @@ def command(
     limit: int | None,
     test_fraction: float,
     test_tasks: tuple[str, ...],
+    train_tasks: tuple[str, ...],
     allow_benchmark_fitness: bool,
     lm_eval_include: str | None,
     batch_size: int,
@@ -310,6 +317,7 @@ def command(
         limit=limit,
         test_fraction=test_fraction,
         test_tasks=list(test_tasks),
+        train_tasks=list(train_tasks),
         allow_benchmark_fitness=allow_benchmark_fitness,
         lm_eval_include=lm_eval_include,
         batch_size=batch_size,

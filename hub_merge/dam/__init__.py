@@ -9,92 +9,85 @@ own prompts. The result is materialised into the base architecture, so it loads 
 >>> result = train_dam({"a": "zoo/adapters/a", "b": "zoo/adapters/b"}, prompts, "run/dam",
 ...                    base="zoo/base")                                       # doctest: +SKIP
 >>> materialise({"a": ..., "b": ...}, result.coefficients, "out", base="zoo/base")  # doctest: +SKIP
+
+Only the settings are imported eagerly (the CLI builds its options from them); the rest loads
+torch and transformers on first use.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
-from pathlib import Path
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import torch
+from .settings import PAPER_URL, DamSettings
 
-from ..errors import ConfigError
-from .data import assign_tasks
-from .module import COEFFICIENTS_FORMAT, DamModel, MergedParam
-from .settings import DamSettings
-from .train import (
-    CHECKPOINT_FILE,
-    COEFFICIENTS_FILE,
-    DamResult,
-    DamTrainer,
-    describe,
-    file_digest,
-    kl_to_teacher,
-    read_coefficients,
-    save_coefficients,
-    train_dam,
-)
+if TYPE_CHECKING:
+    from .data import assign_tasks
+    from .load import load_dam, materialise
+    from .module import COEFFICIENTS_FORMAT, DamModel, MergedParam
+    from .recipe import DAM_METHOD, dam_recipe, is_dam_recipe
+    from .train import (
+        CHECKPOINT_FILE,
+        COEFFICIENTS_FILE,
+        DamResult,
+        DamTrainer,
+        describe,
+        file_digest,
+        kl_to_teacher,
+        read_coefficients,
+        save_coefficients,
+        train_dam,
+    )
 
-PAPER_URL = "https://arxiv.org/abs/2410.08371"
+_LAZY = {
+    "assign_tasks": "data",
+    "load_dam": "load",
+    "materialise": "load",
+    "COEFFICIENTS_FORMAT": "module",
+    "DamModel": "module",
+    "MergedParam": "module",
+    "DAM_METHOD": "recipe",
+    "dam_recipe": "recipe",
+    "is_dam_recipe": "recipe",
+    "CHECKPOINT_FILE": "train",
+    "COEFFICIENTS_FILE": "train",
+    "DamResult": "train",
+    "DamTrainer": "train",
+    "describe": "train",
+    "file_digest": "train",
+    "kl_to_teacher": "train",
+    "read_coefficients": "train",
+    "save_coefficients": "train",
+    "train_dam": "train",
+}
 
 __all__ = [
+    "PAPER_URL",
+    "DamSettings",
+    "assign_tasks",
+    "load_dam",
+    "materialise",
+    "COEFFICIENTS_FORMAT",
+    "DamModel",
+    "MergedParam",
+    "DAM_METHOD",
+    "dam_recipe",
+    "is_dam_recipe",
     "CHECKPOINT_FILE",
     "COEFFICIENTS_FILE",
-    "COEFFICIENTS_FORMAT",
-    "PAPER_URL",
-    "DamModel",
     "DamResult",
-    "DamSettings",
     "DamTrainer",
-    "MergedParam",
-    "assign_tasks",
     "describe",
     "file_digest",
     "kl_to_teacher",
-    "load_dam",
-    "materialise",
     "read_coefficients",
     "save_coefficients",
     "train_dam",
 ]
 
 
-def load_dam(
-    experts: Mapping[str, str | Path],
-    coefficients: str | Path,
-    *,
-    base: str | Path | None = None,
-    device: str | torch.device = "auto",
-) -> DamModel:
-    """A DAM module with the coefficients of a saved file (experts in the file's order)."""
-    tensors, meta = read_coefficients(coefficients)
-    order = json.loads(meta.get("experts", "[]"))
-    if sorted(order) != sorted(experts):
-        raise ConfigError(
-            f"{coefficients} holds coefficients for experts {order}, not {sorted(experts)}."
-        )
-    settings = json.loads(meta.get("settings", "{}"))
-    model = DamModel(
-        [experts[n] for n in order],
-        base=base,
-        names=order,
-        device=device,
-        train_embeddings_norms=bool(settings.get("train_embeddings_norms", False)),
-    )
-    model.load_coefficients(tensors, where=str(coefficients))
-    return model
-
-
-def materialise(
-    experts: Mapping[str, str | Path],
-    coefficients: str | Path,
-    out: str | Path,
-    *,
-    base: str | Path | None = None,
-    device: str | torch.device = "auto",
-    metadata: dict[str, str] | None = None,
-) -> Path:
-    """Write the DAM merge of ``experts`` with saved ``coefficients`` as a model folder."""
-    model = load_dam(experts, coefficients, base=base, device=device)
-    return model.save_pretrained(out, metadata=metadata)
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(name)
+    return getattr(importlib.import_module(f".{module}", __name__), name)

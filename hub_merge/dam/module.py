@@ -425,10 +425,16 @@ class DamModel:
                 out[name] = value.to(self.out_dtype) if value.is_floating_point() else value
         return out
 
-    def save_pretrained(self, out: str | Path, *, metadata: dict[str, str] | None = None) -> Path:
+    def save_pretrained(
+        self, out: str | Path, *, metadata: dict[str, str] | None = None, overwrite: bool = False
+    ) -> Path:
         """Write the merge as a model folder of the base architecture (atomically)."""
         from ..merge.run import write_state_dict
 
         return write_state_dict(
-            self.merged_state_dict(), out, config_from=self.arch_path, metadata=metadata
+            self.merged_state_dict(),
+            out,
+            config_from=self.arch_path,
+            metadata=metadata,
+            overwrite=overwrite,
         )

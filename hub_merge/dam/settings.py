@@ -8,6 +8,7 @@ from typing import Any, Literal
 from ..errors import ConfigError
 
 Positions = Literal["all", "answer"]
+PAPER_URL = "https://arxiv.org/abs/2410.08371"
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,10 @@ class DamSettings:
     """
 
     steps: int = field(default=60, metadata={"help": "optimizer steps (>= 1)"})
-    lr: float = field(default=2e-2, metadata={"help": "AdamW learning rate"})
-    batch_size: int = field(default=8, metadata={"help": "rows per expert in one micro-batch"})
+    lr: float = field(default=5e-3, metadata={"help": "AdamW learning rate"})
+    train_batch_size: int = field(
+        default=8, metadata={"help": "rows per expert in one micro-batch"}
+    )
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     temperature: float = field(default=2.0, metadata={"help": "KL temperature (paper: 2)"})
     similarity_weight: float = field(
@@ -50,13 +53,15 @@ class DamSettings:
     checkpoint_every: int = field(
         default=10, metadata={"help": "steps between coefficient checkpoints"}
     )
-    seed: int = field(default=0, metadata={"help": "seeds the batch order"})
 
     def __post_init__(self) -> None:
         checks = [
             (self.steps >= 1, f"steps must be at least 1; got {self.steps}."),
             (self.lr > 0, f"lr must be positive; got {self.lr}."),
-            (self.batch_size >= 1, f"batch_size must be at least 1; got {self.batch_size}."),
+            (
+                self.train_batch_size >= 1,
+                f"train_batch_size must be at least 1; got {self.train_batch_size}.",
+            ),
             (self.grad_accum >= 1, f"grad_accum must be at least 1; got {self.grad_accum}."),
             (self.temperature > 0, f"temperature must be positive; got {self.temperature}."),
             (

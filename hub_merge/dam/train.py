@@ -78,12 +78,18 @@ class DamTrainer:
     """
 
     def __init__(
-        self, model: DamModel, prompts: Mapping[str, Sequence[Example]], settings: DamSettings
+        self,
+        model: DamModel,
+        prompts: Mapping[str, Sequence[Example]],
+        settings: DamSettings,
+        *,
+        seed: int = 0,
     ) -> None:
         from transformers import AutoTokenizer
 
         self.model = model
         self.settings = settings
+        self.seed = seed  # the batch order
         prompts = assign_tasks(model.names, prompts, {n: n for n in model.names})
         tok = AutoTokenizer.from_pretrained(model.arch_path, trust_remote_code=False)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -129,8 +135,8 @@ class DamTrainer:
         cache: list[list[torch.Tensor]] = []
         for k, rows in enumerate(self.rows):
             per_row: list[torch.Tensor] = []
-            for start in range(0, len(rows), s.batch_size):
-                chunk = rows[start : start + s.batch_size]
+            for start in range(0, len(rows), s.train_batch_size):
+                chunk = rows[start : start + s.train_batch_size]
                 logp = self._teacher_logp(k, chunk)
                 counts = collate(chunk, self.pad_id, s.positions, torch.device("cpu"))
                 per_row += list(logp.split(counts.loss_mask.sum(1).tolist()))
@@ -168,7 +174,14 @@ class DamTrainer:
         kl_total = 0.0
         for micro in range(s.grad_accum):
             index = [
-                draw(len(rows), s.batch_size, seed=s.seed, expert=k, step=self.step, micro=micro)
+                draw(
+                    len(rows),
+                    s.train_batch_size,
+                    seed=self.seed,
+                    expert=k,
+                    step=self.step,
+                    micro=micro,
+                )
                 for k, rows in enumerate(self.rows)
             ]
             per_expert = [
@@ -186,7 +199,7 @@ class DamTrainer:
     @torch.no_grad()
     def loss(self) -> float:
         """Σ_k KL on all of expert k's rows, deterministic (for reports and tests)."""
-        bs = self.settings.batch_size
+        bs = self.settings.train_batch_size
         total = 0.0
         longest = max(len(rows) for rows in self.rows)
         chunks = 0
@@ -205,7 +218,11 @@ class DamTrainer:
     # --- checkpoints ---------------------------------------------------------------------------
 
     def _fingerprint(self) -> str:
-        spec = {"settings": self.settings.resume_settings(), "experts": self.model.names}
+        spec = {
+            "settings": self.settings.resume_settings(),
+            "seed": self.seed,
+            "experts": self.model.names,
+        }
         return json.dumps(spec, sort_keys=True)
 
     def save_checkpoint(self, path: str | Path) -> None:
@@ -331,6 +348,7 @@ def train_dam(
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
     model: DamModel | None = None,
+    seed: int = 0,
 ) -> DamResult:
     """Train DAM coefficients for ``experts`` (name -> folder) and save them in ``out_dir``.
 
@@ -352,13 +370,15 @@ def train_dam(
             device=device,
             train_embeddings_norms=settings.train_embeddings_norms,
         )
-    trainer = DamTrainer(model, assigned, settings)
+    trainer = DamTrainer(model, assigned, settings, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wall = trainer.fit(checkpoint=out_dir / CHECKPOINT_FILE, progress=progress, on_step=on_step)
     path = out_dir / COEFFICIENTS_FILE
     digest = save_coefficients(
-        model, path, {"settings": json.dumps(settings.recipe_settings(), sort_keys=True)}
+        model,
+        path,
+        {"settings": json.dumps({**settings.recipe_settings(), "seed": seed}, sort_keys=True)},
     )
     return DamResult(path, digest, trainer.step, list(trainer.history), wall, trainer.resumed_from)
 

@@ -210,6 +210,11 @@ class MergeSession:
         models = dict(models or {})
         if is_factor_recipe(recipe):
             return self.merge_factors(recipe)
+        if recipe.method == "dam":  # learned per-column coefficients (hub_merge.dam)
+            from ..dam.recipe import dam_state_dict
+
+            state = dam_state_dict(recipe, device=self.device)
+            return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in state.items()}
 
         def get(ref: str) -> ModelLike:
             return models.get(ref, ref)

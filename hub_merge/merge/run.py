@@ -214,6 +214,10 @@ def merge_to_folder(
     """
     if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise: the output is an adapter
         return write_factor_recipe(recipe, out, overwrite=overwrite)
+    if recipe.method == "dam":  # learned per-column coefficients (hub_merge.dam), not mergekit
+        from ..dam.recipe import dam_to_folder
+
+        return dam_to_folder(recipe, out, device=device, overwrite=overwrite)
     if recipe.nested:
         raise ConfigError(
             "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "

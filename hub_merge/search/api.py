@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import ConfigError
 from ..evaluate import Evaluator
 from ..plan import preflight_search
@@ -53,6 +54,9 @@ class SearchConfig:
     limit: int | None = None  # at most N dev rows and N test rows per task
     test_fraction: float = 0.3  # share of each task's rows held out as test (hash of the prompt)
     test_tasks: list[str] = field(default_factory=list)  # one test file per task instead
+    # training rows for strategies that train (DAM), matched to tasks by file name; never
+    # read by the search strategies, and refused when they share a prompt with the test rows
+    train_tasks: list[str] = field(default_factory=list)
     allow_benchmark_fitness: bool = False  # optimise against a public benchmark's rows anyway
     lm_eval_include: str | None = None  # folder of lm-eval task YAMLs (tasks = lm-eval:NAME)
     batch_size: int = 16
@@ -170,6 +174,7 @@ def search(config: SearchConfig) -> SearchResult:
             allow_benchmark_fitness=config.allow_benchmark_fitness,
         )
     tasks = split.dev  # all a strategy ever sees
+    train = _train_tasks(config.train_tasks, split)
     preflight_search(config)  # hub_merge.plan: every incompatibility, before any weight download
     hub_kw = {
         "allow_pickle": config.allow_pickle,
@@ -259,6 +264,8 @@ def search(config: SearchConfig) -> SearchResult:
             base_folder=Path(base.path),
             expert_folders={e.name: Path(p.path) for e, p in zip(experts, pulled, strict=True)},
             dev_tasks=list(tasks),
+            train_tasks=train,
+            progress=config.progress,
         ),
     )
     fingerprinted = {
@@ -276,7 +283,12 @@ def search(config: SearchConfig) -> SearchResult:
     }
     if config.combine != "mean":  # runs made before --combine existed stay resumable
         fingerprinted["combine"] = config.combine
+    if train:  # likewise for runs made before --train-tasks existed
+        fingerprinted["train"] = [[t.name, t.digest] for t in train]
     core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
+    workspace = core.ctx.workspace
+    workspace.artefacts = core.run.root / strategy_cls.name  # the strategy's own files
+    workspace.write = atomic_write
     result = core.run_search()
     tree = result.tree
     tree.split = {**split.how, "description": split.describe()}
@@ -328,6 +340,31 @@ def search(config: SearchConfig) -> SearchResult:
     run.save_tree(tree)
     run.save_state(winner_path=result.winner_path)
     return result
+
+
+def _train_tasks(paths: list[str], split: Any) -> list[Any]:
+    """Training rows, one file per task (named like it), none of them a test row."""
+    from ..errors import TaskFileError
+    from ..evaluate import load_tasks
+
+    if not paths:
+        return []
+    train = load_tasks(paths)
+    names = {t.name for t in split.dev}
+    test = {ex.prompt for t in split.test for ex in t.examples}
+    for t in train:
+        if t.name not in names:
+            raise TaskFileError(
+                f"Training file {t.path} is named {t.name!r}, which is no task of this search "
+                f"({', '.join(sorted(names))}); name it after its task."
+            )
+        leaked = [ex.prompt for ex in t.examples if ex.prompt in test]
+        if leaked:
+            raise TaskFileError(
+                f"Training file {t.path} holds {len(leaked)} test prompt(s) (e.g. "
+                f"{leaked[0]!r}); the test rows must stay unseen. Remove them."
+            )
+    return train
 
 
 def greedy_search(config: SearchConfig) -> SearchResult:

@@ -129,6 +129,14 @@ class EngineBackend:
             state = self.session.merge_factors(recipe, folders=self.folders)
             self.merges += 1
             return self._remember(key, state)
+        if recipe.method == "dam":  # trained coefficients (hub_merge.dam), rebuilt from their file
+            from ..dam.recipe import dam_state_dict
+
+            dtype = self.session.dtype
+            state = dam_state_dict(recipe, self.folders, device=self.session.device)
+            state = {n: t.to(dtype) if t.is_floating_point() else t for n, t in state.items()}
+            self.merges += 1
+            return self._remember(key, state)
         base = None if recipe.base is None else self._input(recipe.base)
         state = self.session.merge(
             recipe.method,
@@ -242,4 +250,8 @@ class EngineBackend:
             return write_factor_recipe(
                 recipe, out, folders=self.folders, base_folder=self.session.base_path
             )
+        if recipe.method == "dam":  # the model, its coefficient file and their picture
+            from ..dam.recipe import dam_to_folder
+
+            return dam_to_folder(recipe, out, self.folders, device=self.session.device)
         return Path(self.session.save(self.state(recipe), out))

@@ -98,6 +98,10 @@ class Workspace:
     dev_tasks: list[Any]  # hub_merge.evaluate.Task, dev rows only
     artefacts: Path | None = None
     write: Callable[[Path, bytes], None] | None = None
+    # training rows per task (SearchConfig.train_tasks), never overlapping the test rows; a
+    # training strategy (DAM) prefers them to the dev rows
+    train_tasks: list[Any] = field(default_factory=list)
+    progress: bool = True
 
 
 @dataclass
