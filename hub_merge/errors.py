@@ -91,6 +91,12 @@ class SearchStateError(HubMergeError, RuntimeError):
     exit_code = 4
 
 
+class DistributedError(HubMergeError, RuntimeError):
+    """Ray is missing, a cluster cannot be reached, or every scoring worker died."""
+
+    exit_code = 4
+
+
 # --- cards and the Hub ------------------------------------------------------------------------
 
 

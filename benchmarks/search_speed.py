@@ -1,0 +1,259 @@
+"""Candidates per hour of a merge search, four ways, on the smol zoo, measured in one run.
+
+Every row scores the same candidates (task-arithmetic mixes of the zoo's LoRA experts with
+seeded random weights, as Model Swarms and evolve propose them) with the same ``Evaluator`` on
+the same dev rows:
+
+1. naive: what a user scripts today: ``mergekit-yaml`` writes the merge to disk,
+   ``AutoModelForCausalLM.from_pretrained`` loads it, the Evaluator scores it;
+2. in-memory: hub-merge's ``MergeSession.merge_recipe`` + ``to_model`` (a new state dict per
+   candidate, copied into one reusable model);
+3. in-place: ``InPlaceModel``: only the adapted modules change, ``W_base + Σ α_j s_j B_j A_j``,
+   restored exactly after scoring;
+4. floor: scoring alone, the model already in place (forward passes only);
+5. ``--workers N``: the in-place path fanned out to N local Ray actors (start-up reported apart).
+
+Each row prints seconds per candidate, candidates per hour and its ratio to (1); the in-place
+row also prints its apply + restore time as a share of the floor's scoring time. Times are
+medians over the candidates. A noisy shared machine: compare the ratios, not absolute times
+across runs.
+
+    python benchmarks/search_speed.py --limit 8 --candidates 4 --naive 1 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hub_merge.evaluate import Evaluator, load_tasks  # noqa: E402
+from hub_merge.merge import MergeSession  # noqa: E402
+from hub_merge.merge.inplace import InPlaceModel  # noqa: E402
+from hub_merge.merge.recipe import MergeRecipe, ModelEntry  # noqa: E402
+
+ZOO = Path.home() / ".cache/hub_merge/zoo/smol-v1"
+
+
+def candidates(base: str, adapters: list[str], n: int, seed: int) -> list[MergeRecipe]:
+    """Seeded task-arithmetic mixes, weights on the simplex (a swarm particle's position)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w = rng.dirichlet(np.ones(len(adapters)))
+        out.append(
+            MergeRecipe(
+                method="task_arithmetic",
+                base=base,
+                models=[
+                    ModelEntry(model=a, parameters={"weight": float(x)})
+                    for a, x in zip(adapters, w, strict=True)
+                ],
+                parameters={"normalize": False},
+            )
+        )
+    return out
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def row(name: str, secs: list[float], naive: float | None, extra: str = "") -> dict:
+    s = statistics.median(secs)
+    r = {"row": name, "s_per_candidate": s, "per_hour": 3600 / s, "n": len(secs), "note": extra}
+    r["vs_naive"] = None if naive is None else naive / s
+    return r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", type=Path, default=ZOO)
+    ap.add_argument("--limit", type=int, default=8, help="dev rows per task")
+    ap.add_argument("--candidates", type=int, default=4, help="candidates per row (2-4)")
+    ap.add_argument("--naive", type=int, default=1, help="candidates for the mergekit-yaml row")
+    ap.add_argument("--workers", type=int, default=0, help="add a local-Ray row with N workers")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--lora-cache", type=Path, help="mergekit's --lora-merge-cache (reused)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    zoo = json.loads((args.zoo / "zoo.json").read_text())
+    base = str(args.zoo / zoo["base"])
+    adapters = [str(args.zoo / p) for p in zoo["adapters"].values()]
+    tasks = load_tasks([args.zoo / p for p in zoo["tasks"].values()], limit=args.limit)
+    recipes = candidates(base, adapters, args.candidates, args.seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    ev = Evaluator(tasks, tok, device=args.device)
+    rows: list[dict] = []
+    scores: dict[str, list[dict]] = {}
+
+    session = MergeSession(base, device=args.device)
+    inplace = InPlaceModel(session, base_source=base)
+    model = inplace.model
+    ev.score(model)  # warm-up (allocator, kernels)
+
+    # (4) the floor: forward passes only, nothing applied
+    floor = [timed(lambda: ev.score(model))[0] for _ in recipes]
+
+    # (3) in place: apply, score, restore; apply + restore timed apart from scoring
+    ip_total, ip_apply, ip_scores = [], [], []
+    for r in recipes:
+        plan = inplace.plan(r)
+        assert plan is not None
+        t0 = time.perf_counter()
+        with inplace.applied(plan) as m:
+            t1 = time.perf_counter()
+            ip_scores.append(ev.score(m))
+            t2 = time.perf_counter()
+        t3 = time.perf_counter()
+        ip_total.append(t3 - t0)
+        ip_apply.append((t1 - t0) + (t3 - t2))
+    scores["in-place"] = ip_scores
+
+    # (2) today's in-memory path (reuses the same model object, so it runs after in-place)
+    mem, mem_merge, mem_scores = [], [], []
+    for r in recipes:
+        t0 = time.perf_counter()
+        state = session.merge_recipe(r)
+        m = session.to_model(state)
+        t1 = time.perf_counter()
+        mem_scores.append(ev.score(m))
+        mem.append(time.perf_counter() - t0)
+        mem_merge.append(t1 - t0)
+        del state, m
+    scores["in-memory"] = mem_scores
+    session.to_model(session.base.state)
+
+    # (1) naive: mergekit-yaml to disk, from_pretrained, the same Evaluator. mergekit needs a
+    # cache folder for base+LoRA models; a user's script would keep one for the whole search,
+    # so the timed runs use a warm one (the cold first run, which writes it, is reported apart).
+    naive, naive_scores, cold = [], [], None
+    work = Path(tempfile.mkdtemp(prefix="search-speed-"))
+    lora_cache = args.lora_cache or work / "lora-cache"
+    try:
+
+        def mergekit(r: MergeRecipe, i: int) -> Path:
+            cfg = work / f"c{i}.yml"
+            cfg.write_text(r.to_mergekit_yaml())
+            out = work / f"m{i}"
+            subprocess.run(
+                ["mergekit-yaml", str(cfg), str(out), "--copy-tokenizer"]
+                + ["--lora-merge-cache", str(lora_cache)]
+                + (["--cuda"] if args.device.startswith("cuda") else []),
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env={**os.environ, "TQDM_DISABLE": "1"},
+            )
+            return out
+
+        if not (lora_cache.is_dir() and any(lora_cache.iterdir())):
+            cold, out = timed(lambda: mergekit(recipes[-1], 99))
+            shutil.rmtree(out)
+        for i, r in enumerate(recipes[: args.naive]):
+            t0 = time.perf_counter()
+            out = mergekit(r, i)
+            m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).to(args.device)
+            naive_scores.append(ev.score(m))
+            naive.append(time.perf_counter() - t0)
+            del m
+            shutil.rmtree(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    scores["naive"] = naive_scores
+    ref = statistics.median(naive) if naive else None
+
+    rows.append(
+        row(
+            "1 naive: mergekit-yaml + from_pretrained + Evaluator",
+            naive,
+            ref,
+            "warm --lora-merge-cache" + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+        )
+    )
+    rows.append(
+        row(
+            "2 in-memory: MergeSession.merge + to_model",
+            mem,
+            ref,
+            f"merge+load {statistics.median(mem_merge) / statistics.median(floor):.0%} of scoring",
+        )
+    )
+    rows.append(
+        row(
+            "3 in-place: InPlaceModel (touched modules only)",
+            ip_total,
+            ref,
+            f"apply+restore {statistics.median(ip_apply) / statistics.median(floor):.1%} of scoring",
+        )
+    )
+    rows.append(row("4 floor: scoring alone, model in place", floor, ref))
+
+    if args.workers:
+        from hub_merge.search.distributed import RayPool
+        from hub_merge.search.worker import WorkerSpec
+
+        spec = WorkerSpec.for_tasks(
+            tasks, base=base, base_source=base, folders={a: a for a in adapters}, device=args.device
+        )
+        del inplace, session, model
+        t0 = time.perf_counter()
+        with RayPool(spec, workers=args.workers) as pool:
+            pool.evaluate_many(recipes[:1] * args.workers)  # every actor loaded and warm
+            start = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            got = pool.evaluate_many(recipes)
+            wall = time.perf_counter() - t1
+        scores[f"workers={args.workers}"] = got
+        per = wall / len(recipes)
+        rows.append(
+            row(
+                f"5 in-place, --workers {args.workers} (local Ray)",
+                [per],
+                ref,
+                f"wall/candidate over the generation; start-up {start:.0f} s not counted",
+            )
+        )
+
+    worst = 0.0
+    for name, got in scores.items():
+        for a, b in zip(got, ip_scores, strict=False):
+            worst = max(worst, max(abs(a[t] - b[t]) for t in a))
+    if args.json:
+        print(json.dumps({"rows": rows, "max_score_diff_vs_in_place": worst}, indent=2))
+        return
+    print(
+        f"smol zoo, {len(tasks)} tasks x {args.limit} rows, {len(recipes)} candidates "
+        f"({args.naive} naive), device {args.device}, torch threads {torch.get_num_threads()}"
+    )
+    print("| path | s / candidate | candidates / hour | vs naive | note |")
+    print("|---|---:|---:|---:|---|")
+    for r in rows:
+        vs = "-" if r["vs_naive"] is None else f"{r['vs_naive']:.1f}x"
+        print(
+            f"| {r['row']} | {r['s_per_candidate']:.2f} | {r['per_hour']:.0f} | {vs} | {r['note']} |"
+        )
+    print(f"largest score difference from the in-place path: {worst:.2e}")
+
+
+if __name__ == "__main__":
+    main()
