@@ -77,6 +77,7 @@ class DemoResult:
     listed_as_merge: bool = False  # the Hub's model tree lists the push under its parents
     resumed: bool = False
     seconds: float = 0.0
+    peak_rss: int = 0  # bytes: the most memory this process held (the goal is <= 3 GB)
 
     def comparison(self) -> list[tuple[str, dict[str, float], float]]:
         """(name, per-task answer loss, mean) of each baseline and the winner, lower is better.
@@ -288,7 +289,20 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         listed_as_merge=listed,
         resumed=resume,
         seconds=time.monotonic() - start,
+        peak_rss=peak_rss_bytes(),
     )
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (and of finished children), in bytes."""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    usage = [
+        resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ]
+    return max(usage) * scale
 
 
 def summary_table(result: DemoResult) -> Any:

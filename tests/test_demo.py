@@ -63,6 +63,7 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     plain = capsys.readouterr()
     assert "Fetching" not in plain.err and "B/s" not in plain.err, plain.err[-2000:]
     assert "4. Pull" in plain.out and "Published" in plain.out
+    assert "peak RSS" in plain.out and 0 < first["peak_rss_mb"] < 64 * 1024
 
     # --quiet prints only the result: the comparison table and where the merge went, no steps
     assert main(["--quiet", "demo", "--quick", "--out", str(out)]) == 0

@@ -176,3 +176,31 @@ def test_non_affine_recipes_go_through_the_merge_path(setup):
     want = ev.score(session.to_model(state))
     session.to_model(session.base.state)
     assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_search_backend_scores_affine_candidates_in_place(setup):
+    """EngineBackend: the uniform average in place, SLERP merged; both as the merge path scores."""
+    from hub_merge.search.backend import EngineBackend
+
+    zoo, session, ev, _, names = setup
+    folders = {n: zoo.adapters[n] for n in names}
+    backend = EngineBackend(session, ev, folders, base_source="@base", keep_models=2)
+    uniform = MergeRecipe(
+        method="linear", models=[ModelEntry(model=n, parameters={"weight": 1.0}) for n in names]
+    )
+    slerp = MergeRecipe(
+        method="slerp", base=names[0], models=[ModelEntry(model=names[1])], parameters={"t": 0.3}
+    )
+    got = {}
+    for label, recipe in (("uniform", uniform), ("slerp", slerp)):
+        before = backend.in_place
+        got[label] = backend.evaluate(recipe)
+        assert backend.in_place == before + (label == "uniform")
+    model = backend._inplace.model
+    base_state = snapshot(model)
+    for label, recipe in (("uniform", uniform), ("slerp", slerp)):
+        want = ev.score(session.to_model(backend.state(recipe)))
+        for task in want:
+            assert got[label][task] == pytest.approx(want[task], abs=1e-5), (label, task)
+    session.to_model(session.base.state)
+    assert_bitwise(base_state, model)

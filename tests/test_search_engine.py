@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hub_merge.cli import main
-from hub_merge.errors import SearchStateError
+from hub_merge.errors import ConfigError, SearchStateError
 from hub_merge.evaluate import Evaluator, load_tasks
 from hub_merge.kinship import kinship_matrix
 from hub_merge.lineage import FamilyTree
@@ -336,14 +336,52 @@ def test_state_cache_fits_free_memory(tiny_zoo):
     from types import SimpleNamespace
 
     from hub_merge.merge import MergeSession
-    from hub_merge.search.api import auto_keep_models
+    from hub_merge.search.api import MEMORY_SHARE, _available_ram, default_max_memory, parse_bytes
 
-    tiny = MergeSession(tiny_zoo.base, device="cpu")  # well under 1 MB: the cap applies
-    assert auto_keep_models(tiny) == 16
-    huge = SimpleNamespace(  # a 4 TB state dict on the meta device: keep the minimum
+    tiny = MergeSession(tiny_zoo.base, device="cpu")
+    free = _available_ram()
+    assert free is not None
+    assert default_max_memory(tiny) == pytest.approx(MEMORY_SHARE * free, rel=0.2)
+    huge = SimpleNamespace(  # a 4 TB state dict on the meta device: room for one, no more
         device="cpu", base=SimpleNamespace(state={"w": torch.empty(10**12, device="meta")})
     )
-    assert auto_keep_models(huge) == 2
+    assert default_max_memory(huge) == 4 * 10**12
+    assert parse_bytes("3GB") == 3 * 10**9 and parse_bytes("512MiB") == 512 * 2**20
+    assert parse_bytes(1024) == 1024 and parse_bytes("1.5g") == 1_500_000_000
+    for bad in ("lots", "3 parsecs", "-1GB", True):
+        with pytest.raises(ConfigError, match="max-memory"):
+            parse_bytes(bad)
+
+
+def test_state_cache_stays_under_its_byte_budget(tiny_zoo):
+    """A greedy ancestry (merges of merges) rebuilt under a budget of two state dicts."""
+    from hub_merge.merge import MergeSession
+    from hub_merge.search.backend import EngineBackend
+
+    names = ["add", "reverse", "sort", "uppercase"]
+    folders = {n: tiny_zoo.experts[n] for n in names}
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    tasks = load_tasks([str(tiny_zoo.tasks["add"])], limit=2)
+    free = EngineBackend(session, Evaluator(tasks, tok), folders, keep_models=64)
+    size = free.model_bytes
+    tight = EngineBackend(session, Evaluator(tasks, tok), folders, max_memory=2 * size)
+    assert tight.slots == 2
+
+    def slerp(a, b):
+        return MergeRecipe(
+            method="slerp", base=a, models=[ModelEntry(model=b)], parameters={"t": 0.4}
+        )
+
+    g1 = [slerp(a, b) for a, b in [("add", "reverse"), ("sort", "uppercase"), ("add", "sort")]]
+    g2 = [slerp(g1[0], g1[1]), slerp(g1[1], g1[2])]
+    g3 = slerp(g2[0], g2[1])
+    for r in [*g1, *g2, g3, g1[0]]:
+        got, want = tight.state(r), free.state(r)
+        assert all(torch.equal(got[k], want[k]) for k in want)
+        assert tight.cached_bytes <= 2 * size
+    assert tight.peak_cached_bytes <= 2 * size < free.peak_cached_bytes
+    assert tight.merges > free.merges  # evicted ancestors were merged again, not kept
 
 
 def test_a_retrained_local_expert_is_scored_again_on_resume(tiny_zoo, tmp_path):

@@ -109,6 +109,7 @@ def command(
                     "resumed": result.resumed,
                     "out": str(result.out),
                     "seconds": round(result.seconds, 1),
+                    "peak_rss_mb": round(result.peak_rss / 2**20),
                 },
                 indent=2,
             )
@@ -122,7 +123,8 @@ def command(
         console.print(f"   {task}: {prompt!r} -> {got!r} (expected {want!r})")
     run = result.out / "run"
     console.print(
-        f"\n[bold]Done in {result.seconds:.0f} s.[/bold] Published "
+        f"\n[bold]Done in {result.seconds:.0f} s[/bold] (peak RSS "
+        f"{result.peak_rss / 2**30:.2f} GiB). Published "
         f"{result.published.push.repo_id} at {result.published.url}"
         + (" (listed on its parents' model tree as a merge)." if result.listed_as_merge else ".")
     )

@@ -213,6 +213,21 @@ def _strategy_names() -> list[str]:
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option(
+    "--max-memory",
+    help="Memory the cache of merged models may use (e.g. 3GB, 512MB); default: a quarter of "
+    "the free memory. Evicted merges are rebuilt from their inputs when needed.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    help="Score each generation's candidates on N local Ray workers, each pinned to its own "
+    "cores or GPU (needs hub-merge[distributed]).",
+)
+@click.option(
+    "--ray-address",
+    help="Score on the Ray cluster at this address (host:port or ray://host:port).",
+)
+@click.option(
     "--resume", is_flag=True, help="Continue the run in --out without re-evaluating anything."
 )
 @click.option(
@@ -246,6 +261,9 @@ def command(
     lm_eval_include: str | None,
     batch_size: int,
     device: str,
+    max_memory: str | None,
+    workers: int | None,
+    ray_address: str | None,
     resume: bool,
     save_nodes: tuple[str, ...],
     no_progress: bool,
@@ -322,6 +340,9 @@ def command(
         lm_eval_include=lm_eval_include,
         batch_size=batch_size,
         device=device,
+        max_memory=max_memory,
+        workers=workers,
+        ray_address=ray_address,
         resume=resume,
         progress=not no_progress and not as_json,
         materialize=["winner", *save_nodes],

@@ -93,8 +93,8 @@ class InPlaceModel:
 
     Args:
         session: the search's ``MergeSession`` (its base copy is what every restore copies from).
-        load: recipe model string -> loaded ``ModelHandle`` (default: ``session.load`` of the
-            string as a folder, cached here).
+        load: recipe model string -> loaded ``ModelHandle``, cached by the caller (default:
+            ``session.load`` of the string as a folder, cached here).
         base_source: the recipe string that names the session's base (a task-vector base).
     """
 
@@ -130,10 +130,11 @@ class InPlaceModel:
     # --- inputs --------------------------------------------------------------------------
 
     def _handle(self, source: str) -> ModelHandle:
+        if self._load is not None:  # the caller caches (a search backend's memory budget)
+            return self._load(source)
         found = self._handles.get(source)
         if found is None:
-            found = self._load(source) if self._load else self.session.load(source, label=source)
-            self._handles[source] = found
+            found = self._handles[source] = self.session.load(source, label=source)
         return found
 
     def _is_base(self, source: str) -> bool:

@@ -64,7 +64,11 @@ class SearchConfig:
     resume: bool = False
     progress: bool = True
     materialize: list[str] = field(default_factory=lambda: ["winner"])  # node ids, or "winner"
-    keep_models: int | None = None  # merged state dicts kept in memory; None: fit to free memory
+    keep_models: int | None = None  # at most N state dicts cached (besides max_memory)
+    # bytes (or "3GB", "512MB") the state-dict cache may hold; None: MEMORY_SHARE of free memory
+    max_memory: int | str | None = None
+    workers: int | None = None  # score on N local Ray workers (hub-merge[distributed])
+    ray_address: str | None = None  # or on the Ray cluster at this address
     allow_pickle: bool = False
     endpoint: str | None = None  # Hub URL (default: HF_ENDPOINT / the public Hub)
     cache_dir: str | None = None  # Hub download cache (default: huggingface_hub's)
@@ -144,6 +148,16 @@ def search(config: SearchConfig) -> SearchResult:
 
     strategy_cls = get_strategy(config.strategy)
     settings = config.strategy_settings()
+    max_memory = None if config.max_memory is None else parse_bytes(config.max_memory)
+    if config.workers is not None or config.ray_address is not None:
+        from .distributed import check_reachable
+
+        if config.workers is not None and config.ray_address is not None:
+            raise ConfigError("Give --workers N (a local Ray) or --ray-address ADDR, not both.")
+        if config.workers is not None and config.workers < 1:
+            raise ConfigError(f"--workers must be at least 1; got {config.workers}.")
+        if config.ray_address is not None:
+            check_reachable(config.ray_address)  # seconds, before anything is pulled
     if len(config.experts) < 2:
         raise ConfigError(f"A merge search needs at least two experts; got {len(config.experts)}.")
     from ..lmeval import METRIC as LM_EVAL_METRIC
@@ -234,15 +248,72 @@ def search(config: SearchConfig) -> SearchResult:
         task_rows = [[t.name, t.digest] for t in tasks]
         test_rows = [[t.name, t.digest] for t in split.test]
     folders = {e.source: p.path for e, p in zip(experts, pulled, strict=True)}
-    backend = EngineBackend(
+    if max_memory is None:
+        max_memory = default_max_memory(session)
+    backend: Any = EngineBackend(
         session,
         evaluator,
         folders,
         base_source=base_expert.source,
         kinship_metric=config.kinship_metric,
-        keep_models=config.keep_models or auto_keep_models(session),
+        keep_models=config.keep_models,
+        max_memory=max_memory,
         test_evaluator=test_evaluator,
     )
+    pool = None
+    if config.workers is not None or config.ray_address is not None:
+        from .distributed import DistributedBackend, RayPool
+        from .worker import WorkerSpec
+
+        spec = WorkerSpec.for_tasks(
+            list(tasks),
+            base=str(base.path),
+            base_source=base_expert.source,
+            folders={k: str(v) for k, v in folders.items()},
+            metric=config.metric,
+            weights=dict(config.weights),
+            batch_size=config.batch_size,
+            device=config.device,
+            keep_models=config.keep_models,
+            max_memory=max_memory,
+        )
+        pool = RayPool(spec, workers=config.workers, address=config.ray_address)
+        backend = DistributedBackend(backend, pool)
+    try:
+        return _run(
+            config,
+            strategy_cls,
+            settings,
+            split,
+            tasks,
+            experts,
+            pulled,
+            base,
+            base_expert,
+            fingerprints,
+            session,
+            backend,
+        )
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(
+    config: SearchConfig,
+    strategy_cls: Any,
+    settings: Any,
+    split: Any,
+    tasks: Any,
+    experts: list[Expert],
+    pulled: list[Any],
+    base: Any,
+    base_expert: Expert,
+    fingerprints: dict[str, str],
+    session: Any,
+    backend: Any,
+) -> SearchResult:
+    """The search itself, over a ready backend (serial, or fanned out to Ray workers)."""
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
         experts,
         backend,
@@ -374,13 +445,16 @@ def greedy_search(config: SearchConfig) -> SearchResult:
     return search(config)
 
 
-def auto_keep_models(session: Any, share: float = 0.4, most: int = 16) -> int:
-    """How many merged state dicts to keep: about ``share`` of the free memory of the device.
+MEMORY_SHARE = 0.25  # of free memory, for the state-dict cache when --max-memory is not given
 
-    A node dropped from the cache is rebuilt from its parents, recursively, when the search needs
-    it again (kinship with the best model, a child), so a cache far smaller than the pool makes
-    late generations re-merge whole ancestries. Keeping more costs only memory, so use what is
-    free: up to 16 SmolLM2-135M nodes (540 MB each) on a laptop, 2 for a 7B model on one GPU.
+
+def default_max_memory(session: Any, share: float = MEMORY_SHARE) -> int:
+    """Bytes the state-dict cache may hold: ``share`` of the device's free memory, at least one
+    state dict (a smaller cache could not hold a merge's result).
+
+    A node dropped from the cache is merged again from its inputs when the search needs it (a
+    child, a kinship), so more is faster, but only up to what the machine has free: a quarter
+    leaves room for the scoring model, the base copy, activations and whatever else runs.
     """
     import torch
 
@@ -392,8 +466,32 @@ def auto_keep_models(session: Any, share: float = 0.4, most: int = 16) -> int:
     else:
         free = _available_ram()
         if free is None:
-            return 4
-    return max(2, min(most, int(share * free / size)))
+            return 4 * size
+    return max(size, int(share * free))
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 1e3, "m": 1e6})
+_UNITS.update({"g": 1e9, "t": 1e12})
+
+
+def parse_bytes(value: int | str) -> int:
+    """``3GB``, ``512MiB``, ``2.5g`` or a number of bytes -> bytes; anything else: ConfigError."""
+    import re
+
+    if isinstance(value, bool):
+        raise ConfigError(f"--max-memory takes a size such as 3GB or 512MB; got {value!r}.")
+    if isinstance(value, int):
+        number, unit = float(value), ""
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(value))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise ConfigError(f"--max-memory takes a size such as 3GB or 512MB; got {value!r}.")
+        number, unit = float(match.group(1)), match.group(2).lower()
+    out = int(number * _UNITS[unit])
+    if out < 0:
+        raise ConfigError(f"--max-memory must not be negative; got {value!r}.")
+    return out
 
 
 def _available_ram() -> int | None:

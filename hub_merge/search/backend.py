@@ -2,9 +2,15 @@
 
 A candidate is rebuilt from its recipe (a merged node's tensors are a deterministic function of
 it), so the pool never has to live in memory: adapters are loaded once (factored), only the last
-few full state dicts are kept (an LRU of ``keep_models``; a SmolLM2-135M node is ~540 MB in fp32)
-and anything older is merged again from its inputs when needed. Candidates are scored from
-memory and never written to disk.
+few full state dicts are kept (an LRU bounded by ``max_memory`` bytes and/or ``keep_models``
+entries; a SmolLM2-135M node is ~540 MB in fp32) and anything older is merged again from its
+inputs when needed. Candidates are scored from memory and never written to disk.
+
+Scoring goes through one model kept on the device (:class:`~hub_merge.merge.inplace.InPlaceModel`):
+an affine candidate (the uniform average, task arithmetic, swarm particles, a single expert) is
+written into it in place, only where it differs from the base, and undone exactly after
+scoring; any other candidate (SLERP, TIES, DARE, merges of merges) is merged as a state dict and
+copied in, then undone the same way. The recipe decides which, the scores are the same.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ class EngineBackend:
         folders: recipe model string (an expert's ``source``) -> local folder.
         base_source: the recipe string of the session's base (a task-vector merge's ``base``).
         kinship_metric: ``pearson``, ``cosine`` or ``euclidean``.
-        keep_models: how many merged state dicts to keep in memory (experts stay loaded).
+        keep_models: at most this many state dicts in the cache (default 4 when no
+            ``max_memory`` is given).
+        max_memory: bytes the cache of state dicts may hold (merged nodes and full experts;
+            ``hub_merge.search.api.default_max_memory`` picks a share of free memory).
         test_evaluator: scores the held-out test rows (reported, never the fitness).
     """
 
@@ -46,11 +55,16 @@ class EngineBackend:
         *,
         base_source: str = "@base",
         kinship_metric: str = "pearson",
-        keep_models: int = 4,
+        keep_models: int | None = None,
+        max_memory: int | None = None,
         test_evaluator: Evaluator | None = None,
     ) -> None:
-        if keep_models < 1:
+        if keep_models is not None and keep_models < 1:
             raise ConfigError(f"keep_models must be at least 1; got {keep_models}.")
+        if max_memory is not None and max_memory < 0:
+            raise ConfigError(f"max_memory must be a number of bytes >= 0; got {max_memory}.")
+        if keep_models is None and max_memory is None:
+            keep_models = 4
         self.session = session
         self.evaluator = evaluator
         self.test_evaluator = test_evaluator
@@ -58,7 +72,11 @@ class EngineBackend:
         self.base_source = base_source
         self.kinship_metric = kinship_metric
         self.keep_models = keep_models
+        self.max_memory = max_memory
         self._lru: OrderedDict[str, StateDict] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self.cached_bytes = 0
+        self.peak_cached_bytes = 0
         self._adapters: dict[str, Any] = {}  # source -> factored adapter handle, loaded once
         self.merges = 0
         self._inplace: Any = None  # the one scoring model, candidates applied in place
@@ -74,12 +92,47 @@ class EngineBackend:
                 f"Recipe names {source!r}, which is not one of the search's models."
             ) from None
 
+    @property
+    def model_bytes(self) -> int:
+        """Bytes of one full state dict (the base's)."""
+        return sum(t.numel() * t.element_size() for t in self.session.base.state.values()) or 1
+
+    @property
+    def slots(self) -> int:
+        """How many full state dicts the cache holds at most (kinship groups use it too)."""
+        by_bytes = None if self.max_memory is None else self.max_memory // self.model_bytes
+        counts = [c for c in (self.keep_models, by_bytes) if c is not None]
+        return max(1, min(counts))
+
+    def _own_bytes(self, state: StateDict) -> int:
+        # tensors shared with the base (an adapter mix's untouched modules) cost nothing
+        base = {t.data_ptr() for t in self.session.base.state.values()}
+        return sum(t.numel() * t.element_size() for t in state.values() if t.data_ptr() not in base)
+
+    def _evict(self, room: int = 0) -> None:
+        """Drop least-recently used states until ``room`` more bytes fit in the budget."""
+        while self._lru and (
+            (self.keep_models is not None and len(self._lru) >= self.keep_models)
+            or (self.max_memory is not None and self.cached_bytes + room > self.max_memory)
+        ):
+            key, _ = self._lru.popitem(last=False)
+            self.cached_bytes -= self._sizes.pop(key, 0)
+
     def _remember(self, key: str, state: StateDict) -> StateDict:
+        if key in self._lru:
+            self._lru.move_to_end(key)
+            return state
+        size = self._own_bytes(state)
+        self._evict(size)
         self._lru[key] = state
-        self._lru.move_to_end(key)
-        while len(self._lru) > self.keep_models:
-            self._lru.popitem(last=False)
+        self._sizes[key] = size
+        self.cached_bytes += size
+        self.peak_cached_bytes = max(self.peak_cached_bytes, self.cached_bytes)
         return state
+
+    def _make_room(self) -> None:
+        """Before building a state dict (its inputs already in hand): free its slot first."""
+        self._evict(self.model_bytes)
 
     def _expert(self, source: str) -> Any:
         """An expert: a full state dict on the device (in the LRU), or a factored adapter."""
@@ -114,6 +167,7 @@ class EngineBackend:
                 self._lru.move_to_end(key)
                 return self._lru[key]
             dtype = self.session.dtype
+            self._make_room()
             state = {  # a LoRA adapter: base + scale * B @ A, one tensor at a time
                 n: handle.tensor(n, self.session.device).to(dtype)
                 if self.session.base.state[n].is_floating_point()
@@ -126,6 +180,7 @@ class EngineBackend:
             self._lru.move_to_end(key)
             return self._lru[key]
         if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise (adapter-space swarm)
+            self._make_room()
             state = self.session.merge_factors(recipe, folders=self.folders)
             self.merges += 1
             return self._remember(key, state)
@@ -138,9 +193,11 @@ class EngineBackend:
             self.merges += 1
             return self._remember(key, state)
         base = None if recipe.base is None else self._input(recipe.base)
+        inputs = [self._input(e.model) for e in recipe.models]
+        self._make_room()
         state = self.session.merge(
             recipe.method,
-            [self._input(e.model) for e in recipe.models],
+            inputs,
             recipe.parameters,
             base=base,
             model_parameters=[e.parameters for e in recipe.models],
@@ -202,14 +259,14 @@ class EngineBackend:
         """The anchor's kinship to each of ``others``, several per pass over the weights.
 
         Experts (on disk, adapters factored) cost no memory and all join the first pass;
-        merged nodes are held in memory while measured, so at most ``keep_models - 1`` of them
-        share a pass, keeping peak memory near the LRU's.
+        merged nodes are held in memory while measured, so at most ``slots - 1`` of them
+        share a pass, keeping peak memory near the cache's budget.
         """
         from ..kinship import kinship_matrix
 
         on_disk = [c for c in others if c.is_leaf]
         in_memory = [c for c in others if not c.is_leaf]
-        per_pass = max(1, self.keep_models - 1)
+        per_pass = max(1, self.slots - 1)
         passes = [on_disk + in_memory[:per_pass]]
         passes += [in_memory[i : i + per_pass] for i in range(per_pass, len(in_memory), per_pass)]
         values: dict[str, float] = {}

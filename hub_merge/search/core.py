@@ -165,6 +165,7 @@ class SearchCore:
         # distinct candidates scored in this search, cached or not: the budget and generation
         # records count these, so a resumed run (all cache hits) makes the same decisions
         self._scored: set[str] = set()
+        self._fresh: dict[str, dict[str, float]] = {}  # batch-scored, not yet recorded
         self.scores = run.scores if run else ScoreCache()
         self.kin = run.kinship if run else KinshipCache()
 
@@ -195,10 +196,35 @@ class SearchCore:
     def fitness(self, scores: Mapping[str, float]) -> float:
         return fitness_from_scores(scores, self.metric, self.weights, self.combine)
 
+    def _evaluate_batch(self, node_ids: Sequence[str]) -> None:
+        """Score a generation's cache misses together when the backend fans out (Ray).
+
+        A backend with ``evaluate_many`` (``hub_merge.search.distributed``) scores them in
+        parallel; the results wait in ``_fresh`` until :meth:`_score` records them, so the
+        driver alone writes the cache, in the same order as a serial run.
+        """
+        many = getattr(self.backend, "evaluate_many", None)
+        if many is None:
+            return
+        todo: dict[str, MergeRecipe] = {}
+        for node_id in node_ids:
+            key = self.key(self.recipes[node_id])
+            if key not in todo and key not in self.scores and key not in self._fresh:
+                todo[key] = self.recipes[node_id]
+        if len(todo) < 2:
+            return
+        for key, scores in zip(todo, many(list(todo.values())), strict=True):
+            self._fresh[key] = scores
+
     def _score(self, node: LineageNode) -> float:
         recipe = self.recipes[node.id]
         key = self.key(recipe)
-        scores = self.scores.get(key)
+        scores = self._fresh.pop(key, None)
+        if scores is not None:  # scored by the batch of its generation
+            self.evaluations += 1
+            self.scores.put(key, scores)
+        else:
+            scores = self.scores.get(key)
         if scores is None:
             scores = self.backend.evaluate(recipe)
             self.evaluations += 1
@@ -343,11 +369,15 @@ class SearchCore:
             self.recipes[e.name] = e.recipe
             self._by_key[node.recipe_hash] = e.name
             self.tree.add(node)
-            self._score(node)
-            self.ctx.baselines[f"expert:{e.name}"] = Baseline(e.recipe, node.fitness)
         uniform = uniform_recipe(self.experts)
         node = self.tree.nodes[self._node(uniform, 0, node_id=UNIFORM)]
         node.baseline = UNIFORM
+        self._evaluate_batch([e.name for e in self.experts] + [UNIFORM])
+        for e in self.experts:
+            self._score(self.tree.nodes[e.name])
+            self.ctx.baselines[f"expert:{e.name}"] = Baseline(
+                e.recipe, self.tree.nodes[e.name].fitness
+            )
         self._score(node)
         self.ctx.baselines[UNIFORM] = Baseline(uniform, node.fitness)
         best = self.best()
@@ -367,6 +397,7 @@ class SearchCore:
         from tqdm.auto import tqdm
 
         ids = [self._node(r, generation) for r in recipes]
+        self._evaluate_batch(ids)
         before = len(self._scored)
         bar = tqdm(
             ids,

@@ -59,9 +59,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     parsed = urlparse(address if "://" in address else f"gcs://{address}")
     host, port = parsed.hostname, parsed.port
     if parsed.scheme not in ("gcs", "ray") or not host:
-        raise ConfigError(
-            f"--ray-address {address!r} is not host:port, ray://host:port or auto."
-        )
+        raise ConfigError(f"--ray-address {address!r} is not host:port, ray://host:port or auto.")
     port = port or (10001 if parsed.scheme == "ray" else 6379)
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -167,7 +165,9 @@ class RayPool:
         out = []
         for i in range(workers):
             mine = cores[i * per : (i + 1) * per] if len(cores) >= workers else None
-            out.append({"num_cpus": per if len(cores) >= workers else 0, "num_gpus": 0, "cores": mine})
+            out.append(
+                {"num_cpus": per if len(cores) >= workers else 0, "num_gpus": 0, "cores": mine}
+            )
         return out
 
     def _start(self, index: int) -> Any:
@@ -186,8 +186,12 @@ class RayPool:
 
     def evaluate_many(self, recipes: Sequence[MergeRecipe]) -> list[dict[str, float]]:
         """Scores of every recipe, in order; a dead worker's candidate is re-run elsewhere."""
-        from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
-        from ray.exceptions import WorkerCrashedError
+        from ray.exceptions import (
+            ActorUnavailableError,
+            RayActorError,
+            RayTaskError,
+            WorkerCrashedError,
+        )
 
         lost = (RayActorError, ActorUnavailableError, WorkerCrashedError)
         jobs = [r.model_dump_json(exclude_none=True) for r in recipes]

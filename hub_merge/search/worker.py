@@ -47,7 +47,10 @@ class WorkerSpec:
     @classmethod
     def for_tasks(cls, tasks: list[Task], **kwargs: Any) -> WorkerSpec:
         rows = [
-            (t.name, [(e.prompt, e.answer, list(e.choices) if e.choices else None) for e in t.examples])
+            (
+                t.name,
+                [(e.prompt, e.answer, list(e.choices) if e.choices else None) for e in t.examples],
+            )
             for t in tasks
         ]
         return cls(tasks=rows, **kwargs)
@@ -64,9 +67,7 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
         data = json.loads(text)
-        data["tasks"] = [
-            (name, [tuple(r) for r in rows]) for name, rows in data["tasks"]
-        ]
+        data["tasks"] = [(name, [tuple(r) for r in rows]) for name, rows in data["tasks"]]
         return cls(**data)
 
     def session_dtype(self) -> Any:
