@@ -265,12 +265,16 @@ def search(config: SearchConfig) -> SearchResult:
         from .distributed import DistributedBackend, RayPool
         from .worker import WorkerSpec
 
+        if lm_eval:
+            raise ConfigError(
+                "--workers/--ray-address score task files only; lm-eval tasks run serially."
+            )
         spec = WorkerSpec.for_tasks(
             list(tasks),
             base=str(base.path),
             base_source=base_expert.source,
             folders={k: str(v) for k, v in folders.items()},
-            metric=config.metric,
+            metric=metric,
             weights=dict(config.weights),
             batch_size=config.batch_size,
             device=config.device,
@@ -293,6 +297,9 @@ def search(config: SearchConfig) -> SearchResult:
             fingerprints,
             session,
             backend,
+            metric,
+            task_rows,
+            test_rows,
         )
     finally:
         if pool is not None:
@@ -312,6 +319,9 @@ def _run(
     fingerprints: dict[str, str],
     session: Any,
     backend: Any,
+    metric: str,
+    task_rows: list[list[str]],
+    test_rows: list[list[str]],
 ) -> SearchResult:
     """The search itself, over a ready backend (serial, or fanned out to Ray workers)."""
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
