@@ -606,20 +606,26 @@ def _reproduce_command(tree: FamilyTree) -> str:
     args = ["hub-merge", "search", "--base", base, "--experts"]
     args += [n.source for n in tree.experts()]
     args += ["--tasks", *[f"{t}.jsonl" for t in tree.tasks], "--out", "run"]
-    if (getattr(tree, "strategy", "greedy") or "greedy") != "greedy":
+    greedy = (getattr(tree, "strategy", "greedy") or "greedy") == "greedy"
+    if not greedy:
         args += _strategy_flags(tree)
-    for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
-        if s.get(key) is not None:
-            args += [flag, str(s[key])]
-    if s.get("parameters"):
-        args += ["--parameters", json.dumps(s["parameters"], separators=(",", ":"))]
-    guided = s.get("kinship_guided", True) is not False
-    if not guided:
-        args.append("--no-kinship")
+    else:
+        for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
+            if s.get(key) is not None:
+                args += [flag, str(s[key])]
+        if s.get("parameters"):
+            args += ["--parameters", json.dumps(s["parameters"], separators=(",", ":"))]
+        guided = s.get("kinship_guided", True) is not False
+        if not guided:
+            args.append("--no-kinship")
+        if s.get("budget") is not None:
+            args += ["--budget", str(s["budget"])]
+        if s.get("seed"):
+            args += ["--seed", str(s["seed"])]
     metric = s.get("kinship_metric")
     if metric:
         args += ["--kinship-metric", str(metric)]
-    if guided and "kinship_stop" in s:
+    if greedy and guided and "kinship_stop" in s:
         stop = s["kinship_stop"]
         # no stop: a threshold kinship can never cross (correlations <= 1, distances >= 0)
         never = "0" if metric == "euclidean" else "1"
@@ -627,7 +633,12 @@ def _reproduce_command(tree: FamilyTree) -> str:
     for key, flag in (("patience", "--patience"), ("metric", "--metric"), ("limit", "--limit")):
         if s.get(key) is not None:
             args += [flag, str(s[key])]
+    split = tree.split or {}
+    if split.get("kind") == "fraction" and split.get("test_fraction") not in (None, 0.3):
+        args += ["--test-fraction", str(split["test_fraction"])]
     notes = []
+    if split.get("kind") == "files":
+        notes.append(f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
     if s.get("weights"):
         notes.append(f"# task weights (not a CLI flag): {json.dumps(s['weights'])}")
     if "parent_as_base" in s and s["parent_as_base"] != (s.get("method") == "slerp"):

@@ -187,6 +187,13 @@ def test_evolve_from_the_cli_on_the_tiny_zoo_resumes_with_zero_evaluations(
     assert isinstance(child.recipe["models"][0]["parameters"]["weight"], list)  # per group
     assert (tmp_path / "run" / "winner" / "config.json").is_file()
     assert (tmp_path / "run" / "fitness.png").stat().st_size > 1000
+    # the card's command reruns this search: evolve's own flags, none of greedy's
+    from hub_merge.card import build_card
+
+    text = build_card(tree, repo_id="me/evolved").text
+    assert "--strategy evolve" in text and "--layer-groups 2" in text and "--budget 26" in text
+    assert "--method dare_ties" in text and "--k " not in text and "--kinship-stop" not in text
+    assert "Evolutionary merging" in text and "2403.13187" in text
     assert all({"mean", "std", "min", "max"} <= set(g.stats) for g in tree.generations[1:])
     assert main([*args, "--json", "--resume"]) == 0
     again = json.loads(capsys.readouterr().out)
