@@ -156,8 +156,8 @@ class Bench:
     expert_tasks: dict[str, str]  # expert name -> the task it was trained on
     task_files: dict[str, str]  # task name -> JSONL
     out: Path
-    limit: int | None
-    test_fraction: float
+    dev_files: dict[str, str]  # task name -> the dev rows the searches score (see write_split)
+    test_files: dict[str, str]  # task name -> the held-out test rows
     budget: int
     generations: int
     evolve_method: str
@@ -186,14 +186,13 @@ class Bench:
             SearchConfig(
                 base=self.base,
                 experts=list(self.experts.values()),
-                tasks=[self.task_files[t] for t in self.tasks],
+                tasks=[self.dev_files[t] for t in self.tasks],
+                test_tasks=[self.test_files[t] for t in self.tasks],
                 out=str(run_dir),
                 strategy=strategy,
                 settings=settings,
                 seed=seed,
                 budget=budget,
-                limit=self.limit,
-                test_fraction=self.test_fraction,
                 device=self.device,
                 materialize=["winner"],
                 resume=resume,
@@ -228,23 +227,71 @@ class Bench:
         )
 
 
+def write_split(
+    task_files: dict[str, str],
+    out: Path,
+    test_fraction: float,
+    limit: int | None,
+    test_limit: int | None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Split each task once with the core's ``split_task`` (seed 0) into dev and test files.
+
+    A search's own split is seeded by its run seed, so seeds 0, 1, 2 of a stochastic row would
+    each be scored on other test rows. Every run here gets the same two files instead
+    (``test_tasks``), so all rows and seeds share one test set. ``limit`` keeps the first dev rows
+    (the fitness), ``test_limit`` the first test rows.
+    """
+    from hub_merge.evaluate import load_task
+    from hub_merge.splits import split_task
+
+    dev_files, test_files = {}, {}
+    for name, path in sorted(task_files.items()):
+        dev, test = split_task(load_task(path), test_fraction, seed=0)
+        for kind, task, keep, files in (
+            ("dev", dev, limit, dev_files),
+            ("test", test, test_limit, test_files),
+        ):
+            target = out / "split" / kind / f"{name}.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            rows = [{"prompt": ex.prompt, "answer": ex.answer} for ex in task.examples[:keep]]
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+            if not target.is_file() or target.read_text(encoding="utf-8") != text:
+                target.write_text(text, encoding="utf-8")
+            files[name] = str(target)
+    return dev_files, test_files
+
+
 CACHES = ("scores.json", "test_scores.json", "kinship.json")
 
 
 def _share_caches_into(runs: Path, run_dir: Path) -> None:
-    """Seed a new run folder with every earlier run's score and kinship caches.
+    """Seed a new run folder with the baselines' cached scores and kinships from earlier runs.
 
-    Keys cover the recipe, the models' content and the rows scored, so a shared entry is the
-    score the run would compute; the baselines, identical in every run, are then scored once per
-    zoo. A run's evaluation count includes these cache hits; its wall time does not.
+    Every run scores the same baselines (each expert and the uniform average) on the same dev and
+    test rows first; cache keys cover the recipe, the models' content and the rows, so the shared
+    entries are exactly what the run would compute. Only baseline entries are shared: a search's
+    own candidates are computed in its own run, so its wall time is its own (the first run of a
+    zoo also pays for the baselines). The evaluation count includes the baselines either way.
     """
-    merged: dict[str, dict[str, Any]] = {name: {} for name in CACHES}
+    shared: dict[str, dict[str, Any]] = {name: {} for name in CACHES}
     for other in sorted(runs.glob("*/")) if runs.is_dir() else []:
-        for name in CACHES:
-            if (other / name).is_file() and other != run_dir:
-                merged[name].update(json.loads((other / name).read_text()))
+        tree = other / "family_tree.json"
+        if other == run_dir or not tree.is_file():
+            continue
+        nodes = json.loads(tree.read_text())["nodes"]
+        nodes = nodes.values() if isinstance(nodes, dict) else nodes
+        wanted = [n["scores"] for n in nodes if n.get("baseline")]
+        caches = {n: json.loads((other / n).read_text()) for n in CACHES if (other / n).is_file()}
+        keys = {k for k, v in caches.get("scores.json", {}).items() if v in wanted}
+        shared["scores.json"].update({k: caches["scores.json"][k] for k in keys})
+        tests = caches.get("test_scores.json", {})
+        shared["test_scores.json"].update({k: v for k, v in tests.items() if k in keys})
+        kin = caches.get("kinship.json", {})
+        shared["kinship.json"].update(
+            {k: v for k, v in kin.items() if all(part in keys for part in k.split("|"))}
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    for name, entries in merged.items():
+    for name, entries in shared.items():
         if entries:
             (run_dir / name).write_text(json.dumps(entries))
 
@@ -397,6 +444,7 @@ def main() -> None:
     add("--zoo", choices=["smol", "smol-wide", "tiny"], default="smol")
     add("--rows", default=",".join(DEFAULT_ROWS), help=f"comma-separated; known: {', '.join(ROWS)}")
     add("--limit", type=int, default=16, help="dev rows per task the searches score (fitness)")
+    add("--test-limit", type=int, default=None, help="test rows per task (default: all)")
     add("--test-fraction", type=float, default=0.3, help="share of each task's rows held out")
     add("--budget", type=int, default=60, help="evaluations per evolve run, baselines included")
     add("--generations", type=int, default=4, help="greedy's maximum generations")
@@ -419,14 +467,18 @@ def main() -> None:
     models = {**zoo.adapters} if args.zoo == "tiny" else {**zoo.adapters, **zoo.experts}
     out = Path(args.out or tempfile.mkdtemp(prefix="search-quality-"))
     out.mkdir(parents=True, exist_ok=True)
+    task_files = {t: str(p) for t, p in zoo.tasks.items()}
+    dev_files, test_files = write_split(
+        task_files, out, args.test_fraction, args.limit, args.test_limit
+    )
     bench = Bench(
         base=str(zoo.base),
         experts={n: str(models[n]) for n in sorted(models)},
         expert_tasks={n: zoo.task_of(n) for n in sorted(models)},
-        task_files={t: str(p) for t, p in zoo.tasks.items()},
+        task_files=task_files,
         out=out,
-        limit=args.limit,
-        test_fraction=args.test_fraction,
+        dev_files=dev_files,
+        test_files=test_files,
         budget=args.budget,
         generations=args.generations,
         evolve_method=args.evolve_method,
@@ -477,16 +529,14 @@ def main() -> None:
 
 def _exact_match(bench: Bench, table: list[dict[str, Any]], results: dict, args) -> None:
     """EM on test rows for the baselines and the ``--exact-match`` best search rows (seed 0)."""
-    from hub_merge.search import split_task  # the core's one dev/test split
+    from hub_merge.evaluate import load_task
 
     em = results["exact_match"]
     searches = sorted((r for r in table if "runs" in r), key=lambda r: _mean(r["test"][0]))
     todo = table[:3] + searches[: args.exact_match]
     if all(r["key"] in em for r in todo):
         return
-    test = {
-        t: split_task(f, test_fraction=args.test_fraction)[1] for t, f in bench.task_files.items()
-    }
+    test = {t: load_task(f) for t, f in bench.test_files.items()}
     scorer = ExactMatch(bench.base, test, args.device, args.em_limit)
     for r in todo:
         if r["key"] in em:
