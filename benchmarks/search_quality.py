@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -195,6 +196,7 @@ class Bench:
                 budget=budget,
                 device=self.device,
                 materialize=["winner"],
+                keep_models=2,  # the default fills free memory: several runs share one machine
                 resume=resume,
                 progress=False,
             )
@@ -490,9 +492,18 @@ def main() -> None:
     results["zoo"] = args.zoo
 
     def save() -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(path)
+        """Merge this process's runs into results.json under a lock: several processes may share
+        one --out (e.g. one per row, to use more of a machine), each adding its own runs."""
+        from filelock import FileLock
+
+        with FileLock(str(path) + ".lock"):
+            if path.is_file():
+                on_disk = json.loads(path.read_text())
+                for part in ("runs", "exact_match"):
+                    results[part] = {**on_disk.get(part, {}), **results[part]}
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(path)
 
     for key in [] if args.table else keys:
         builder = ROWS[key]
