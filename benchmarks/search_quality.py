@@ -87,9 +87,10 @@ def search_row(
     """
 
     def run(bench: Bench, seed: int) -> Outcome:
-        return bench.search(
-            key, strategy, settings(bench), seed=seed, budget=bench.budget if budget else None
-        )
+        values, limit = settings(bench), bench.budget if budget else None
+        outcome = bench.search(key, strategy, values, seed=seed, budget=limit)
+        outcome.extra.update(settings=values, budget=limit)
+        return outcome
 
     return register_row(key, RowBuilder(title, run, stochastic))
 
@@ -421,6 +422,9 @@ def print_table(bench: Bench, table: list[dict[str, Any]], em: dict[str, Any], h
     for r in table:
         if "runs" in r:
             notes = "; ".join(f"seed {x['seed']}: {x['note']}" for x in r["runs"])
+            how = r["runs"][0]["extra"]
+            if "settings" in how:
+                notes += f" (settings {how['settings']}, budget {how['budget']})"
             print(f"- {r['title']}: {notes}")
 
 
@@ -531,8 +535,7 @@ def main() -> None:
     header = (
         f"zoo={args.zoo} experts={len(bench.experts)} tasks={len(bench.tasks)} "
         f"dev rows/task<={args.limit} test fraction={args.test_fraction} "
-        f"evolve budget={args.budget} ({args.evolve_method}, {args.layer_groups} layer groups) "
-        f"greedy generations<={args.generations}"
+        f"test rows/task={args.test_limit or 'all'} (settings and budget of each row: below)"
     )
     print_table(bench, table, results["exact_match"], header)
     print(f"results: {path}")
