@@ -300,6 +300,7 @@ def search(config: SearchConfig) -> SearchResult:
             metric,
             task_rows,
             test_rows,
+            train,
         )
     finally:
         if pool is not None:
@@ -322,6 +323,7 @@ def _run(
     metric: str,
     task_rows: list[list[str]],
     test_rows: list[list[str]],
+    train: list[Any],
 ) -> SearchResult:
     """The search itself, over a ready backend (serial, or fanned out to Ray workers)."""
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
