@@ -89,6 +89,7 @@ def plot_routing(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     from ..plots import _save_atomically, short_name
 
@@ -103,6 +104,7 @@ def plot_routing(
             ax.axhline(1.0 / max(len(names), 1), color="grey", ls=":", lw=1, label="chance")
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel("tokens routed to own expert (top-1)")
             ax.set_title(title)
             ax.legend(fontsize=7, loc="lower right")
