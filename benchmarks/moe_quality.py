@@ -10,7 +10,8 @@ average (base + mean of the experts' deltas: one dense model), MoE top-1 and top
 ``hidden``, shared weights from the base), the same with shared = average of deltas, the
 mergekit-style ``hidden-mean`` router, and MoA (experts propose, the base aggregates).
 
-Test rows: a 30% hash split by prompt (sha256 of the prompt); the positive prompts of the MoE
+Test rows: the search's own split (``hub_merge.splits.split_task``: 30% of each task's rows by a
+hash of seed and prompt), so these rows are the ones every search row is tested on; the positive prompts of the MoE
 router come from the zoo's TRAIN files, so no test row is seen when the MoE is built.
 ``search_quality`` (benchmarks/search_quality.py) can import :func:`moe_rows` to add the rows.
 
@@ -21,7 +22,6 @@ router come from the zoo's TRAIN files, so no test row is seen when the MoE is b
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 import time
@@ -29,16 +29,11 @@ from pathlib import Path
 from typing import Any
 
 
-def split_test(task: Any, fraction: float = 0.3) -> Any:
-    """The task's test rows: those whose prompt hashes into the first ``fraction`` of [0, 1)."""
-    from hub_merge.evaluate import Task
+def split_test(task: Any, fraction: float = 0.3, seed: int = 0) -> Any:
+    """The task's test rows, by the search's own split (``hub_merge.splits.split_task``)."""
+    from hub_merge.splits import split_task
 
-    keep = tuple(
-        ex
-        for ex in task.examples
-        if int(hashlib.sha256(ex.prompt.encode()).hexdigest()[:8], 16) / 16**8 < fraction
-    )
-    return Task(task.name, keep, task.path)
+    return split_task(task, fraction, seed)[1]
 
 
 def _write_jsonl(task: Any, path: Path) -> Path:
