@@ -210,7 +210,13 @@ def _strategy_names() -> list[str]:
     is_flag=True,
     help="Allow task files named like public benchmarks (gsm8k, mmlu...) as the fitness.",
 )
-@click.option("--batch-size", default=16, show_default=True)
+@click.option(
+    "--batch-size",
+    default="16",
+    show_default=True,
+    callback=lambda _c, _p, v: v if v == "auto" else _positive_int("--batch-size", v),
+    help="Rows per forward pass, or auto (from free GPU memory; 16 on CPU).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1...")
 @click.option(
     "--max-memory",
@@ -259,7 +265,7 @@ def command(
     train_tasks: tuple[str, ...],
     allow_benchmark_fitness: bool,
     lm_eval_include: str | None,
-    batch_size: int,
+    batch_size: int | str,
     device: str,
     max_memory: str | None,
     workers: int | None,
@@ -404,3 +410,9 @@ def echo_summary(result: Any, out: str) -> None:
         f"Evaluations: {result.evaluations} new, {result.cache_hits} from cache. "
         f"Run folder: {out} (winner in {result.winner_path})."
     )
+
+
+def _positive_int(flag: str, value: str) -> int:
+    if not str(value).isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{flag} takes a positive number or auto; got {value!r}.")
+    return int(value)

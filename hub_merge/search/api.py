@@ -59,7 +59,7 @@ class SearchConfig:
     train_tasks: list[str] = field(default_factory=list)
     allow_benchmark_fitness: bool = False  # optimise against a public benchmark's rows anyway
     lm_eval_include: str | None = None  # folder of lm-eval task YAMLs (tasks = lm-eval:NAME)
-    batch_size: int = 16
+    batch_size: int | str = 16  # or "auto": from free GPU memory (16 on CPU)
     device: str = "auto"
     resume: bool = False
     progress: bool = True
