@@ -80,15 +80,17 @@ def search_row(
     *,
     stochastic: bool = False,
     budget: bool = False,
+    train: bool = False,
 ) -> RowBuilder:
     """Register a row that runs ``hub_merge.search.search`` with ``strategy`` and its settings.
 
     ``budget``: the run gets ``--budget`` evaluations (strategies that need a budget).
+    ``train``: the run gets the zoo's training rows (``--train-tasks``; strategies that train).
     """
 
     def run(bench: Bench, seed: int) -> Outcome:
         values, limit = settings(bench), bench.budget if budget else None
-        outcome = bench.search(key, strategy, values, seed=seed, budget=limit)
+        outcome = bench.search(key, strategy, values, seed=seed, budget=limit, train=train)
         outcome.extra.update(settings=values, budget=limit)
         return outcome
 
@@ -145,6 +147,18 @@ search_row(  # the paper's way for LoRA experts: A = Σα A_j, B = Σα B_j; the
     stochastic=True,
     budget=True,
 )
+search_row(  # DAM (Arcee 2024): trained, not searched; its cost is gradient steps (in the note)
+    "dam",
+    "DAM (trained coefficients)",
+    "dam",
+    lambda b: {
+        "steps": b.dam_steps,
+        "lr": 5e-3,
+        "train_batch_size": 4,
+        "max_rows": b.dam_rows,
+    },
+    train=True,
+)
 DEFAULT_ROWS = ["greedy", "greedy-kinship", "evolve", "evolve-layers"]
 
 
@@ -165,6 +179,9 @@ class Bench:
     evolve_method: str
     layer_groups: int
     device: str
+    train_files: dict[str, str] = field(default_factory=dict)  # task -> training JSONL (DAM)
+    dam_steps: int = 12
+    dam_rows: int = 16
 
     @property
     def tasks(self) -> list[str]:
@@ -174,7 +191,14 @@ class Bench:
         _share_caches_into(self.out / "runs", run_dir)
 
     def search(
-        self, key: str, strategy: str, settings: dict[str, Any], *, seed: int, budget: int | None
+        self,
+        key: str,
+        strategy: str,
+        settings: dict[str, Any],
+        *,
+        seed: int,
+        budget: int | None,
+        train: bool = False,
     ) -> Outcome:
         """One search through the public API, in its own run folder under ``out``."""
         from hub_merge.search import SearchConfig, search
@@ -195,6 +219,9 @@ class Bench:
                 settings=settings,
                 seed=seed,
                 budget=budget,
+                train_tasks=[self.train_files[t] for t in self.tasks if t in self.train_files]
+                if train
+                else [],
                 device=self.device,
                 materialize=["winner"],
                 keep_models=2,  # the default fills free memory: several runs share one machine
@@ -460,6 +487,8 @@ def main() -> None:
     add("--exact-match", type=int, default=2, metavar="N",
         help="exact match on test for the baselines and the N best search rows (0: none)")  # fmt: skip
     add("--em-limit", type=int, default=16, help="test rows per task for exact match")
+    add("--dam-steps", type=int, default=12, help="DAM's gradient steps")
+    add("--dam-rows", type=int, default=16, help="DAM's training prompts per expert")
     add("--device", default="auto")
     add("--out", default=None, help="folder of run folders and results.json (reused: resumes)")
     add("--table", action="store_true", help="print the table of finished runs; run nothing")
@@ -490,6 +519,9 @@ def main() -> None:
         evolve_method=args.evolve_method,
         layer_groups=args.layer_groups,
         device=args.device,
+        train_files={t: str(p) for t, p in zoo.train.items()},
+        dam_steps=args.dam_steps,
+        dam_rows=args.dam_rows,
     )
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {"runs": {}, "exact_match": {}}
