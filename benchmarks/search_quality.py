@@ -159,6 +159,14 @@ search_row(  # DAM (Arcee 2024): trained, not searched; its cost is gradient ste
     },
     train=True,
 )
+search_row(  # not in the paper: one more particle starting at the uniform average
+    "swarm-uniform",
+    "Model Swarms (dense, + uniform particle)",
+    "swarm",
+    lambda b: {"space": "dense", "population": len(b.experts) + 1, "uniform_particle": True},
+    stochastic=True,
+    budget=True,
+)
 DEFAULT_ROWS = ["greedy", "greedy-kinship", "evolve", "evolve-layers"]
 
 
