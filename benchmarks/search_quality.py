@@ -492,6 +492,12 @@ def main() -> None:
     add("--evolve-method", default="ties")
     add("--layer-groups", type=int, default=3)
     add("--seeds", type=int, default=3, help="seeds of each stochastic row")
+    add(
+        "--only-seed",
+        type=int,
+        default=None,
+        help="run only this seed (several processes can share a machine's cores)",
+    )
     add("--exact-match", type=int, default=2, metavar="N",
         help="exact match on test for the baselines and the N best search rows (0: none)")  # fmt: skip
     add("--em-limit", type=int, default=16, help="test rows per task for exact match")
@@ -551,7 +557,8 @@ def main() -> None:
 
     for key in [] if args.table else keys:
         builder = ROWS[key]
-        for seed in range(args.seeds if builder.stochastic else 1):
+        seeds = range(args.seeds if builder.stochastic else 1)
+        for seed in [x for x in seeds if args.only_seed is None or x == args.only_seed]:
             run_id = f"{key}/seed{seed}"
             if run_id in results["runs"]:
                 continue
