@@ -187,7 +187,8 @@ def main() -> None:
             "1 naive: mergekit-yaml + from_pretrained + Evaluator",
             naive,
             ref,
-            "warm --lora-merge-cache" + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+            "warm --lora-merge-cache"
+            + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
         )
     )
     rows.append(
@@ -208,6 +209,8 @@ def main() -> None:
     )
     rows.append(row("4 floor: scoring alone, model in place", floor, ref))
 
+    for r in rows:
+        print("row", json.dumps(r), flush=True, file=sys.stderr)
     if args.workers:
         from hub_merge.search.distributed import RayPool
         from hub_merge.search.worker import WorkerSpec
@@ -235,7 +238,7 @@ def main() -> None:
         )
 
     worst = 0.0
-    for name, got in scores.items():
+    for got in scores.values():
         for a, b in zip(got, ip_scores, strict=False):
             worst = max(worst, max(abs(a[t] - b[t]) for t in a))
     if args.json:
