@@ -98,3 +98,33 @@ def test_cli_refuses_bad_search_settings_before_anything_is_scored(tmp_path, cap
         assert code == 2 and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1
         assert not out.exists()  # refused before any download, score or file
+
+
+def test_runs_with_other_seeds_share_their_test_rows(tiny_zoo, tmp_path):
+    """--seed changes the strategy's draws, never the test rows: a 3-seed spread is the
+    strategy's, measured on one test set (--split-seed changes the split)."""
+    from hub_merge.search import SearchConfig, search
+
+    def run(seed: int, split_seed: int = 0):
+        out = tmp_path / f"run-{seed}-{split_seed}"
+        search(
+            SearchConfig(
+                base=str(tiny_zoo.base),
+                experts=[str(tiny_zoo.adapters["add"]), str(tiny_zoo.adapters["sort"])],
+                tasks=[str(tiny_zoo.tasks["add"]), str(tiny_zoo.tasks["sort"])],
+                out=str(out),
+                strategy="greedy",
+                settings={"k": 2, "generations": 1},
+                seed=seed,
+                split_seed=split_seed,
+                limit=4,
+                device="cpu",
+                progress=False,
+                materialize=[],
+            )
+        )
+        return json.loads((out / "state.json").read_text())["settings"]["test"]
+
+    first = run(0)
+    assert run(1) == first  # same test rows (their digests) for another run seed
+    assert run(0, split_seed=1) != first  # another split seed, another split

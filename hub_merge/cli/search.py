@@ -157,6 +157,13 @@ def _strategy_names() -> list[str]:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random draw.")
 @click.option(
+    "--split-seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the dev/test split alone (runs with other --seed share their test rows).",
+)
+@click.option(
     "--kinship-metric",
     type=click.Choice(["pearson", "cosine", "euclidean"]),
     default="pearson",
@@ -256,6 +263,7 @@ def command(
     out: str,
     budget: int | None,
     seed: int,
+    split_seed: int,
     kinship_metric: str,
     metric: str,
     combine: str,
@@ -335,6 +343,7 @@ def command(
         settings=settings,
         budget=budget,
         seed=seed,
+        split_seed=split_seed,
         kinship_metric=kinship_metric,
         metric=metric,
         combine=combine,

@@ -53,6 +53,9 @@ class SearchConfig:
     kinship_metric: str = "pearson"
     limit: int | None = None  # at most N dev rows and N test rows per task
     test_fraction: float = 0.3  # share of each task's rows held out as test (hash of the prompt)
+    # Seed of the dev/test split only: apart from `seed`, so runs of one strategy over several
+    # seeds are all scored on the same test rows (their spread is the strategy's, not the split's).
+    split_seed: int = 0
     test_tasks: list[str] = field(default_factory=list)  # one test file per task instead
     # training rows for strategies that train (DAM), matched to tasks by file name; never
     # read by the search strategies, and refused when they share a prompt with the test rows
@@ -183,7 +186,7 @@ def search(config: SearchConfig) -> SearchResult:
             config.tasks,
             test_fraction=config.test_fraction,
             test_paths=config.test_tasks,
-            seed=config.seed,
+            seed=config.split_seed,
             limit=config.limit,
             allow_benchmark_fitness=config.allow_benchmark_fitness,
         )
@@ -218,7 +221,7 @@ def search(config: SearchConfig) -> SearchResult:
             tokenizer,
             test_specs=config.test_tasks,
             test_fraction=config.test_fraction,
-            seed=config.seed,
+            seed=config.split_seed,
             limit=config.limit,
             include_path=config.lm_eval_include,
             allow_benchmark_fitness=config.allow_benchmark_fitness,
