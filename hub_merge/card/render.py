@@ -1,0 +1,457 @@
+"""The card itself: front matter (model tree, model-index, the hub_merge block) and the body."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .. import __version__
+from ..errors import ConfigError
+from ..lineage import FamilyTree, LineageNode
+
+if TYPE_CHECKING:
+    pass
+
+from .constants import KINSHIP_PAPER, METHODS, TEMPLATE_NAME
+from .licenses import LicenseChoice, resolve_license
+from .steps import _node, _random_methods, _steps, base_models, merge_steps
+
+
+def _mermaid_ids(ids: Sequence[str]) -> dict[str, str]:
+    # Mermaid ids allow [A-Za-z0-9_]; "end" and friends are keywords, hence the prefix.
+    out: dict[str, str] = {}
+    for node_id in ids:
+        safe = "n_" + re.sub(r"[^A-Za-z0-9_]", "_", node_id)
+        candidate, i = safe, 2
+        while candidate in out.values():
+            candidate, i = f"{safe}_{i}", i + 1
+        out[node_id] = candidate
+    return out
+
+
+def _mermaid_text(text: str) -> str:
+    # Inside "..." labels mermaid reads #code; entities; quotes and angle brackets would break it.
+    return re.sub(r"[\"<>`#;|\[\]{}]", "_", text)
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}g}"
+
+
+def _cell(text: object) -> str:
+    """Text safe inside a markdown table cell (a '|' or a newline would split the row)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def mermaid_tree(tree: FamilyTree, highlight: str | None = None) -> str:
+    """The family tree as a mermaid ``graph TD``: every node, parent --> child, winner in gold.
+
+    The base model, when present, points at the experts with dotted 'fine-tune' edges (they are
+    its derivatives, not lineage parents).
+    """
+    ids = _mermaid_ids(list(tree.nodes))
+    lines = ["graph TD"]
+    for node in tree.nodes.values():
+        label = node.id
+        if node.is_original:
+            where = node.repo_id or "local: " + Path(node.path or node.name).name
+            label += "<br/>" + _mermaid_text(where)
+            if node.is_adapter:
+                label += " (LoRA)"
+        else:
+            label += f"<br/>{_mermaid_text(str(node.method))}"
+        if node.fitness is not None:
+            label += f"<br/>fitness {_fmt(node.fitness)}"
+        lines.append(f'  {ids[node.id]}["{label}"]')
+    for node in tree.nodes.values():
+        for parent in node.parents:
+            lines.append(f"  {ids[parent]} --> {ids[node.id]}")
+    if tree.base and tree.base in tree.nodes:
+        for expert in tree.experts():
+            lines.append(f"  {ids[tree.base]} -. fine-tune .-> {ids[expert.id]}")
+    lines.append("  classDef original fill:#e3f2fd,stroke:#1565c0")
+    lines.append("  classDef merged fill:#f5f5f5,stroke:#616161")
+    lines.append("  classDef winner fill:#ffd54f,stroke:#e65100,stroke-width:3px")
+    originals = [ids[n.id] for n in tree.nodes.values() if n.is_original]
+    merged = [ids[n.id] for n in tree.merges() if n.id != highlight]
+    if originals:
+        lines.append(f"  class {','.join(originals)} original")
+    if merged:
+        lines.append(f"  class {','.join(merged)} merged")
+    if highlight in ids:
+        lines.append(f"  class {ids[highlight]} winner")
+    return "\n".join(lines)
+
+
+def _clean(value: Any) -> Any:
+    """JSON/YAML-safe copy: NaN and infinities become None (YAML ``.nan`` is not portable)."""
+    if isinstance(value, float):
+        return None if not math.isfinite(value) else value
+    if isinstance(value, Mapping):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _lineage_entry(node: LineageNode) -> dict[str, Any]:
+    entry: dict[str, Any] = {"id": node.id, "kind": node.kind, "generation": node.generation}
+    if node.is_original:
+        entry["source"] = node.source
+        if node.repo_id:
+            entry["repo_id"] = node.repo_id
+            entry["revision"] = node.revision
+        else:
+            entry["path"] = node.path
+        entry["adapter"] = node.is_adapter
+        entry["license"] = node.license
+    else:
+        entry["parents"] = list(node.parents)
+        entry["method"] = node.method
+        entry["parameters"] = node.parameters
+        entry["merge_gain"] = node.merge_gain
+        entry["parent_kinship"] = node.parent_kinship
+    entry["fitness"] = node.fitness
+    entry["scores"] = dict(node.scores)
+    return _clean(entry)
+
+
+def _kinship_block(tree: FamilyTree) -> dict[str, Any]:
+    return _clean(
+        {
+            "metric": tree.kinship_metric,
+            "ids": list(tree.kinship_ids),
+            "matrix": tree.kinship_matrix,
+        }
+    )
+
+
+def _hub_merge_block(tree: FamilyTree, node: LineageNode, adapters: list[str]) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "version": __version__,
+        "node": node.id,
+        "winner": tree.winner,
+        "score_metric": tree.score_metric,
+        "tasks": list(tree.tasks),
+        "lineage": [_lineage_entry(n) for n in tree.nodes.values()],
+        "kinship": _kinship_block(tree),
+    }
+    if adapters:
+        block["adapters"] = adapters
+    base = tree.nodes.get(tree.base) if tree.base else None
+    if base is not None:
+        fields = {"id": base.repo_id, "revision": base.revision, "path": base.path}
+        block["base"] = {k: v for k, v in fields.items() if v is not None}
+    return block
+
+
+def card_metadata(
+    tree: FamilyTree,
+    node_id: str | None = None,
+    *,
+    license: LicenseChoice,
+    model_name: str,
+    library_name: str = "transformers",
+) -> ModelCardData:
+    """The card's front matter: Hub tree links, license, evaluation results, lineage.
+
+    Scores are the raw per-task values of ``tree.score_metric`` (``fitness`` is their
+    higher-is-better aggregate and is in the ``hub_merge`` block).
+    """
+    node = _node(tree, node_id)
+    ids, adapters = base_models(tree, node.id)
+    steps = merge_steps(tree, node.id)
+    methods = sorted({str(tree.nodes[s].method) for s in steps})
+    lower_better = "loss" in tree.score_metric
+    # held-out test rows when the run has them (the search never read them); else the dev rows
+    test = tree.test_scores.get(node.id)
+    scores, split = (test, "test") if test else (node.scores, "dev")
+    results = [
+        EvalResult(
+            task_type="text-generation",
+            task_name=task,
+            dataset_type=task,
+            dataset_name=f"{task} ({split} rows)",
+            dataset_split=split,
+            metric_type=tree.score_metric,
+            metric_value=round(float(scores[task]), 6),
+            metric_name=f"{tree.score_metric} ({'lower' if lower_better else 'higher'} is better)",
+        )
+        for task in (tree.tasks or sorted(scores))
+        if task in scores and math.isfinite(float(scores[task]))
+    ]
+    return ModelCardData(
+        base_model=ids or None,
+        base_model_relation="merge" if ids else None,
+        library_name=library_name,
+        license=license.license,
+        license_name=license.license_name,
+        tags=["merge", "hub-merge", *methods],
+        model_name=model_name,
+        eval_results=results or None,
+        hub_merge=_hub_merge_block(tree, node, adapters),
+    )
+
+
+def _test_rows(tree: FamilyTree, node: LineageNode) -> list[dict[str, Any]]:
+    """This model and every baseline on the held-out test rows (empty for runs without them)."""
+    from ..evaluate import fitness_from_scores
+
+    rows = []
+    ids = [node.id, *(b.id for b in tree.baselines() if b.id != node.id)]
+    for node_id in ids:
+        scores = tree.test_scores.get(node_id)
+        if not scores:
+            continue
+        fitness = fitness_from_scores(
+            scores,
+            tree.score_metric,
+            tree.settings.get("weights") or None,
+            tree.settings.get("combine", "mean"),
+        )
+        rows.append(
+            {
+                "id": node_id,
+                "this": node_id == node.id,
+                "scores": scores,
+                "mean": -fitness if "loss" in tree.score_metric else fitness,
+                "dev_fitness": tree.nodes[node_id].fitness,
+            }
+        )
+    return rows if rows and rows[0]["this"] else []
+
+
+def _search_paragraph(tree: FamilyTree) -> str | None:
+    """The strategy's own card paragraph with its paper's link (``Strategy.explain``)."""
+    name = getattr(tree, "strategy", "greedy") or "greedy"
+    from ..search.strategy import get_strategy
+
+    try:
+        return get_strategy(name).explain()
+    except ConfigError:  # a run made by a strategy this install does not have
+        return f"The blend was found by hub-merge's `{name}` search."
+
+
+def _strategy_flags(tree: FamilyTree) -> list[str]:
+    """``--strategy NAME`` and the strategy's settings that differ from its defaults."""
+    import dataclasses
+
+    from ..search.strategy import get_strategy
+
+    name = getattr(tree, "strategy", "greedy") or "greedy"
+    s = tree.settings
+    args = ["--strategy", name]
+    try:
+        fields = dataclasses.fields(get_strategy(name).settings_type)
+    except ConfigError:
+        return args
+    for f in fields:
+        if f.name not in s or f.name in ("patience",):  # patience: the shared flag below
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        value = s[f.name]
+        if value == default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            spelled = f.metadata.get("flag", f"{flag}/--no-{f.name.replace('_', '-')}")
+            args.append(spelled.split("/")[0 if value else 1])
+        elif isinstance(value, (dict, list)):
+            args += [flag, json.dumps(value, separators=(",", ":"))]
+        else:
+            args += [flag, str(value)]
+    for key in ("seed", "budget"):
+        if s.get(key) is not None:
+            args += [f"--{key}", str(s[key])]
+    if s.get("combine", "mean") != "mean":
+        args += ["--combine", str(s["combine"])]
+    return args
+
+
+def _reproduce_command(tree: FamilyTree) -> str:
+    """The ``hub-merge search`` line that reruns this search (task files named after the tasks).
+
+    Settings the CLI cannot spell (task weights, a non-default base choice) become a ``#`` note
+    above the command, so the reader knows the line alone is not the whole story.
+    """
+    s = tree.settings
+    base = tree.nodes[tree.base].source if tree.base and tree.base in tree.nodes else "BASE"
+    args = ["hub-merge", "search", "--base", base, "--experts"]
+    args += [n.source for n in tree.experts()]
+    args += ["--tasks", *[f"{t}.jsonl" for t in tree.tasks], "--out", "run"]
+    greedy = (getattr(tree, "strategy", "greedy") or "greedy") == "greedy"
+    if not greedy:
+        args += _strategy_flags(tree)
+    else:
+        for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
+            if s.get(key) is not None:
+                args += [flag, str(s[key])]
+        if s.get("parameters"):
+            args += ["--parameters", json.dumps(s["parameters"], separators=(",", ":"))]
+        guided = s.get("kinship_guided", True) is not False
+        if not guided:
+            args.append("--no-kinship")
+        if s.get("budget") is not None:
+            args += ["--budget", str(s["budget"])]
+        if s.get("seed"):
+            args += ["--seed", str(s["seed"])]
+    metric = s.get("kinship_metric")
+    if metric:
+        args += ["--kinship-metric", str(metric)]
+    if greedy and guided and "kinship_stop" in s:
+        stop = s["kinship_stop"]
+        # no stop: a threshold kinship can never cross (correlations <= 1, distances >= 0)
+        never = "0" if metric == "euclidean" else "1"
+        args += ["--kinship-stop", never if stop is None else str(stop)]
+    for key, flag in (("patience", "--patience"), ("metric", "--metric"), ("limit", "--limit")):
+        if s.get(key) is not None:
+            args += [flag, str(s[key])]
+    split = tree.split or {}
+    if split.get("kind") == "fraction" and split.get("test_fraction") not in (None, 0.3):
+        args += ["--test-fraction", str(split["test_fraction"])]
+    notes = []
+    if split.get("kind") == "files":
+        notes.append(f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
+    if s.get("weights"):
+        notes.append(f"# task weights (not a CLI flag): {json.dumps(s['weights'])}")
+    if "parent_as_base" in s and s["parent_as_base"] != (s.get("method") == "slerp"):
+        notes.append(f"# parent_as_base={s['parent_as_base']} (not a CLI flag)")
+    return "\n".join([*notes, " ".join(shlex.quote(a) for a in args)])
+
+
+def template_path() -> Path:
+    """The packaged Jinja template (a copy of the repo's top-level ``model_card_template.md``)."""
+    return Path(__file__).parent.parent / "templates" / TEMPLATE_NAME
+
+
+def build_card(
+    tree: FamilyTree,
+    *,
+    node_id: str | None = None,
+    license: str | None = None,
+    repo_id: str | None = None,
+    recipes: Mapping[str, Any] | None = None,
+    library_name: str = "transformers",
+    images: Sequence[str] = (),
+    template: str | Path | None = None,
+    arithmetic: str | None = None,
+) -> ModelCard:
+    """Render the model card of one merged node of a run.
+
+    Args:
+        tree (`FamilyTree`): the run's lineage (``family_tree.json``).
+        node_id (`str`, *optional*): the node to describe; default: the run's winner.
+        license (`str`, *optional*): the merge's license; required when parents' licenses
+            conflict or are unknown.
+        repo_id (`str`, *optional*): where it will be published (title and usage snippet).
+        recipes (`Mapping`, *optional*): node id -> recipe tree (``recipes.json``) or
+            ``MergeRecipe``; default: rebuilt from the lineage.
+        library_name (`str`, *optional*): ``transformers``, or ``peft`` when the output is a LoRA.
+        images (`Sequence[str]`): image files that will sit beside the card (``fitness.png``...).
+        template (`str` or `Path`, *optional*): another Jinja template.
+        arithmetic (`str`, *optional*): whose arithmetic computed the weights, as the merge
+            output's safetensors metadata records it (``mergekit`` or ``hub-merge-kernels``).
+
+    Returns:
+        `ModelCard`: front matter + body; check it with :func:`validate_card` before pushing.
+
+    Raises:
+        ConfigError: the node is unknown or is an original, not a merge.
+        LicenseConflictError: see :func:`resolve_license`.
+    """
+    node = _node(tree, node_id)
+    tree.validate()
+    choice = resolve_license(tree, node.id, license)
+    originals = tree.originals(node.id)
+    name = repo_id.split("/")[-1] if repo_id else _default_name(tree, node)
+    data = card_metadata(tree, node.id, license=choice, model_name=name, library_name=library_name)
+    ids, adapters = base_models(tree, node.id)
+    base = tree.nodes[tree.base] if tree.base and tree.base in tree.nodes else None
+    steps = _steps(tree, node.id, recipes)
+    methods = []
+    for method in sorted({s.method for s in steps}):
+        title, plain, paper = METHODS.get(method, (method, "a mergekit merge method", None))
+        methods.append({"name": method, "title": title, "plain": plain, "paper": paper})
+    kin_ids = list(tree.kinship_ids)
+    context = {
+        "model_title": name,
+        "repo_id": repo_id or f"your-name/{name}",
+        "node": node,
+        "winner": tree.winner,
+        "base": base,
+        "originals": originals,
+        "local_originals": [n for n in originals if not n.repo_id],
+        "adapters": adapters,
+        "base_model_ids": ids,
+        "license_choice": choice,
+        "library_name": library_name,
+        "methods": methods,
+        "search_paragraph": _search_paragraph(tree),
+        "test_rows": _test_rows(tree, node),
+        "split_description": (tree.split or {}).get("description"),
+        "tasks": [t for t in tree.tasks if t in node.scores] or sorted(node.scores),
+        "score_metric": tree.score_metric,
+        "score_lower_better": "loss" in tree.score_metric,
+        "experts": originals,
+        "fmt": _fmt,
+        "cell": _cell,
+        "mermaid": mermaid_tree(tree, highlight=node.id),
+        "kinship_metric": tree.kinship_metric,
+        "kinship_ids": kin_ids,
+        "kinship_rows": [[_fmt(v, 3) for v in row] for row in tree.kinship_matrix[: len(kin_ids)]],
+        "kinship_paper": KINSHIP_PAPER,
+        "generations": tree.generations,
+        "settings": tree.settings,
+        "images": set(images),
+        "command": _reproduce_command(tree),
+        "steps": steps,
+        "random_methods": sorted({s.method for s in steps if s.method in _random_methods()}),
+        "n_nodes": len(tree.nodes),
+        "hub_merge_version": __version__,
+        "arithmetic": arithmetic,
+        "test_columns": _test_columns(tree, node.id),
+        "dam": _dam_context(node),
+    }
+    path = Path(template) if template else template_path()
+    return ModelCard.from_template(data, template_path=str(path), **context)
+
+
+def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:
+    """This model and the baselines on the held-out test rows (when the run scored them)."""
+    scores = getattr(tree, "test_scores", None) or {}
+    ids = [node_id, *(n.id for n in tree.baselines() if n.id != node_id)]
+    out = []
+    for i in ids:
+        if i in scores and scores[i]:
+            values = [float(v) for v in scores[i].values()]
+            out.append({"id": i, "scores": scores[i], "mean": sum(values) / len(values)})
+    return out if out and out[0]["id"] == node_id else []
+
+
+def _dam_context(node: LineageNode) -> dict[str, Any] | None:
+    """The DAM section's facts, from the recipe's parameters (None for other methods)."""
+    if node.method != "dam":
+        return None
+    params = dict(node.parameters or {})
+    return {k: params.get(k) for k in ("steps", "lr", "train_batch_size", "temperature")} | {
+        "sha256": str(params.get("sha256", ""))
+    }
+
+
+def _default_name(tree: FamilyTree, node: LineageNode) -> str:
+    # Not the output folder's name (mergekit's habit): name it after what went in.
+    parts = [n.id for n in tree.originals(node.id)]
+    name = "-".join(parts)[:60].strip("-_.") or "model"
+    return f"{name}-merge"
+
+
+# --- validation ------------------------------------------------------------------------------------
