@@ -203,16 +203,23 @@ def live_fitness_plot(session: Session, run_dir: Path) -> str | None:
         return None
 
 
-def generation_table(run_dir: Path) -> list[list[Any]]:
-    """Rows of generation, best fitness, best node, top-k kinship (for a progress table)."""
+def _saved_tree(run_dir: Path) -> Any:
+    """The run's family tree as last saved, or None (not written yet, or caught mid-write)."""
     from hub_merge.lineage import FamilyTree
 
     tree_path = run_dir / "family_tree.json"
     if not tree_path.is_file():
-        return []
+        return None
     try:
-        tree = FamilyTree.load(tree_path)
+        return FamilyTree.load(tree_path)
     except (OSError, ValueError, KeyError):
+        return None
+
+
+def generation_table(run_dir: Path) -> list[list[Any]]:
+    """Rows of generation, best fitness, best node, top-k kinship (for a progress table)."""
+    tree = _saved_tree(run_dir)
+    if tree is None:
         return []
     return [
         [
@@ -262,14 +269,9 @@ def strategy_settings(name: str, text: str | None, greedy: dict[str, Any]) -> di
 def baselines_table(run_dir: Path) -> list[list[Any]]:
     """The winner, then each baseline: dev fitness, mean test score, test score per task."""
     from hub_merge.evaluate import fitness_from_scores
-    from hub_merge.lineage import FamilyTree
 
-    tree_path = run_dir / "family_tree.json"
-    if not tree_path.is_file():
-        return []
-    try:
-        tree = FamilyTree.load(tree_path)
-    except (OSError, ValueError, KeyError):
+    tree = _saved_tree(run_dir)
+    if tree is None:
         return []
     rows = []
     ids = [tree.winner, *(n.id for n in tree.baselines() if n.id != tree.winner)]
