@@ -79,6 +79,11 @@ def test_cli_dam_search_publishes_a_card_with_its_coefficients(
     assert "## DAM coefficients" in card and "![DAM coefficients" in card
     assert "Differentiable Adaptive Merging" in card and "held-out test rows" in card
     assert "No training was involved" not in card
+    # the published card and record name the coefficients as the repo's file, never the run
+    # folder's path (a Space's server disk would show through otherwise)
+    record = open(api.hf_hub_download(repo, "hub_merge.json", local_dir=tmp_path / "dl")).read()
+    for text in (card, record):
+        assert str(run) not in text and "dam_coefficients.safetensors" in text
 
     # the merge engine rebuilds the recipe from its coefficient file, and checks its digest
     from transformers import AutoModelForCausalLM

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 from .constants import DEPENDENCIES, IMAGES
 from .licenses import resolve_license
 from .render import _clean, _kinship_block, _reproduce_command, build_card
-from .steps import _node, _steps
+from .steps import _node, _steps, published
 
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 
@@ -94,7 +94,7 @@ def hub_merge_json(
     choice = resolve_license(tree, node.id, license)
     steps = _steps(tree, node.id, recipes)
     given = (recipes or {}).get(node.id)
-    return _clean(
+    record = _clean(
         {
             "format": 1,
             "node": node.id,
@@ -117,6 +117,7 @@ def hub_merge_json(
             "versions": dict(versions if versions is not None else dependency_versions()),
         }
     )
+    return published(record, tree)
 
 
 @dataclass(frozen=True)

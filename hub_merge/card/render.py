@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 from .constants import KINSHIP_PAPER, METHODS, TEMPLATE_NAME
 from .licenses import LicenseChoice, resolve_license
-from .steps import _node, _random_methods, _steps, base_models, merge_steps
+from .steps import _node, _random_methods, _steps, base_models, merge_steps, published
 
 
 def _mermaid_ids(ids: Sequence[str]) -> dict[str, str]:
@@ -422,7 +422,8 @@ def build_card(
         "dam": _dam_context(node),
     }
     path = Path(template) if template else template_path()
-    return ModelCard.from_template(data, template_path=str(path), **context)
+    card = ModelCard.from_template(data, template_path=str(path), **context)
+    return ModelCard(published(str(card), tree))
 
 
 def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:

@@ -180,3 +180,32 @@ def _step_config(recipe: Any) -> dict[str, str]:
     if recipe.method in (FACTOR_METHOD, "dam"):  # not mergekit methods: `hub-merge merge` runs them
         return {"mergekit_yaml": recipe.to_yaml(), "tool": "hub-merge"}
     return {"mergekit_yaml": recipe.to_mergekit_yaml()}
+
+
+DAM_FILE = "dam_coefficients.safetensors"  # the name the coefficients have in a published repo
+
+
+def published(value: Any, tree: FamilyTree) -> Any:
+    """``value`` (a card's text or JSON data) with each DAM node's coefficient path replaced by
+    the file's name in the published repo, so a card never shows where the run folder lived
+    (a Space's server disk included)."""
+    paths = {
+        str(n.parameters["coefficients"])
+        for n in tree.nodes.values()
+        if n.method == "dam" and isinstance((n.parameters or {}).get("coefficients"), str)
+    }
+    if not paths:
+        return value
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str):
+            for path in paths:
+                v = v.replace(path, DAM_FILE)
+            return v
+        if isinstance(v, Mapping):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(value)
