@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -167,6 +168,24 @@ search_row(  # not in the paper: one more particle starting at the uniform avera
     stochastic=True,
     budget=True,
 )
+
+
+def _alternative_row(key: str, title: str) -> RowBuilder:
+    """MoE / MoA (issue 16): not one merged model; their inference cost is in the row's note."""
+
+    def run(bench: Bench, seed: int) -> Outcome:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from moe_quality import search_quality_outcome
+
+        return search_quality_outcome(bench, key, Outcome)
+
+    return register_row(key, RowBuilder(title, run))
+
+
+_alternative_row("moe-top1", "MoE assembly, top-1 routing (1 expert MLP per token)")
+_alternative_row("moe-top2", "MoE assembly, top-2 routing (2 expert MLPs per token)")
+_alternative_row("moa", "MoA: experts propose, base aggregates (exact match on test)")
+
 DEFAULT_ROWS = ["greedy", "greedy-kinship", "evolve", "evolve-layers"]
 
 
@@ -384,6 +403,8 @@ class ExactMatch:
 
 
 def _mean(scores: dict[str, float]) -> float:
+    if not scores:  # MoA has no dev scores (it is not searched)
+        return float("nan")
     return sum(scores.values()) / len(scores)
 
 
@@ -419,7 +440,10 @@ def build_table(bench: Bench, results: dict[str, Any], keys: list[str]) -> list[
     runs = results["runs"]
     if not runs:
         return []
-    first = next(iter(runs.values()))
+    # the baselines come from a search row (MoE and MoA rows are not searches and have none)
+    first = next((r for r in runs.values() if r.get("baselines")), None)
+    if first is None:
+        raise SystemExit("Run at least one search row (e.g. --rows greedy,...) for the baselines.")
     table = _baseline_rows(bench, first["baselines"])
     for key in keys:
         done = sorted((r for r in runs.values() if r["key"] == key), key=lambda r: r["seed"])
@@ -442,12 +466,14 @@ def print_table(bench: Bench, table: list[dict[str, Any]], em: dict[str, Any], h
     print("| --- | " + " | ".join("---:" for _ in head[1:]) + " |")
     for r in table:
         means = [_mean(t) for t in r["test"]]
+        # MoA is scored by exact match, not loss: its cells are EM, and a loss ratio means nothing
+        em_row = any(x["extra"].get("metric") == "exact_match" for x in r.get("runs", []))
         cells = [
             r["title"],
             str(len(r["test"])) if "runs" in r else "-",
-            _fmt(means),
-            f"{statistics.mean(means) / uniform:.3f}",
-            f"{statistics.mean(means) / oracle:.3f}",
+            ("EM " if em_row else "") + _fmt(means),
+            "-" if em_row else f"{statistics.mean(means) / uniform:.3f}",
+            "-" if em_row else f"{statistics.mean(means) / oracle:.3f}",
             *[_fmt([t[name] for t in r["test"]]) for name in bench.tasks],
             f"{_mean(em[r['key']]):.3f}" if r["key"] in em else "",
             _fmt([float(e) for e in r["evaluations"]], 0),
@@ -459,7 +485,7 @@ def print_table(bench: Bench, table: list[dict[str, Any]], em: dict[str, Any], h
             notes = "; ".join(f"seed {x['seed']}: {x['note']}" for x in r["runs"])
             how = r["runs"][0]["extra"]
             if "settings" in how:
-                notes += f" (settings {how['settings']}, budget {how['budget']})"
+                notes += f" (settings {how['settings']}, budget {how.get('budget')})"
             print(f"- {r['title']}: {notes}")
 
 
