@@ -113,11 +113,28 @@ def _whole(data: Path) -> list[str]:
     return bad
 
 
+def _listing(data: Path) -> set[Path]:
+    """Every path under ``data``, listed while the server may be moving files."""
+    while True:
+        try:
+            return set(data.rglob("*"))
+        except FileNotFoundError:  # a folder vanished mid-walk: list again
+            continue
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size if path.is_file() else 0
+    except FileNotFoundError:
+        return 0
+
+
 def _wait_for_new_bytes(data: Path, before: set[Path], timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        new = [p for p in data.rglob("*") if p.is_file() and p not in before]
-        if any(p.stat().st_size for p in new):
+        # The server renames and removes its temporary files as it goes, so a
+        # file listed here may be gone by the time it is measured.
+        if any(_size(p) for p in _listing(data) if p not in before):
             return
         time.sleep(0.02)
     raise AssertionError("the server never started writing")
@@ -147,7 +164,7 @@ def test_kill_9_mid_commit_then_restart_leaves_nothing_half_made(tmp_path):
             hold.wait(60)
             yield weights[4 * 1024 * 1024 :]
 
-        before = {p for p in data.rglob("*")}
+        before = _listing(data)
         put = threading.Thread(target=lambda: _swallow(httpx.put, href, content=body()))
         put.start()
         _wait_for_new_bytes(data, before)
@@ -163,7 +180,7 @@ def test_kill_9_mid_commit_then_restart_leaves_nothing_half_made(tmp_path):
             content = hashlib.sha256(str(i).encode()).hexdigest()
             value = {"path": f"d/{i}.txt", "content": _b64(content), "encoding": "base64"}
             lines.append(json.dumps({"key": "file", "value": value}))
-        before = {p for p in data.rglob("*")}
+        before = _listing(data)
         post = threading.Thread(
             target=lambda: _swallow(
                 httpx.post,
