@@ -6,6 +6,8 @@ answer-token loss gain, so it is the realistic demo.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,30 @@ def _smol_gguf() -> Path:
     raise ConfigError(f"no .gguf file found in {list(spec.submodule_search_locations)}")
 
 
+@contextmanager
+def _quiet_gguf_bar() -> Iterator[None]:
+    """Silence transformers' own "de-quantizing GGUF tensors" bar while the zoo's bar shows.
+
+    transformers draws it with a bare ``tqdm`` that neither its logging switches nor
+    huggingface_hub's ``disable_progress_bars`` reach (and tqdm reads ``TQDM_DISABLE`` only at
+    import), so the module's ``tqdm`` name is swapped for a disabled one for the call alone.
+    """
+    from functools import partial
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    previous = getattr(gguf_utils, "tqdm", None)
+    if previous is None:  # another transformers layout: nothing to silence
+        yield
+        return
+    gguf_utils.tqdm = partial(tqdm, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = previous
+
+
 def _load_smol_base(progress: Any) -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct dequantized to fp32 as a plain ``LlamaForCausalLM`` and its tokenizer.
 
@@ -51,9 +77,10 @@ def _load_smol_base(progress: Any) -> tuple[Any, Any]:
     gguf = _smol_gguf()
     progress.set_description("smol zoo: dequantizing GGUF")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    src = AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-    )
+    with _quiet_gguf_bar():
+        src = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
     cfg = src.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg.pop("_name_or_path", None)
