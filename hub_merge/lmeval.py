@@ -49,6 +49,45 @@ def parse_specs(specs: Sequence[str]) -> list[str]:
     return names
 
 
+@dataclass(frozen=True)
+class LmEvalSpecs:
+    """Checked lm-eval task names: the dev tasks and, when given, one test task for each."""
+
+    names: list[str]
+    test_names: list[str]
+
+
+def check_specs(
+    specs: Sequence[str],
+    *,
+    test_specs: Sequence[str] = (),
+    test_fraction: float = 0.3,
+    limit: int | None = None,
+    allow_benchmark_fitness: bool = False,
+) -> LmEvalSpecs:
+    """Every check of ``--tasks lm-eval:...`` that needs no lm-eval: the one place they live.
+
+    The search calls it before any weight is pulled, so a bad spec costs no download; lm-eval
+    itself (the registry, the documents) is only read afterwards, by :func:`build_evaluators`.
+    """
+    from .splits import check_benchmark_fitness, check_split_settings
+
+    check_split_settings(test_fraction, test_specs, limit)
+    names = parse_specs(specs)
+    check_benchmark_fitness(names, allow=allow_benchmark_fitness)
+    test_names = parse_specs(test_specs) if test_specs else []
+    if test_specs and len(test_names) != len(names):
+        raise ConfigError(
+            f"Give one test task per task: {len(names)} task(s), {len(test_names)} test task(s)."
+        )
+    if set(test_names) & set(names):
+        raise ConfigError(
+            f"{sorted(set(test_names) & set(names))} is both a dev and a test task; a test task "
+            "must hold documents the search never reads."
+        )
+    return LmEvalSpecs(names, test_names)
+
+
 def doc_key(doc: Mapping[str, Any]) -> str:
     """What the split hashes for one document: its content, independent of its position."""
     return json.dumps(dict(doc), sort_keys=True, default=str)
@@ -160,35 +199,24 @@ def _side(name: str, lm_name: str, keys: list[str], metric: str, idx: list[int])
 
 
 def build_evaluators(
-    specs: Sequence[str],
+    specs: LmEvalSpecs,
     tokenizer: Any,
     *,
-    test_specs: Sequence[str] = (),
     test_fraction: float = 0.3,
     seed: int = 0,
     limit: int | None = None,
     include_path: str | None = None,
-    allow_benchmark_fitness: bool = False,
     batch_size: int = 16,
     device: Any = "cpu",
 ) -> tuple[LmEvalEvaluator, LmEvalEvaluator, dict[str, Any]]:
-    """The dev and test evaluators of lm-eval tasks, and how they were split (for the card)."""
-    from .splits import check_benchmark_fitness, check_split_settings, test_mask
+    """The dev and test evaluators of lm-eval tasks, and how they were split (for the card).
 
-    check_split_settings(test_fraction, test_specs, limit)
-    names = parse_specs(specs)
-    check_benchmark_fitness(names, allow=allow_benchmark_fitness)
+    ``specs`` comes from :func:`check_specs` (the search checks them before pulling weights).
+    """
+    from .splits import test_mask
+
+    names, test_names = specs.names, specs.test_names
     manager = _manager(include_path)
-    test_names = parse_specs(test_specs) if test_specs else []
-    if test_specs and len(test_names) != len(names):
-        raise ConfigError(
-            f"Give one test task per task: {len(names)} task(s), {len(test_names)} test task(s)."
-        )
-    if set(test_names) & set(names):
-        raise ConfigError(
-            f"{sorted(set(test_names) & set(names))} is both a dev and a test task; a test task "
-            "must hold documents the search never reads."
-        )
     docs = _docs(manager, names + test_names, include_path)
     dev, test = [], []
     for i, name in enumerate(names):

@@ -2,9 +2,11 @@
 
 - ``strategy``: the interface (``Strategy``, ``StrategyContext``, ``register_strategy``);
 - ``strategies/``: one module per strategy (``greedy``, ``evolve``...), pure ask/tell, no I/O;
-- ``core``: baselines, the ask/tell loop, score and kinship caches, lineage, budget, resume;
+- ``core``: baselines, the ask/tell loop, budget, resume; over ``scoring`` (the score and
+  kinship caches) and ``pool`` (the lineage);
 - ``backend``: the merge engine, kinship and evaluation behind the core;
-- ``api``: resolves models and tasks and runs it all in a run folder; ``plots``: the pictures.
+- ``api``: runs it all in a run folder, after ``config`` (checks), ``resolve`` (models) and
+  ``evaluators`` (tasks, backend); ``plots``: the pictures.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class EngineBackend:
         keep_models: at most this many state dicts in the cache (default 4 when no
             ``max_memory`` is given).
         max_memory: bytes the cache of state dicts may hold (merged nodes and full experts;
-            ``hub_merge.search.api.default_max_memory`` picks a share of free memory).
+            ``hub_merge.search.memory.default_max_memory`` picks a share of free memory).
         test_evaluator: scores the held-out test rows (reported, never the fitness).
     """
 

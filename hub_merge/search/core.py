@@ -10,6 +10,8 @@ strategy's ask/tell loop (``hub_merge.search.strategy``). It owns what every sea
 - the lineage (one :class:`~hub_merge.lineage.LineageNode` per candidate, generation records);
 - the budget, the stop, the winner (the fittest candidate, baselines included) and checkpoints.
 
+The caches live in ``scoring`` (:class:`~hub_merge.search.scoring.Scorer`), the lineage in
+``pool`` (:class:`~hub_merge.search.pool.CandidatePool`); this module is the loop over them.
 It has no strategy's names in it, and no tensors: the pure core is tested with constructed
 backends, the real one (``hub_merge.search.backend``) is wired in ``hub_merge.search.api``.
 A resumed run replays: the strategy, seeded, asks the same recipes and every score is a cache
@@ -18,18 +20,19 @@ hit, so nothing is evaluated twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import ConfigError
-from ..evaluate import COMBINES, METRICS, ScoreCache, fitness_from_scores
+from ..evaluate import COMBINES, METRICS, ScoreCache
 from ..lineage import BASE_ID, FamilyTree, GenerationRecord, LineageNode
 from ..merge.recipe import MergeRecipe, ModelEntry
+from .pool import CandidatePool
 from .result import SearchResult
+from .scoring import Scorer, SearchBackend
 from .state import KinshipCache, RunFolder
 from .strategy import Baseline, Expert, Strategy, StrategyContext, get_strategy, settings_from_dict
 
@@ -37,21 +40,6 @@ logger = logging.getLogger(__name__)
 
 KINSHIP_METRICS = ("pearson", "cosine", "euclidean")
 UNIFORM = "uniform"
-
-
-class SearchBackend(Protocol):
-    """The operations the core needs; each is called at most once per candidate (or pair)."""
-
-    def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
-        """Raw per-task dev scores of the candidate (in memory; never written to disk)."""
-        ...
-
-    def kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
-        """Kinship of two candidates' task vectors relative to the common base."""
-        ...
-
-    # Optional: ``kinship_many(anchor, others) -> list[float]`` (fewer passes over the weights)
-    # and ``evaluate_test(recipe) -> dict[str, float]`` (held-out rows, never the fitness).
 
 
 def uniform_recipe(experts: Sequence[Expert]) -> MergeRecipe:
@@ -119,15 +107,20 @@ class SearchCore:
         self.settings = settings_from_dict(strategy, settings)
         self.base = base
         self.run = run
-        self.metric = metric
-        self.weights = dict(weights or {})
         if combine not in COMBINES:
             raise ConfigError(f"combine {combine!r} is not one of {COMBINES}.")
-        self.combine = combine
-        self.kinship_metric = kinship_metric
         self.progress = progress
-        self.fingerprints = dict(fingerprints or {})
         base_source = base.source if base is not None else "@base"
+        self.scorer = Scorer(
+            backend,
+            base=base_source,
+            metric=metric,
+            weights=weights or {},
+            combine=combine,
+            kinship_metric=kinship_metric,
+            fingerprints=fingerprints or {},
+            run=run,
+        )
         self.ctx = StrategyContext(
             base=base_source,
             experts=self.experts,
@@ -154,196 +147,68 @@ class SearchCore:
             tasks=list(tasks),
             strategy=self.strategy_cls.name,
         )
+        sources = {e.source: e.name for e in self.experts}
+        sources[base_source] = BASE_ID
+        self.pool = CandidatePool(self.tree, self.scorer.key, sources)
         if base is not None:
-            self.tree.add(_origin_node(base, BASE_ID, "base"))
-        self.recipes: dict[str, MergeRecipe] = {}
-        self._by_key: dict[str, str] = {}  # cache key -> node id
-        self._by_source = {e.source: e.name for e in self.experts}
-        self._by_source[base_source] = BASE_ID
-        self.evaluations = 0
-        self.kinship_computed = 0
-        # distinct candidates scored in this search, cached or not: the budget and generation
-        # records count these, so a resumed run (all cache hits) makes the same decisions
-        self._scored: set[str] = set()
-        self._fresh: dict[str, dict[str, float]] = {}  # batch-scored, not yet recorded
-        self.scores = run.scores if run else ScoreCache()
-        self.kin = run.kinship if run else KinshipCache()
+            self.pool.add_base(base)
+        self.recipes = self.pool.recipes  # node id -> recipe (the pool's, not a copy)
 
     def attach(self, run: RunFolder) -> None:
         """Keep caches and checkpoints in ``run`` (opened after the settings were validated)."""
         self.run = run
-        self.scores = run.scores
-        self.kin = run.kinship
+        self.scorer.attach(run)
 
-    # -- keys --------------------------------------------------------------------------------
+    # -- the scorer's and the pool's, under the names the API and strategies use ---------------
+
+    @property
+    def scores(self) -> ScoreCache:
+        return self.scorer.scores
+
+    @property
+    def kin(self) -> KinshipCache:
+        return self.scorer.kin
+
+    @property
+    def evaluations(self) -> int:
+        return self.scorer.evaluations
+
+    @property
+    def kinship_computed(self) -> int:
+        return self.scorer.kinship_computed
 
     def key(self, recipe: MergeRecipe) -> str:
-        """Cache key of a candidate: its recipe hash, plus content fingerprints of its inputs."""
-        leaves = {s: self.fingerprints[s] for s in recipe.leaves() if s in self.fingerprints}
-        base_fp = self.fingerprints.get(self.ctx.base)
-        if base_fp is not None:
-            leaves[self.ctx.base] = base_fp
-        if not leaves:
-            return recipe.recipe_hash()
-        spec = json.dumps([recipe.recipe_hash(), leaves], sort_keys=True)
-        return hashlib.sha256(spec.encode()).hexdigest()
+        return self.scorer.key(recipe)
 
     def node_of(self, recipe: MergeRecipe) -> str | None:
-        return self._by_key.get(self.key(recipe))
-
-    # -- services ----------------------------------------------------------------------------
+        return self.pool.node_of(recipe)
 
     def fitness(self, scores: Mapping[str, float]) -> float:
-        return fitness_from_scores(scores, self.metric, self.weights, self.combine)
-
-    def _evaluate_batch(self, node_ids: Sequence[str]) -> None:
-        """Score a generation's cache misses together when the backend fans out (Ray).
-
-        A backend with ``evaluate_many`` (``hub_merge.search.distributed``) scores them in
-        parallel; the results wait in ``_fresh`` until :meth:`_score` records them, so the
-        driver alone writes the cache, in the same order as a serial run.
-        """
-        many = getattr(self.backend, "evaluate_many", None)
-        if many is None:
-            return
-        todo: dict[str, MergeRecipe] = {}
-        for node_id in node_ids:
-            key = self.key(self.recipes[node_id])
-            if key not in todo and key not in self.scores and key not in self._fresh:
-                todo[key] = self.recipes[node_id]
-        if len(todo) < 2:
-            return
-        for key, scores in zip(todo, many(list(todo.values())), strict=True):
-            self._fresh[key] = scores
-
-    def _score(self, node: LineageNode) -> float:
-        recipe = self.recipes[node.id]
-        key = self.key(recipe)
-        scores = self._fresh.pop(key, None)
-        if scores is not None:  # scored by the batch of its generation
-            self.evaluations += 1
-            self.scores.put(key, scores)
-        else:
-            scores = self.scores.get(key)
-        if scores is None:
-            scores = self.backend.evaluate(recipe)
-            self.evaluations += 1
-            self.scores.put(key, scores)
-        self._scored.add(key)
-        node.scores = scores
-        node.fitness = self.fitness(scores)
-        return node.fitness
-
-    def score_test(self, node_ids: Sequence[str]) -> None:
-        """Held-out scores of the winner and the baselines (never seen by the strategy)."""
-        evaluate_test = getattr(self.backend, "evaluate_test", None)
-        if evaluate_test is None or not getattr(self.backend, "has_test", True):
-            return
-        cache = self.run.test_scores if self.run is not None else ScoreCache()
-        for node_id in dict.fromkeys(node_ids):
-            key = self.key(self.recipes[node_id])
-            scores = cache.get(key)
-            if scores is None:
-                scores = evaluate_test(self.recipes[node_id])
-                cache.put(key, scores)
-            self.tree.test_scores[node_id] = scores
+        return self.scorer.fitness(scores)
 
     def kinship(self, anchor: MergeRecipe, others: Sequence[MergeRecipe]) -> list[float]:
-        """The anchor's kinship to each of ``others``: cached, batched when the backend can.
-
-        Each kinship is a pass over every weight of both models; a backend with
-        ``kinship_many`` shares one pass between several pairs. NaN means unknown.
-        """
-        ka = self.key(anchor)
-        todo: dict[str, MergeRecipe] = {}
-        for other in others:
-            ko = self.key(other)
-            if ko != ka and ko not in todo and self.kin.get(ka, ko) is None:
-                todo[ko] = other
-        many = getattr(self.backend, "kinship_many", None)
-        if todo and many is not None and len(todo) >= 2:
-            values = many(anchor, list(todo.values()))
-            for ko, value in zip(todo, values, strict=True):
-                self.kin.put(ka, ko, float(value))
-                self.kinship_computed += 1
-        else:
-            for ko, other in todo.items():
-                self.kin.put(ka, ko, float(self.backend.kinship(anchor, other)))
-                self.kinship_computed += 1
-        same = 0.0 if self.kinship_metric == "euclidean" else 1.0
-        out = []
-        for other in others:
-            ko = self.key(other)
-            out.append(same if ko == ka else float(self.kin.get(ka, ko)))  # type: ignore[arg-type]
-        return out
+        """The anchor's kinship to each of ``others`` (cached; see ``Scorer.kinship``)."""
+        return self.scorer.kinship(anchor, others)
 
     def pair_kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
         return self.kinship(a, [b])[0]
 
-    # -- lineage -----------------------------------------------------------------------------
+    def best(self) -> LineageNode:
+        """The fittest scored candidate; ties go to the one made first (baselines first)."""
+        return self.pool.best()
 
-    def _input_id(self, item: str | MergeRecipe, generation: int) -> str:
-        if isinstance(item, str):
-            found = self._by_source.get(item)
-            if found is None:
-                raise ConfigError(
-                    f"A candidate reads {item!r}, which is neither the base nor one of the experts."
-                )
-            return found
-        return self._node(item, generation, intermediate=True)
+    def score_test(self, node_ids: Sequence[str]) -> None:
+        """Held-out scores of the winner and the baselines (never seen by the strategy)."""
+        recipes = {node_id: self.recipes[node_id] for node_id in dict.fromkeys(node_ids)}
+        self.tree.test_scores.update(self.scorer.score_test(recipes))
 
-    def _node(
-        self,
-        recipe: MergeRecipe,
-        generation: int,
-        *,
-        intermediate: bool = False,
-        node_id: str | None = None,
-    ) -> str:
-        """The lineage node of a recipe (made, with its inputs' nodes, if new)."""
-        if recipe.is_leaf:
-            return self._input_id(recipe.models[0].model, generation)
-        key = self.key(recipe)
-        if key in self._by_key:
-            return self._by_key[key]
-        base_id = self._input_id(recipe.base, generation) if recipe.base is not None else None
-        model_ids = [self._input_id(e.model, generation) for e in recipe.models]
-        step = recipe.model_copy(
-            update={
-                "base": base_id,
-                "models": [
-                    ModelEntry(model=i, parameters=e.parameters)
-                    for i, e in zip(model_ids, recipe.models, strict=True)
-                ],
-            }
-        )
-        parents = [i for i in ([base_id] if base_id else []) + model_ids if i != BASE_ID]
-        if node_id is None:
-            index = 1 + sum(
-                1
-                for n in self.tree.nodes.values()
-                if n.kind == "merge" and n.generation == generation
-            )
-            node_id = f"g{generation}-{index}"
-            while node_id in self.tree.nodes:
-                index += 1
-                node_id = f"g{generation}-{index}"
-        self.tree.add(
-            LineageNode(
-                id=node_id,
-                kind="merge",
-                name=node_id,
-                parents=list(dict.fromkeys(parents)),
-                generation=generation,
-                method=recipe.method,
-                parameters=step.to_dict().get("parameters", {}),
-                recipe=step.to_dict(),
-                recipe_hash=key,
-            )
-        )
-        self.recipes[node_id] = recipe
-        self._by_key[key] = node_id
-        return node_id
+    def _score(self, node: LineageNode) -> float:
+        node.scores = self.scorer.score(self.recipes[node.id])
+        node.fitness = self.fitness(node.scores)
+        return node.fitness
+
+    def _evaluate_batch(self, node_ids: Sequence[str]) -> None:
+        self.scorer.evaluate_batch([self.recipes[i] for i in node_ids])
 
     def _record_merge(self, node: LineageNode) -> None:
         parents = [self.tree.nodes[p] for p in node.parents]
@@ -354,23 +219,13 @@ class SearchCore:
             a, b = (self.recipes[p.id] for p in parents)
             node.parent_kinship = self.pair_kinship(a, b)
 
-    def best(self) -> LineageNode:
-        """The fittest scored candidate; ties go to the one made first (baselines first)."""
-        scored = [n for n in self.tree.nodes.values() if n.fitness is not None]
-        return max(scored, key=lambda n: (n.fitness, -list(self.tree.nodes).index(n.id)))
-
     # -- the loop ----------------------------------------------------------------------------
 
     def _baselines(self) -> None:
         for e in self.experts:
-            node = _origin_node(e, e.name, "expert")
-            node.recipe_hash = self.key(e.recipe)
-            node.baseline = "expert"
-            self.recipes[e.name] = e.recipe
-            self._by_key[node.recipe_hash] = e.name
-            self.tree.add(node)
+            self.pool.add_expert(e)
         uniform = uniform_recipe(self.experts)
-        node = self.tree.nodes[self._node(uniform, 0, node_id=UNIFORM)]
+        node = self.tree.nodes[self.pool.node(uniform, 0, node_id=UNIFORM)]
         node.baseline = UNIFORM
         self._evaluate_batch([e.name for e in self.experts] + [UNIFORM])
         for e in self.experts:
@@ -387,7 +242,7 @@ class SearchCore:
                 best_fitness=best.fitness,
                 best_id=best.id,
                 top=[n.id for n in self.tree.baselines()],
-                evaluations=len(self._scored),
+                evaluations=len(self.scorer.scored),
                 note="baselines: each expert and the uniform average",
             )
         )
@@ -396,9 +251,9 @@ class SearchCore:
     def _generation(self, generation: int, recipes: list[MergeRecipe]) -> None:
         from tqdm.auto import tqdm
 
-        ids = [self._node(r, generation) for r in recipes]
+        ids = [self.pool.node(r, generation) for r in recipes]
         self._evaluate_batch(ids)
-        before = len(self._scored)
+        before = len(self.scorer.scored)
         bar = tqdm(
             ids,
             desc=f"generation {generation}",
@@ -415,17 +270,10 @@ class SearchCore:
                 self._record_merge(node)
             bar.set_postfix(best=f"{self.best().fitness:.4g}")
         self.strategy.tell(recipes, fitness)
-        self._record(generation, ids, len(self._scored) - before)
-
-    def _as_ids(self, value: Any) -> Any:
-        if isinstance(value, MergeRecipe):
-            return self.node_of(value) or "?"
-        if isinstance(value, list) and value and all(isinstance(v, MergeRecipe) for v in value):
-            return [self._as_ids(v) for v in value]
-        return value
+        self._record(generation, ids, len(self.scorer.scored) - before)
 
     def _record(self, generation: int, children: list[str], evaluations: int) -> None:
-        summary = {k: self._as_ids(v) for k, v in (self.strategy.summary() or {}).items()}
+        summary = {k: self.pool.as_ids(v) for k, v in (self.strategy.summary() or {}).items()}
         best = self.best()
         best_id = summary.pop("best", None) or best.id
         best_fitness = summary.pop("best_fitness", None)
@@ -461,8 +309,7 @@ class SearchCore:
         budget = self.ctx.budget
         if budget is None:
             return False
-        new = {self.key(r) for r in recipes} - self._scored
-        return len(self._scored) + len(new) > budget
+        return self.scorer.new_count(recipes) > budget
 
     def run_search(self) -> SearchResult:
         """Score the baselines, run the strategy to its stop, and return the result."""
@@ -503,19 +350,6 @@ class SearchCore:
             recipes=dict(self.recipes),
             run_folder=str(self.run.root) if self.run else None,
         )
-
-
-def _origin_node(e: Expert, node_id: str, kind: str) -> LineageNode:
-    return LineageNode(
-        id=node_id,
-        kind=kind,  # type: ignore[arg-type]
-        name=e.name,
-        repo_id=e.repo_id,
-        revision=e.revision,
-        path=e.path,
-        is_adapter=e.is_adapter,
-        license=e.license,
-    )
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
