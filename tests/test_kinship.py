@@ -386,7 +386,7 @@ def test_cli_errors_are_one_line(zoo, tmp_path, capsys):
 
 def test_chunked_accumulation_matches(zoo, monkeypatch):
     """Tensors split over many row chunks (as large models are) give the same matrix."""
-    import hub_merge.kinship as kin
+    import hub_merge.kinship.accumulate as kin  # where the chunk size is read
 
     which = ["expert0", "lora_emb", "expert2", "lora_attn"]
     whole = kinship_matrix([zoo[n] for n in which], zoo["base"])

@@ -1,0 +1,140 @@
+"""The checks of a plan: each input against the reference model, and the recipe's method contract.
+
+Every check returns issues instead of raising, so a plan reports every incompatibility at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..compat import _SEMANTIC_FIELDS, _vocab
+from ..errors import HubMergeError
+from .meta import ModelMeta
+from .report import Issue
+
+
+def _lora_deltas(meta: ModelMeta) -> dict[str, tuple[int, ...]]:
+    """Base tensor name -> delta shape, from the adapter's header (B: (out, r), A: (r, in))."""
+    fan_in_fan_out = bool((meta.adapter_config or {}).get("fan_in_fan_out"))
+    out: dict[str, tuple[int, ...]] = {}
+    for key, (shape, _) in meta.tensors.items():
+        name = key.removeprefix("base_model.model.")
+        for a, b, transpose in (
+            (".lora_A.weight", ".lora_B.weight", fan_in_fan_out),
+            (".lora_embedding_A", ".lora_embedding_B", True),
+        ):
+            if name.endswith(a):
+                key_b = key[: -len(a)] + b
+                if key_b in meta.tensors:
+                    o, i = meta.tensors[key_b][0][0], shape[1]
+                    out[name[: -len(a)] + ".weight"] = (i, o) if transpose else (o, i)
+    return out
+
+
+def _same_base(declared: str | None, ref: ModelMeta) -> bool:
+    if not declared:
+        return False
+    if declared in (ref.id, ref.ref):
+        return True
+    local = Path(declared).expanduser()
+    return ref.folder is not None and local.exists() and local.resolve() == ref.folder.resolve()
+
+
+def _vocab_issue(ref: ModelMeta, m: ModelMeta) -> Issue | None:
+    if ref.folder is None or m.folder is None:
+        return None
+    a, b = _vocab(ref.folder), _vocab(m.folder)
+    if a is None or b is None or a == b:
+        return None
+    if a[0] != b[0]:
+        return Issue(m.id, "tokenizer", f"different tokenizer files ({b[0]} vs {a[0]})")
+    if isinstance(a[1], dict):
+        return Issue(
+            m.id,
+            "vocabulary",
+            f"{len(b[1])} tokens vs {len(a[1])}, or the same ids mean other tokens",
+        )
+    return Issue(m.id, "vocabulary", f"{a[0]} differs")
+
+
+def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
+    if m.kind == "adapter":
+        declared = (m.adapter_config or {}).get("base_model_name_or_path")
+        issues = []
+        if not _same_base(declared, ref):
+            issues.append(Issue(m.id, "adapter base", f"trained on {declared!r}, not on {ref.id}"))
+        for name, shape in _lora_deltas(m).items():
+            if name not in ref.tensors:
+                issues.append(Issue(m.id, f"tensor {name}", "targets a tensor the base lacks"))
+            elif tuple(ref.tensors[name][0]) != shape:
+                issues.append(
+                    Issue(m.id, f"tensor {name}", f"delta {shape} vs base {ref.tensors[name][0]}")
+                )
+        return issues
+    issues = []
+    for key in _SEMANTIC_FIELDS:
+        stated = key in ("model_type", "architectures") or (key in ref.config and key in m.config)
+        if stated and ref.config.get(key) != m.config.get(key):
+            issues.append(
+                Issue(m.id, f"config.{key}", f"{m.config.get(key)!r} vs {ref.config.get(key)!r}")
+            )
+    if ref.layers != m.layers:
+        issues.append(Issue(m.id, "layer count", f"{m.layers} layers vs {ref.layers}"))
+    if not ref.tensors or not m.tensors:
+        return issues  # pickle weights: no header to compare
+    missing = [n for n in ref.tensors if n not in m.tensors]
+    extra = [n for n in m.tensors if n not in ref.tensors]
+    if missing:
+        issues.append(Issue(m.id, "missing tensors", f"{len(missing)}, e.g. {missing[0]!r}"))
+    if extra:
+        issues.append(Issue(m.id, "extra tensors", f"{len(extra)}, e.g. {extra[0]!r}"))
+    for name, (shape, _) in ref.tensors.items():
+        if name in m.tensors and tuple(m.tensors[name][0]) != tuple(shape):
+            vocab = (
+                " (a different vocabulary size)" if ("embed" in name or "lm_head" in name) else ""
+            )
+            issues.append(
+                Issue(m.id, f"tensor {name}", f"shape {m.tensors[name][0]} vs {shape}{vocab}")
+            )
+    return issues
+
+
+def _steps(recipe: Any) -> list[Any]:
+    """Every merge step of a (possibly nested) recipe, innermost first."""
+    out = []
+    for item in recipe.inputs():
+        if not isinstance(item, str):
+            out += _steps(item)
+    return out + [recipe]
+
+
+def check_method(recipe: Any) -> None:
+    """Each step's method and parameters against the method's input contract (no I/O).
+
+    Raises UnknownMethodError / ConfigError, as ``merge_to_folder`` would, naming what is valid.
+    """
+    for step in _steps(recipe):
+        _check_step(step)
+
+
+def _check_step(recipe: Any) -> None:
+    from ..merge.methods import get_method, validate_parameters
+
+    if recipe.is_leaf:
+        return
+    validate_parameters(
+        get_method(recipe.method),
+        recipe.parameters,
+        [e.parameters for e in recipe.models],
+        n_inputs=len(recipe.models),
+        has_base=recipe.base is not None,
+    )
+
+
+def _method_issues(recipe: Any) -> list[Issue]:
+    try:
+        check_method(recipe)
+    except HubMergeError as err:
+        return [Issue(recipe.method, "method input contract", str(err))]
+    return []
