@@ -156,7 +156,12 @@ def main() -> None:
             cfg.write_text(r.to_mergekit_yaml())
             out = work / f"m{i}"
             subprocess.run(
-                ["mergekit-yaml", str(cfg), str(out), "--copy-tokenizer"]
+                [
+                    str(Path(sys.executable).parent / "mergekit-yaml"),
+                    str(cfg),
+                    str(out),
+                    "--copy-tokenizer",
+                ]
                 + ["--lora-merge-cache", str(lora_cache)]
                 + (["--cuda"] if args.device.startswith("cuda") else []),
                 check=True,
