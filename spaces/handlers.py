@@ -61,6 +61,18 @@ def _experts(chosen: list[str] | None, pasted: str | None) -> list[str]:
     return merge_ids(chosen, parse_ids(pasted))
 
 
+def _models(
+    base: str | None, chosen: list[str] | None, pasted: str | None, too_few: str
+) -> tuple[ModelRef, list[ModelRef]]:
+    """The form's base and candidates, checked (a base, two candidates, Hub ids only)."""
+    experts = _experts(chosen, pasted)
+    if not (base or "").strip():
+        raise gr.Error("Enter the base model first.")
+    if len(experts) < 2:
+        raise gr.Error(too_few)
+    return hub_refs(base, experts)
+
+
 def hub_refs(base: str | None, experts: Sequence[str] = ()) -> tuple[ModelRef, list[ModelRef]]:
     """The base and candidates as Hub references, or a one-line refusal naming the field.
 
@@ -147,12 +159,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
 
         session = _session(state)
         token = user_token(token_text, oauth_token)
-        experts = _experts(chosen, pasted)
-        if not (base or "").strip():
-            raise gr.Error("Enter the base model first.")
-        if len(experts) < 2:
-            raise gr.Error("Pick or paste at least two candidate models to compare.")
-        base_ref, refs = hub_refs(base, experts)
+        base_ref, refs = _models(
+            base, chosen, pasted, "Pick or paste at least two candidate models to compare."
+        )
         try:
             progress(0, desc="pulling models")
             kw = {"endpoint": endpoint, "token": token, "cache_dir": session.cache_dir}
@@ -199,14 +208,11 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
 
         session = _session(state)
         token = user_token(token_text, oauth_token)
-        experts = _experts(chosen, pasted)
-        if not (base or "").strip():
-            raise gr.Error("Enter the base model first.")
-        if len(experts) < 2:
-            raise gr.Error("A search merges at least two candidates; pick or paste more.")
+        base_ref, refs = _models(
+            base, chosen, pasted, "A search merges at least two candidates; pick or paste more."
+        )
         if session.search is not None and session.search.running:
             raise gr.Error("A search is already running in this tab; cancel it first.")
-        base_ref, refs = hub_refs(base, experts)
         try:
             strategy = strategy or "greedy"
             greedy = {"k": int(k), "generations": int(generations), "method": method}

@@ -72,7 +72,8 @@ def test_click_through_discover_kinship_search_push(space_app, tmp_path):
             _set_number(page, "generations", 1)
             _set_number(page, "limit", 4)
             page.locator("#run").click()
-            page.locator("#status").get_by_text("Done").wait_for()
+            # exact: "Running: generation 1 done." must not pass for the final "**Done** (...)"
+            page.locator("#status").get_by_text("Done", exact=True).wait_for()
 
             page.locator("#repo input, #repo textarea").first.fill("browser-merge")
             page.locator("#push").click()
