@@ -37,6 +37,7 @@ __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
 ZOO_USER = "hub-merge-zoo"  # owner of the seeded experts (zoo.REPO_OWNER)
 DEMO_USER = "demo"  # the user who merges and publishes
+DEMO_CACHE_BYTES = 1_200_000_000  # two fp32 SmolLM2-135M state dicts (see the search call)
 
 
 @dataclass
@@ -244,6 +245,10 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             endpoint=endpoint,
             token=user_token,
             cache_dir=str(cache_dir),
+            # The state cache's default (a quarter of free memory) filled 5+ GB on a 24 GB box
+            # for a 0.5 GB model: the demo's peak RSS was 7.4 GiB. A cache miss only costs
+            # re-merging a node (about a second here), so the demo keeps two state dicts.
+            max_memory=DEMO_CACHE_BYTES,
         )
         try:
             result = search(search_config)
