@@ -233,9 +233,7 @@ def check_compatible(base: PulledModel, candidates: list[PulledModel]) -> None:
     """
     problems = compatibility_problems(base, candidates)
     if problems:
-        lines = "\n  ".join(str(p) for p in problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise IncompatibleModelsError(
             f"{len(problems)} incompatibilit{'y' if len(problems) == 1 else 'ies'} with the base "
-            f"{base.id}; drop or replace these models:\n  {lines}{more}"
+            f"{base.id}; drop or replace these models:" + IncompatibleModelsError.listing(problems)
         )

@@ -8,6 +8,8 @@ message.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class HubMergeError(Exception):
     """Base of every hub-merge error."""
@@ -51,6 +53,13 @@ class IncompatibleModelsError(HubMergeError, ValueError):
     """Models cannot be merged or compared: architecture, shape, vocabulary or base differ."""
 
     exit_code = 3
+
+    @staticmethod
+    def listing(problems: Sequence[object], limit: int = 20) -> str:
+        """The problems one per indented line, the first ``limit`` of them, then how many more."""
+        lines = "\n  ".join(str(p) for p in problems[:limit])
+        more = f"\n  ... and {len(problems) - limit} more" if len(problems) > limit else ""
+        return f"\n  {lines}{more}"
 
 
 # --- merging and kinship ----------------------------------------------------------------------

@@ -277,10 +277,10 @@ class FastTaskArithmetic(GeneralizedTaskArithmeticMerge):
         total = flat_base.numel()
         # Chunks of ~1M elements (all rows together: a few MB) keep the temporaries in cache while
         # each torch op is still large enough for torch's own threads. Measured on the 2-core
-        # box (benchmarks/merge_speed.py, 0.47B parameters): 28 s per TIES merge, against 37 s
-        # with cache-sized single-core chunks shared by a thread pool (the dispatch overhead of
-        # ~45k chunks x 15 ops held the GIL). Each output element depends only on its own
-        # column of `deltas`, so chunking changes no rounding.
+        # box (benchmarks/merge_speed.py, 0.47B parameters, RESULTS.md 1c): 33.7 s per TIES
+        # merge, against 42.9 s with cache-sized single-core chunks shared by a thread pool (the
+        # dispatch of ~45k chunks x 15 ops held the GIL). Each output element depends only on
+        # its own column of `deltas`, so chunking changes no rounding.
         step = max(1024, (_CHUNK_ELEMENTS // (n + 1)) & ~1023)
 
         for a in range(0, total, step):

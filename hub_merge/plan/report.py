@@ -38,11 +38,10 @@ class MergePlan:
         """Raise :class:`IncompatibleModelsError` listing every blocking issue, or return."""
         blocking = [i for i in self.issues if i.blocking]
         if blocking:
-            lines = "\n  ".join(str(i) for i in blocking[:20])
-            more = f"\n  ... and {len(blocking) - 20} more" if len(blocking) > 20 else ""
             raise IncompatibleModelsError(
                 f"The merge cannot work ({len(blocking)} problem(s), found before any weight "
-                f"was downloaded); drop or replace these models:\n  {lines}{more}"
+                "was downloaded); drop or replace these models:"
+                + IncompatibleModelsError.listing(blocking)
             )
 
     def to_json(self) -> dict[str, Any]:
