@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
 # Install hub-merge with its test tools (pinned CPU torch first) and run every test, slow ones included.
+# `--fast` is the loop while working: the same install, then only the tests marked neither slow nor
+# browser (CI runs everything). Any other arguments go to pytest.
 set -euo pipefail
+marks=()
+if [ "${1:-}" = "--fast" ]; then
+  shift
+  marks=(-m "not slow and not browser")
+fi
 cd "$(dirname "$0")/.."
 python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.13.0          # the CPU build; an unpinned torch pulls CUDA
@@ -13,7 +20,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
     || echo "warning: could not install chromium; the browser test will fail" >&2
 fi
 set +e
-python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+python -m pytest -q -p no:cacheprovider --durations=15 "${marks[@]}" "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi

@@ -11,9 +11,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models run far faster on one thread; on a busy 2-core machine extra threads only contend.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test runs on one torch thread, whatever an earlier test or library call set.
+
+    Tiny matmuls on a shared 2-core machine: a second OpenMP thread only spins (~100x slower), and
+    the distributed tests compare a serial run with one-thread workers bit for bit.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 pytest_plugins: list[str] = [
     "tests.fixtures.merge",

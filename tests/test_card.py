@@ -485,28 +485,21 @@ def test_packaged_template_is_the_top_level_template():
 
 
 def test_card_of_a_real_search_run_parses(tiny_zoo, tmp_path):
-    import torch
-
     from hub_merge import search
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = search.greedy_search(
-            search.SearchConfig(
-                base=str(tiny_zoo.base),
-                experts=[str(tiny_zoo.experts["add"]), str(tiny_zoo.adapters["sort"])],
-                tasks=[str(tiny_zoo.tasks["add"]), str(tiny_zoo.tasks["sort"])],
-                out=str(tmp_path / "run"),
-                settings={"k": 2, "generations": 1},
-                limit=4,
-                device="cpu",
-                progress=False,
-                materialize=["g1-1"],
-            )
+    result = search.greedy_search(
+        search.SearchConfig(
+            base=str(tiny_zoo.base),
+            experts=[str(tiny_zoo.experts["add"]), str(tiny_zoo.adapters["sort"])],
+            tasks=[str(tiny_zoo.tasks["add"]), str(tiny_zoo.tasks["sort"])],
+            out=str(tmp_path / "run"),
+            settings={"k": 2, "generations": 1},
+            limit=4,
+            device="cpu",
+            progress=False,
+            materialize=["g1-1"],
         )
-    finally:
-        torch.set_num_threads(threads)
+    )
     written = write_card(tmp_path / "run", node_id="g1-1", repo_id="me/zoo-merge")
     assert written.readme == tmp_path / "run" / "nodes" / "g1-1" / "README.md"
     card = ModelCard.load(written.readme)

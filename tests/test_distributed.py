@@ -8,7 +8,6 @@ import threading
 
 import pytest
 import ray  # hub-merge[distributed]: CI installs it (scripts/test.sh); missing is a failure
-import torch
 
 from hub_merge.errors import DistributedError
 from hub_merge.evaluate import load_tasks
@@ -18,16 +17,6 @@ from hub_merge.search.distributed import RayPool, check_reachable
 from hub_merge.search.worker import WorkerSpec
 
 NAMES = ["add", "reverse", "uppercase"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the serial reference uses one thread, as each of the two workers on two cores does, so
-    # floating-point sums run in the same order and results are identical, not just close
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ def write(path, rows):
     return path
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only spins (~100x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(tiny_zoo):
     tok = AutoTokenizer.from_pretrained(tiny_zoo.base)

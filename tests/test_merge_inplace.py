@@ -13,14 +13,6 @@ from hub_merge.merge.inplace import InPlaceModel
 from hub_merge.merge.recipe import MergeRecipe, ModelEntry
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def setup(tiny_zoo):
     session = MergeSession(tiny_zoo.base, device="cpu")

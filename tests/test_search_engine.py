@@ -21,15 +21,6 @@ from hub_merge.splits import split_tasks
 GREEDY = {"k", "generations", "method", "parameters", "kinship_stop", "kinship_guided", "patience"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny matmuls on a shared 2-core machine: a second OpenMP thread only spins (~100x slower).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def config(zoo, out, **kw) -> SearchConfig:
     names = kw.pop("names", ["add", "reverse", "uppercase"])
     models = kw.pop("models", zoo.experts)

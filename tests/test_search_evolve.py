@@ -153,16 +153,6 @@ def test_interrupted_run_resumes_by_replay_to_the_same_winner(tmp_path):
 # --- on the tiny zoo, through the real engine -----------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls on a shared machine
-    yield
-    torch.set_num_threads(before)
-
-
 def test_evolve_from_the_cli_on_the_tiny_zoo_resumes_with_zero_evaluations(
     tiny_zoo, tmp_path, capsys
 ):
