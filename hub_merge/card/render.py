@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import __version__
+from ..comparison import ComparisonRow, compare, format_score
 from ..errors import ConfigError
+from ..evaluate.fitness import lower_is_better
 from ..lineage import FamilyTree, LineageNode
 
 if TYPE_CHECKING:
@@ -42,9 +44,16 @@ def _mermaid_text(text: str) -> str:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
+    if digits == 4:
+        return format_score(value)  # the comparison's numbers, as every display prints them
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}"
+
+
+def _row_name(row: ComparisonRow) -> str:
+    """A comparison row's name in a card table (node ids in backticks)."""
+    return row.label if row.role == "oracle" else f"`{_cell(row.id)}`"
 
 
 def _cell(text: object) -> str:
@@ -171,7 +180,7 @@ def card_metadata(
     ids, adapters = base_models(tree, node.id)
     steps = merge_steps(tree, node.id)
     methods = sorted({str(tree.nodes[s].method) for s in steps})
-    lower_better = "loss" in tree.score_metric
+    lower_better = lower_is_better(tree.score_metric)
     # held-out test rows when the run has them (the search never read them); else the dev rows
     test = tree.test_scores.get(node.id)
     scores, split = (test, "test") if test else (node.scores, "dev")
@@ -200,34 +209,6 @@ def card_metadata(
         eval_results=results or None,
         hub_merge=_hub_merge_block(tree, node, adapters),
     )
-
-
-def _test_rows(tree: FamilyTree, node: LineageNode) -> list[dict[str, Any]]:
-    """This model and every baseline on the held-out test rows (empty for runs without them)."""
-    from ..evaluate import fitness_from_scores
-
-    rows = []
-    ids = [node.id, *(b.id for b in tree.baselines() if b.id != node.id)]
-    for node_id in ids:
-        scores = tree.test_scores.get(node_id)
-        if not scores:
-            continue
-        fitness = fitness_from_scores(
-            scores,
-            tree.score_metric,
-            tree.settings.get("weights") or None,
-            tree.settings.get("combine", "mean"),
-        )
-        rows.append(
-            {
-                "id": node_id,
-                "this": node_id == node.id,
-                "scores": scores,
-                "mean": -fitness if "loss" in tree.score_metric else fitness,
-                "dev_fitness": tree.nodes[node_id].fitness,
-            }
-        )
-    return rows if rows and rows[0]["this"] else []
 
 
 def _search_paragraph(tree: FamilyTree) -> str | None:
@@ -382,6 +363,7 @@ def build_card(
         title, plain, paper = METHODS.get(method, (method, "a mergekit merge method", None))
         methods.append({"name": method, "title": title, "plain": plain, "paper": paper})
     kin_ids = list(tree.kinship_ids)
+    comparison = compare(tree, node.id)
     context = {
         "model_title": name,
         "repo_id": repo_id or f"your-name/{name}",
@@ -396,11 +378,13 @@ def build_card(
         "library_name": library_name,
         "methods": methods,
         "search_paragraph": _search_paragraph(tree),
-        "test_rows": _test_rows(tree, node),
+        "comparison": comparison,
+        "oracle": any(r.role == "oracle" for r in comparison.rows),
+        "row_name": _row_name,
         "split_description": (tree.split or {}).get("description"),
         "tasks": [t for t in tree.tasks if t in node.scores] or sorted(node.scores),
         "score_metric": tree.score_metric,
-        "score_lower_better": "loss" in tree.score_metric,
+        "score_lower_better": comparison.lower_is_better,
         "experts": originals,
         "fmt": _fmt,
         "cell": _cell,
@@ -418,24 +402,11 @@ def build_card(
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,
-        "test_columns": _test_columns(tree, node.id),
         "dam": _dam_context(node),
     }
     path = Path(template) if template else template_path()
     card = ModelCard.from_template(data, template_path=str(path), **context)
     return ModelCard(published(str(card), tree))
-
-
-def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:
-    """This model and the baselines on the held-out test rows (when the run scored them)."""
-    scores = getattr(tree, "test_scores", None) or {}
-    ids = [node_id, *(n.id for n in tree.baselines() if n.id != node_id)]
-    out = []
-    for i in ids:
-        if i in scores and scores[i]:
-            values = [float(v) for v in scores[i].values()]
-            out.append({"id": i, "scores": scores[i], "mean": sum(values) / len(values)})
-    return out if out and out[0]["id"] == node_id else []
 
 
 def _dam_context(node: LineageNode) -> dict[str, Any] | None:
