@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -222,90 +221,25 @@ def _search_paragraph(tree: FamilyTree) -> str | None:
         return f"The blend was found by hub-merge's `{name}` search."
 
 
-def _strategy_flags(tree: FamilyTree) -> list[str]:
-    """``--strategy NAME`` and the strategy's settings that differ from its defaults."""
-    import dataclasses
-
-    from ..search.strategy import get_strategy
-
-    name = getattr(tree, "strategy", "greedy") or "greedy"
-    s = tree.settings
-    args = ["--strategy", name]
-    try:
-        fields = dataclasses.fields(get_strategy(name).settings_type)
-    except ConfigError:
-        return args
-    for f in fields:
-        if f.name not in s or f.name in ("patience",):  # patience: the shared flag below
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = s[f.name]
-        if value == default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            spelled = f.metadata.get("flag", f"{flag}/--no-{f.name.replace('_', '-')}")
-            args.append(spelled.split("/")[0 if value else 1])
-        elif isinstance(value, (dict, list)):
-            args += [flag, json.dumps(value, separators=(",", ":"))]
-        else:
-            args += [flag, str(value)]
-    for key in ("seed", "budget"):
-        if s.get(key) is not None:
-            args += [f"--{key}", str(s[key])]
-    if s.get("combine", "mean") != "mean":
-        args += ["--combine", str(s["combine"])]
-    return args
-
-
 def _reproduce_command(tree: FamilyTree) -> str:
     """The ``hub-merge search`` line that reruns this search (task files named after the tasks).
 
-    Settings the CLI cannot spell (task weights, a non-default base choice) become a ``#`` note
-    above the command, so the reader knows the line alone is not the whole story.
+    The flags are the run's settings read back (``RunSettings.cli_args``); settings the CLI
+    cannot spell (task weights, test rows from their own files) become ``#`` notes above the
+    command, so the reader knows the line alone is not the whole story.
     """
-    s = tree.settings
+    from ..search.settings import RunSettings
+
+    settings = RunSettings.from_dict(tree.settings, getattr(tree, "strategy", None))
     base = tree.nodes[tree.base].source if tree.base and tree.base in tree.nodes else "BASE"
     args = ["hub-merge", "search", "--base", base, "--experts"]
     args += [n.source for n in tree.experts()]
     args += ["--tasks", *[f"{t}.jsonl" for t in tree.tasks], "--out", "run"]
-    greedy = (getattr(tree, "strategy", "greedy") or "greedy") == "greedy"
-    if not greedy:
-        args += _strategy_flags(tree)
-    else:
-        for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
-            if s.get(key) is not None:
-                args += [flag, str(s[key])]
-        if s.get("parameters"):
-            args += ["--parameters", json.dumps(s["parameters"], separators=(",", ":"))]
-        guided = s.get("kinship_guided", True) is not False
-        if not guided:
-            args.append("--no-kinship")
-        if s.get("budget") is not None:
-            args += ["--budget", str(s["budget"])]
-        if s.get("seed"):
-            args += ["--seed", str(s["seed"])]
-    metric = s.get("kinship_metric")
-    if metric:
-        args += ["--kinship-metric", str(metric)]
-    if greedy and guided and "kinship_stop" in s:
-        stop = s["kinship_stop"]
-        # no stop: a threshold kinship can never cross (correlations <= 1, distances >= 0)
-        never = "0" if metric == "euclidean" else "1"
-        args += ["--kinship-stop", never if stop is None else str(stop)]
-    for key, flag in (("patience", "--patience"), ("metric", "--metric"), ("limit", "--limit")):
-        if s.get(key) is not None:
-            args += [flag, str(s[key])]
+    args += settings.cli_args()
     split = tree.split or {}
-    if split.get("kind") == "fraction" and split.get("test_fraction") not in (None, 0.3):
-        args += ["--test-fraction", str(split["test_fraction"])]
-    notes = []
+    notes = settings.notes()
     if split.get("kind") == "files":
-        notes.append(f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
-    if s.get("weights"):
-        notes.append(f"# task weights (not a CLI flag): {json.dumps(s['weights'])}")
-    if "parent_as_base" in s and s["parent_as_base"] != (s.get("method") == "slerp"):
-        notes.append(f"# parent_as_base={s['parent_as_base']} (not a CLI flag)")
+        notes.insert(0, f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
     return "\n".join([*notes, " ".join(shlex.quote(a) for a in args)])
 
 

@@ -330,10 +330,9 @@ def command(
             token=token,
         )
         expert_refs += [c.id for c in found if c.id not in expert_refs]
-    if len(expert_refs) < 2:
-        raise ConfigError(
-            "Give at least two experts with --experts (or find them with --discover N)."
-        )
+    from ..search.settings import check_expert_count
+
+    check_expert_count(len(expert_refs), "give them with --experts, or find them with --discover N")
     config = SearchConfig(
         base=base,
         experts=expert_refs,
