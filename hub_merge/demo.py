@@ -24,6 +24,7 @@ from typing import Any
 
 from . import hub
 from .card import base_models
+from .comparison import Comparison, ComparisonRow, compare, format_score
 from .errors import SearchStateError
 from .kinship import KinshipResult, kinship_matrix
 from .localhub import LocalHub
@@ -80,21 +81,9 @@ class DemoResult:
     seconds: float = 0.0
     peak_rss: int = 0  # bytes: the most memory this process held (the goal is <= 3 GB)
 
-    def comparison(self) -> list[tuple[str, dict[str, float], float]]:
-        """(name, per-task answer loss, mean) of each baseline and the winner, lower is better.
-
-        The scores are the held-out test rows (the search never read them) when the run has
-        them: each expert, the uniform average, then the winner.
-        """
-        rows = []
-        tree = self.search.tree
-        nodes = [n for n in tree.baselines() if n.id != tree.winner] + [self.search.winner_node]
-        for node in nodes:
-            scores = tree.test_scores.get(node.id) or node.scores
-            mean = sum(scores.values()) / max(len(scores), 1)
-            label = f"winner {node.id}" if node.id == tree.winner else node.name
-            rows.append((label, dict(scores), mean))
-        return rows
+    def comparison(self) -> Comparison:
+        """The winner against each baseline and the oracle router (``hub_merge.comparison``)."""
+        return compare(self.search.tree)
 
 
 def _load_or_build_zoo(config: DemoConfig) -> Zoo:
@@ -310,22 +299,36 @@ def peak_rss_bytes() -> int:
     return max(usage) * scale
 
 
+def row_label(row: ComparisonRow) -> str:
+    """A comparison row's name in the demo's table and JSON: ``winner g1-1``, ``add``..."""
+    return f"winner {row.id}" if row.subject else row.label
+
+
 def summary_table(result: DemoResult) -> Any:
-    """A rich Table: answer-token loss per task of each expert and of the winner (lower is better)."""
+    """A rich Table of the run's comparison (see :func:`comparison_table`)."""
+    return comparison_table(result.comparison())
+
+
+def comparison_table(cmp: Comparison) -> Any:
+    """A rich Table: each model's score per task and combined, on the held-out rows if any.
+
+    It displays :func:`hub_merge.comparison.compare`'s rows as they are; the best combined
+    score is in bold green.
+    """
     from rich.table import Table
 
-    tasks = result.search.tree.tasks or sorted(result.experts)
-    held_out = bool(result.search.tree.test_scores)
-    rows_are = "held-out test rows" if held_out else "dev rows"
-    table = Table(title=f"Answer-token loss on the {rows_are} (lower is better)")
-    rows = result.comparison()
-    table.add_column("model", no_wrap=True, min_width=max(len(label) for label, _, _ in rows))
-    for task in tasks:
+    split = cmp.split
+    rows_are = "held-out test rows" if split == "test" else "dev rows"
+    table = Table(title=f"{cmp.metric} on the {rows_are} ({cmp.direction} is better)")
+    rows = cmp.shown(split)
+    table.add_column("model", no_wrap=True, min_width=max(len(row_label(r)) for r in rows))
+    for task in cmp.tasks:
         table.add_column(task, justify="right")
-    table.add_column("mean", justify="right")
-    best = min(mean for _, _, mean in rows)
-    for label, scores, mean in rows:
-        style = "bold green" if mean == best else ""
-        cells = [f"{scores[t]:.3f}" if t in scores else "-" for t in tasks]
-        table.add_row(label, *cells, f"{mean:.3f}", style=style)
+    table.add_column(cmp.combined_label, justify="right")
+    best = cmp.best(split)
+    for row in rows:
+        scores = row.scores(split)
+        style = "bold green" if best is not None and row.id == best.id else ""
+        cells = [format_score(scores.get(t)) for t in cmp.tasks]
+        table.add_row(row_label(row), *cells, format_score(row.combined(split)), style=style)
     return table

@@ -97,6 +97,11 @@ class FamilyTree:
     test_scores: dict[str, dict[str, float]] = field(default_factory=dict)  # node id -> held out
     split: dict[str, Any] = field(default_factory=dict)  # how dev and test rows were chosen
 
+    def scoring_rule(self) -> tuple[dict[str, float], str]:
+        """The task weights and the combine rule (``mean``/``harmonic``) the run's fitness used."""
+        settings = self.settings or {}
+        return dict(settings.get("weights") or {}), str(settings.get("combine") or "mean")
+
     def baselines(self) -> list[LineageNode]:
         """The nodes scored before the strategy ran (each expert, the uniform average)."""
         return [n for n in self.nodes.values() if n.baseline]

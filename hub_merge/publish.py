@@ -8,6 +8,8 @@ publish leaves the repo exactly as it was.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from .hub import validate_card_on_hub
 from .lineage import FamilyTree
 from .push import PushResult, push
 
-__all__ = ["PublishResult", "node_folder", "publish"]
+__all__ = ["CARD_WRITERS", "PreparedCard", "PublishResult", "folder_kind", "node_folder", "publish"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,70 @@ def node_folder(run_dir: str | Path, node_id: str | None = None) -> tuple[str, P
     return wanted, folder
 
 
+@dataclass(frozen=True)
+class PreparedCard:
+    """What a card writer hands :func:`publish`: the folder to push, its card, the commit text."""
+
+    folder: Path
+    card: CardResult
+    message: str
+    description: str
+
+
+def folder_kind(run_dir: str | Path, node_id: str | None = None) -> str:
+    """What a folder holds: ``moe`` (a ``hub-merge moe`` output), else a search run's node,
+    ``adapter`` (a LoRA adapter, e.g. the swarm's factor mix) or ``merge`` (a full model)."""
+    from .moe.card import is_moe_folder
+
+    if is_moe_folder(run_dir):
+        return "moe"
+    _, folder = node_folder(run_dir, node_id)
+    return "adapter" if (folder / "adapter_config.json").is_file() else "merge"
+
+
+def _search_card(
+    run_dir: str | Path, repo_id: str, node_id: str | None, license: str | None
+) -> PreparedCard:
+    """A merge's (or a merged adapter's) card, from the search run that made it."""
+    node, folder = node_folder(run_dir, node_id)
+    card = write_card(run_dir, folder, node_id=node, license=license, repo_id=repo_id)
+    return PreparedCard(
+        folder,
+        card,
+        f"Publish merge {node} with hub-merge",
+        "Merged by hub-merge; lineage, kinship and recipe in hub_merge.json.",
+    )
+
+
+def _moe_card(
+    run_dir: str | Path, repo_id: str, node_id: str | None, license: str | None
+) -> PreparedCard:
+    """A MoE's card, re-rendered for ``repo_id`` from the folder's ``hub_merge.json``."""
+    from .moe.card import write_moe_readme
+
+    if node_id is not None or license is not None:
+        raise ConfigError(
+            f"{run_dir} is a MoE folder: it has no nodes, and its license was chosen when it was "
+            "built (hub-merge moe --license); drop --node and --license."
+        )
+    card = write_moe_readme(run_dir, repo_id)
+    experts = len(json.loads(card.hub_merge_json.read_text())["experts"])
+    return PreparedCard(
+        Path(run_dir),
+        card,
+        f"Publish MoE of {experts} experts",
+        "Assembled by hub-merge moe; lineage and routing in hub_merge.json.",
+    )
+
+
+# Folder kind -> card writer (the adapter's card is the merge card, with library_name peft).
+CARD_WRITERS: dict[str, Callable[[str | Path, str, str | None, str | None], PreparedCard]] = {
+    "merge": _search_card,
+    "adapter": _search_card,
+    "moe": _moe_card,
+}
+
+
 def publish(
     run_dir: str | Path,
     repo_id: str,
@@ -81,13 +147,17 @@ def publish(
     endpoint: str | None = None,
     token: str | None = None,
 ) -> PublishResult:
-    """Write the node's card into its folder, have the Hub validate it, and push the folder.
+    """Write the card into the folder, have the Hub validate it, and push the folder.
+
+    The card writer is picked by what the folder holds (:func:`folder_kind`): a search run's
+    merged model or adapter, or a MoE; every kind is validated and pushed the same way.
 
     Args:
         run_dir: a search's run folder, or a ``hub-merge moe`` output folder.
         repo_id: ``namespace/name`` to publish to; created when missing (``private`` if asked).
-        node_id: default: the winner.
-        license: required when the parents' licenses conflict or are unknown.
+        node_id: default: the winner (search runs only).
+        license: required when the parents' licenses conflict or are unknown (search runs; a
+            MoE's license is chosen when it is built).
         create_pr: open a pull request instead of committing to main.
         endpoint, token: default from ``HF_ENDPOINT`` and ``HF_TOKEN`` / ``hf auth login``.
 
@@ -101,30 +171,18 @@ def publish(
     >>> publish("run", "me/merged").url  # doctest: +SKIP
     'https://huggingface.co/me/merged/commit/9c1e...'
     """
-    from .moe.card import is_moe_folder, publish_moe
-
-    if is_moe_folder(run_dir):  # a `hub-merge moe` output: its own card, no search run
-        return publish_moe(
-            run_dir,
-            repo_id,
-            private=private,
-            create_pr=create_pr,
-            commit_message=commit_message,
-            endpoint=endpoint,
-            token=token,
-        )
-    node, folder = node_folder(run_dir, node_id)
-    card = write_card(run_dir, folder, node_id=node, license=license, repo_id=repo_id)
-    validate_card_on_hub(card.readme.read_text(encoding="utf-8"), endpoint=endpoint, token=token)
-    message = commit_message or f"Publish merge {node} with hub-merge"
+    writer = CARD_WRITERS[folder_kind(run_dir, node_id)]
+    prepared = writer(run_dir, repo_id, node_id, license)
+    text = prepared.card.readme.read_text(encoding="utf-8")
+    validate_card_on_hub(text, endpoint=endpoint, token=token)
     result = push(
-        folder,
+        prepared.folder,
         repo_id,
         private=private,
         create_pr=create_pr,
-        commit_message=message,
-        commit_description="Merged by hub-merge; lineage, kinship and recipe in hub_merge.json.",
+        commit_message=commit_message or prepared.message,
+        commit_description=prepared.description,
         endpoint=endpoint,
         token=token,
     )
-    return PublishResult(folder=folder, card=card, push=result)
+    return PublishResult(folder=prepared.folder, card=prepared.card, push=result)

@@ -150,9 +150,9 @@ def build_demo(
             label="Generations",
         )
         baselines = gr.Dataframe(
-            headers=["model", "dev fitness", "test mean", "test per task"],
+            headers=["model", "dev (tasks combined)", "test (tasks combined)", "test per task"],
             interactive=False,
-            label="Winner against the baselines (each expert, the uniform average)",
+            label="Winner against the baselines (each expert, the uniform average, the oracle router)",
             elem_id="baselines",
         )
         with gr.Row():

@@ -267,27 +267,26 @@ def strategy_settings(name: str, text: str | None, greedy: dict[str, Any]) -> di
 
 
 def baselines_table(run_dir: Path) -> list[list[Any]]:
-    """The winner, then each baseline: dev fitness, mean test score, test score per task."""
-    from hub_merge.evaluate import fitness_from_scores
+    """The winner, then each baseline (``hub_merge.comparison``): dev and test combined, test per task.
+
+    The numbers are the card's and the CLI's: the run's task weights and combine rule applied
+    once, each score in the metric's own direction, printed to 4 significant digits.
+    """
+    from hub_merge.comparison import compare, format_score
 
     tree = _saved_tree(run_dir)
-    if tree is None:
+    if tree is None or tree.winner is None:
         return []
+    cmp = compare(tree)
     rows = []
-    ids = [tree.winner, *(n.id for n in tree.baselines() if n.id != tree.winner)]
-    for node_id in [i for i in ids if i in tree.nodes]:
-        node = tree.nodes[node_id]
-        test = tree.test_scores.get(node_id) or {}
-        mean = None
-        if test:
-            fitness = fitness_from_scores(test, tree.score_metric, tree.settings.get("weights"))
-            mean = round(-fitness if "loss" in tree.score_metric else fitness, 5)
+    for row in cmp.shown("dev"):
+        test = row.test
         rows.append(
             [
-                f"{node_id} (winner)" if node_id == tree.winner else node_id,
-                round(node.fitness, 5) if node.fitness is not None else None,
-                mean,
-                ", ".join(f"{t} {v:.4g}" for t, v in test.items()),
+                f"{row.label} (winner)" if row.subject else row.label,
+                format_score(row.dev_combined),
+                format_score(row.test_combined) if test else None,
+                ", ".join(f"{t} {format_score(test[t])}" for t in cmp.tasks if t in test),
             ]
         )
     return rows

@@ -241,7 +241,7 @@ def test_card_parses_back_with_every_field(tmp_path):
     assert "| 2 | `g2-1` | -2.5 |" in body  # fitness by generation
     assert "hub-merge search --base zoo/tiny-base@" in body
     assert "/data/models/sort" in body and "--limit 8" in body
-    assert "--kinship-stop 1 " in body  # the run had no kinship stop: a threshold never crossed
+    assert "--kinship-stop none " in body  # the run had no kinship stop (the CLI reads none)
 
 
 def test_card_passes_the_hubs_metadata_rules():

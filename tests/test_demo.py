@@ -46,9 +46,10 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     matrix = first["kinship"]["matrix"]
     assert all(abs(matrix[i][i] - 1) < 1e-6 for i in range(len(names)))
     models = [row["model"] for row in first["comparison"]]
-    assert models[-1] == f"winner {first['winner']}"
-    # every baseline (each expert, the uniform average) beside the winner, on held-out rows
-    assert len(models) == len(first["experts"]) + 2 - (first["winner"] in ("uniform", *names))
+    assert models[0] == f"winner {first['winner']}"
+    # every baseline (each expert, the uniform average, the oracle router) beside the winner
+    assert models[-1] == "oracle router"
+    assert len(models) == len(first["experts"]) + 3 - (first["winner"] in ("uniform", *names))
     assert (out / "kinship.png").stat().st_size > 0 and (out / "run" / "fitness.png").is_file()
     _check_published(out, first)
 
@@ -72,7 +73,7 @@ def test_quick_demo_runs_end_to_end_and_a_second_run_reuses_everything(tmp_path,
     lines = quiet.out.strip().splitlines()
     assert "Published" in lines[-1] and first["push"]["repo_id"] in lines[-1]
     assert not any(line.lstrip().startswith(("1.", "4.", "6.")) for line in lines)
-    assert len(lines) <= len(first["experts"]) + 9  # the table (baselines, winner) and one line
+    assert len(lines) <= len(first["experts"]) + 10  # the table (baselines, winner) and one line
 
 
 @pytest.mark.slow
@@ -80,9 +81,10 @@ def test_full_demo_on_smollm2_merges_better_than_every_expert(tmp_path, capsys):
     out = tmp_path / "demo"
     data = _demo(capsys, "--out", str(out))
     assert data["zoo"].startswith("smol")
-    rows = {row["model"]: row["mean"] for row in data["comparison"]}
+    rows = {row["model"]: row["combined"] for row in data["comparison"]}
     winner = next(v for k, v in rows.items() if k.startswith("winner "))
-    experts = [v for k, v in rows.items() if not k.startswith("winner ")]
+    roles = {row["model"]: row["role"] for row in data["comparison"]}
+    experts = [v for k, v in rows.items() if roles[k] in ("expert", "uniform")]
     assert winner < min(experts), rows  # answer-token loss: lower is better
     _check_published(out, data)
 
@@ -93,7 +95,7 @@ def test_quick_demo_with_evolve(tmp_path, capsys):
         capsys, "--quick", "--strategy", "evolve", "--budget", "15", "--out", str(tmp_path)
     )
     assert data["strategy"] == "evolve" and 0 < data["evaluations"] <= 15
-    assert [row["model"] for row in data["comparison"]][-1] == f"winner {data['winner']}"
+    assert [row["model"] for row in data["comparison"]][0] == f"winner {data['winner']}"
     _check_published(tmp_path, data)
     assert main(["demo", "--quick", "--strategy", "annealing", "--out", str(tmp_path)]) == 2
     assert "Unknown search strategy" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from .files import (
     validate_card,
     write_card,
 )
-from .licenses import LicenseChoice, license_sources, resolve_license
+from .licenses import LicenseChoice, choose_license, license_sources, resolve_license
 from .render import build_card, card_metadata, mermaid_tree, template_path
 from .steps import base_models, merge_steps, step_recipe
 
@@ -42,6 +42,7 @@ __all__ = [
     "merge_arithmetic",
     "CardResult",
     "LicenseChoice",
+    "choose_license",
     "base_models",
     "build_card",
     "card_metadata",

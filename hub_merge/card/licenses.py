@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .. import card_rules
 from ..errors import LicenseConflictError
 from ..lineage import FamilyTree, LineageNode
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)
@@ -29,7 +25,8 @@ class LicenseChoice:
     explicit: bool = False
 
 
-def _license_fields(value: str) -> tuple[str, str | None]:
+def license_fields(value: str) -> tuple[str, str | None]:
+    """``(license, license_name)`` for a card: a Hub license id, or ``other`` plus the name."""
     if value.lower() in card_rules.KNOWN_LICENSES:
         return value.lower(), None
     return "other", value
@@ -61,28 +58,57 @@ def resolve_license(tree: FamilyTree, node_id: str, explicit: str | None = None)
     >>> resolve_license(tree, "g2-1").license  # doctest: +SKIP
     'apache-2.0'
     """
-    parents = {n.id: n.license for n in license_sources(tree, node_id)}
-    if explicit:
-        lic, name = _license_fields(explicit.strip())
+    nodes = license_sources(tree, node_id)
+    return choose_license(
+        {n.id: n.license for n in nodes}, explicit, sources={n.id: n.source for n in nodes}
+    )
+
+
+def choose_license(
+    parents: Mapping[str, str | None],
+    explicit: str | None = None,
+    *,
+    sources: Mapping[str, str] | None = None,
+    what: str = "merge",
+) -> LicenseChoice:
+    """The one license rule, for any model made of parents (a merge, a MoE).
+
+    The explicit choice wins; else every parent must name the same license (compared without
+    case). ``parents`` maps a parent's name to its license (None: unknown); ``sources`` adds
+    where each came from, for the message; ``what`` names the made model in it.
+
+    Raises:
+        LicenseConflictError: a parent's license is unknown, or the parents' licenses differ,
+            and no explicit license was given. The message names every parent and its license.
+    """
+    parents = dict(parents)
+    if explicit and explicit.strip():
+        lic, name = license_fields(explicit.strip())
         return LicenseChoice(lic, name, parents, explicit=True)
 
     def describe(ids: Sequence[str]) -> str:
-        return "; ".join(f"{i} ({tree.nodes[i].source}): {parents[i] or 'unknown'}" for i in ids)
+        where = sources or {}
+        return "; ".join(
+            f"{i} ({where[i]}): {parents[i] or 'unknown'}"
+            if i in where
+            else f"{i}: {parents[i] or 'unknown'}"
+            for i in ids
+        )
 
     unknown = [i for i, lic in parents.items() if not lic]
     if unknown:
         raise LicenseConflictError(
-            f"The license of {describe(unknown)} is unknown, so the merge's license cannot be "
+            f"The license of {describe(unknown)} is unknown, so the {what}'s license cannot be "
             "derived. Check the models' terms and pass one explicitly, e.g. --license apache-2.0."
         )
     distinct = sorted({str(lic).lower() for lic in parents.values()})
     if len(distinct) > 1:
         raise LicenseConflictError(
             f"The parents' licenses conflict ({', '.join(distinct)}): {describe(list(parents))}. "
-            "A merge inherits every parent's terms; check they are compatible and choose the "
-            "merge's license explicitly, e.g. --license " + distinct[0] + "."
+            f"A {what} inherits every parent's terms; check they are compatible and choose the "
+            f"{what}'s license explicitly, e.g. --license " + distinct[0] + "."
         )
-    lic, name = _license_fields(next(iter(parents.values())) or "unknown")
+    lic, name = license_fields(next(iter(parents.values())) or "unknown")
     return LicenseChoice(lic, name, parents)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shlex
@@ -13,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .. import __version__
+from ..comparison import ComparisonRow, compare, format_score
 from ..errors import ConfigError
+from ..evaluate.fitness import lower_is_better
 from ..lineage import FamilyTree, LineageNode
 
 if TYPE_CHECKING:
@@ -42,9 +43,16 @@ def _mermaid_text(text: str) -> str:
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
+    if digits == 4:
+        return format_score(value)  # the comparison's numbers, as every display prints them
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}g}"
+
+
+def _row_name(row: ComparisonRow) -> str:
+    """A comparison row's name in a card table (node ids in backticks)."""
+    return row.label if row.role == "oracle" else f"`{_cell(row.id)}`"
 
 
 def _cell(text: object) -> str:
@@ -171,7 +179,7 @@ def card_metadata(
     ids, adapters = base_models(tree, node.id)
     steps = merge_steps(tree, node.id)
     methods = sorted({str(tree.nodes[s].method) for s in steps})
-    lower_better = "loss" in tree.score_metric
+    lower_better = lower_is_better(tree.score_metric)
     # held-out test rows when the run has them (the search never read them); else the dev rows
     test = tree.test_scores.get(node.id)
     scores, split = (test, "test") if test else (node.scores, "dev")
@@ -202,34 +210,6 @@ def card_metadata(
     )
 
 
-def _test_rows(tree: FamilyTree, node: LineageNode) -> list[dict[str, Any]]:
-    """This model and every baseline on the held-out test rows (empty for runs without them)."""
-    from ..evaluate import fitness_from_scores
-
-    rows = []
-    ids = [node.id, *(b.id for b in tree.baselines() if b.id != node.id)]
-    for node_id in ids:
-        scores = tree.test_scores.get(node_id)
-        if not scores:
-            continue
-        fitness = fitness_from_scores(
-            scores,
-            tree.score_metric,
-            tree.settings.get("weights") or None,
-            tree.settings.get("combine", "mean"),
-        )
-        rows.append(
-            {
-                "id": node_id,
-                "this": node_id == node.id,
-                "scores": scores,
-                "mean": -fitness if "loss" in tree.score_metric else fitness,
-                "dev_fitness": tree.nodes[node_id].fitness,
-            }
-        )
-    return rows if rows and rows[0]["this"] else []
-
-
 def _search_paragraph(tree: FamilyTree) -> str | None:
     """The strategy's own card paragraph with its paper's link (``Strategy.explain``)."""
     name = getattr(tree, "strategy", "greedy") or "greedy"
@@ -241,90 +221,25 @@ def _search_paragraph(tree: FamilyTree) -> str | None:
         return f"The blend was found by hub-merge's `{name}` search."
 
 
-def _strategy_flags(tree: FamilyTree) -> list[str]:
-    """``--strategy NAME`` and the strategy's settings that differ from its defaults."""
-    import dataclasses
-
-    from ..search.strategy import get_strategy
-
-    name = getattr(tree, "strategy", "greedy") or "greedy"
-    s = tree.settings
-    args = ["--strategy", name]
-    try:
-        fields = dataclasses.fields(get_strategy(name).settings_type)
-    except ConfigError:
-        return args
-    for f in fields:
-        if f.name not in s or f.name in ("patience",):  # patience: the shared flag below
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        value = s[f.name]
-        if value == default:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(value, bool):
-            spelled = f.metadata.get("flag", f"{flag}/--no-{f.name.replace('_', '-')}")
-            args.append(spelled.split("/")[0 if value else 1])
-        elif isinstance(value, (dict, list)):
-            args += [flag, json.dumps(value, separators=(",", ":"))]
-        else:
-            args += [flag, str(value)]
-    for key in ("seed", "budget"):
-        if s.get(key) is not None:
-            args += [f"--{key}", str(s[key])]
-    if s.get("combine", "mean") != "mean":
-        args += ["--combine", str(s["combine"])]
-    return args
-
-
 def _reproduce_command(tree: FamilyTree) -> str:
     """The ``hub-merge search`` line that reruns this search (task files named after the tasks).
 
-    Settings the CLI cannot spell (task weights, a non-default base choice) become a ``#`` note
-    above the command, so the reader knows the line alone is not the whole story.
+    The flags are the run's settings read back (``RunSettings.cli_args``); settings the CLI
+    cannot spell (task weights, test rows from their own files) become ``#`` notes above the
+    command, so the reader knows the line alone is not the whole story.
     """
-    s = tree.settings
+    from ..search.settings import RunSettings
+
+    settings = RunSettings.from_dict(tree.settings, getattr(tree, "strategy", None))
     base = tree.nodes[tree.base].source if tree.base and tree.base in tree.nodes else "BASE"
     args = ["hub-merge", "search", "--base", base, "--experts"]
     args += [n.source for n in tree.experts()]
     args += ["--tasks", *[f"{t}.jsonl" for t in tree.tasks], "--out", "run"]
-    greedy = (getattr(tree, "strategy", "greedy") or "greedy") == "greedy"
-    if not greedy:
-        args += _strategy_flags(tree)
-    else:
-        for key, flag in (("k", "--k"), ("generations", "--generations"), ("method", "--method")):
-            if s.get(key) is not None:
-                args += [flag, str(s[key])]
-        if s.get("parameters"):
-            args += ["--parameters", json.dumps(s["parameters"], separators=(",", ":"))]
-        guided = s.get("kinship_guided", True) is not False
-        if not guided:
-            args.append("--no-kinship")
-        if s.get("budget") is not None:
-            args += ["--budget", str(s["budget"])]
-        if s.get("seed"):
-            args += ["--seed", str(s["seed"])]
-    metric = s.get("kinship_metric")
-    if metric:
-        args += ["--kinship-metric", str(metric)]
-    if greedy and guided and "kinship_stop" in s:
-        stop = s["kinship_stop"]
-        # no stop: a threshold kinship can never cross (correlations <= 1, distances >= 0)
-        never = "0" if metric == "euclidean" else "1"
-        args += ["--kinship-stop", never if stop is None else str(stop)]
-    for key, flag in (("patience", "--patience"), ("metric", "--metric"), ("limit", "--limit")):
-        if s.get(key) is not None:
-            args += [flag, str(s[key])]
+    args += settings.cli_args()
     split = tree.split or {}
-    if split.get("kind") == "fraction" and split.get("test_fraction") not in (None, 0.3):
-        args += ["--test-fraction", str(split["test_fraction"])]
-    notes = []
+    notes = settings.notes()
     if split.get("kind") == "files":
-        notes.append(f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
-    if s.get("weights"):
-        notes.append(f"# task weights (not a CLI flag): {json.dumps(s['weights'])}")
-    if "parent_as_base" in s and s["parent_as_base"] != (s.get("method") == "slerp"):
-        notes.append(f"# parent_as_base={s['parent_as_base']} (not a CLI flag)")
+        notes.insert(0, f"# test rows from: {' '.join(split.get('test_files', []))} (--test-tasks)")
     return "\n".join([*notes, " ".join(shlex.quote(a) for a in args)])
 
 
@@ -382,6 +297,7 @@ def build_card(
         title, plain, paper = METHODS.get(method, (method, "a mergekit merge method", None))
         methods.append({"name": method, "title": title, "plain": plain, "paper": paper})
     kin_ids = list(tree.kinship_ids)
+    comparison = compare(tree, node.id)
     context = {
         "model_title": name,
         "repo_id": repo_id or f"your-name/{name}",
@@ -396,11 +312,13 @@ def build_card(
         "library_name": library_name,
         "methods": methods,
         "search_paragraph": _search_paragraph(tree),
-        "test_rows": _test_rows(tree, node),
+        "comparison": comparison,
+        "oracle": any(r.role == "oracle" for r in comparison.rows),
+        "row_name": _row_name,
         "split_description": (tree.split or {}).get("description"),
         "tasks": [t for t in tree.tasks if t in node.scores] or sorted(node.scores),
         "score_metric": tree.score_metric,
-        "score_lower_better": "loss" in tree.score_metric,
+        "score_lower_better": comparison.lower_is_better,
         "experts": originals,
         "fmt": _fmt,
         "cell": _cell,
@@ -418,24 +336,11 @@ def build_card(
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,
-        "test_columns": _test_columns(tree, node.id),
         "dam": _dam_context(node),
     }
     path = Path(template) if template else template_path()
     card = ModelCard.from_template(data, template_path=str(path), **context)
     return ModelCard(published(str(card), tree))
-
-
-def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:
-    """This model and the baselines on the held-out test rows (when the run scored them)."""
-    scores = getattr(tree, "test_scores", None) or {}
-    ids = [node_id, *(n.id for n in tree.baselines() if n.id != node_id)]
-    out = []
-    for i in ids:
-        if i in scores and scores[i]:
-            values = [float(v) for v in scores[i].values()]
-            out.append({"id": i, "scores": scores[i], "mean": sum(values) / len(values)})
-    return out if out and out[0]["id"] == node_id else []
 
 
 def _dam_context(node: LineageNode) -> dict[str, Any] | None:

@@ -66,7 +66,7 @@ def command(
     """
     from rich.console import Console
 
-    from ..demo import DemoConfig, run_demo, summary_table
+    from ..demo import DemoConfig, row_label, run_demo, summary_table
     from ..search import get_strategy
 
     get_strategy(strategy)  # an unknown strategy: one line, before the Hub starts
@@ -89,6 +89,7 @@ def command(
     )
     result = run_demo(config, echo=(lambda *_a, **_k: None) if quiet else console.print)
     if as_json:
+        cmp = result.comparison()
         click.echo(
             json.dumps(
                 {
@@ -99,8 +100,13 @@ def command(
                     "winner": result.search.winner,
                     "evaluations": result.search.evaluations,
                     "comparison": [
-                        {"model": m, "scores": s, "mean": mean}
-                        for m, s, mean in result.comparison()
+                        {
+                            "model": row_label(row),
+                            "role": row.role,
+                            "scores": dict(row.scores(cmp.split)),
+                            "combined": row.combined(cmp.split),
+                        }
+                        for row in cmp.shown()
                     ],
                     "kinship": result.kinship.to_dict(),
                     "push": result.published.to_json(),

@@ -330,10 +330,9 @@ def command(
             token=token,
         )
         expert_refs += [c.id for c in found if c.id not in expert_refs]
-    if len(expert_refs) < 2:
-        raise ConfigError(
-            "Give at least two experts with --experts (or find them with --discover N)."
-        )
+    from ..search.settings import check_expert_count
+
+    check_expert_count(len(expert_refs), "give them with --experts, or find them with --discover N")
     config = SearchConfig(
         base=base,
         experts=expert_refs,
@@ -384,37 +383,35 @@ def command(
 
 
 def echo_summary(result: Any, out: str) -> None:
-    """The winner against the baselines: dev (what the search optimised) and held-out test."""
-    from ..evaluate import fitness_from_scores
+    """The winner against the baselines (``hub_merge.comparison``): test rows, and dev beside."""
+    from ..comparison import compare, format_score
 
-    tree = result.tree
+    cmp = compare(result.tree)
     node = result.winner_node
     click.echo(
         f"Winner ({result.strategy}): {node.id} after {result.generations} generation(s): "
         f"{result.stop_reason}."
     )
-    rows = [node, *(b for b in result.baselines() if b.id != node.id)]
-    metric = tree.score_metric
-    tasks = list(node.scores)
-    click.echo(f"{'model':<24} {'dev ' + metric:>16} {'test ' + metric:>16}  per task (test)")
-    for n in rows:
-        test = tree.test_scores.get(n.id)
-        dev_mean = -n.fitness if metric == "answer_loss" else n.fitness
-        test_mean = None
-        if test:
-            f = fitness_from_scores(
-                test,
-                metric,
-                tree.settings.get("weights") or None,
-                tree.settings.get("combine", "mean"),
-            )
-            test_mean = -f if metric == "answer_loss" else f
-        per_task = " ".join(f"{t}={test[t]:.4g}" for t in tasks if test and t in test)
-        mark = "*" if n.id == node.id else " "
-        shown = "–" if test_mean is None else f"{test_mean:.4g}"
-        click.echo(f"{mark}{n.id:<23} {dev_mean:>16.4g} {shown:>16}  {per_task}")
-    if tree.split.get("description"):
-        click.echo(f"Test rows: {tree.split['description']}.")
+    split = cmp.split
+    combined = f"{split} {cmp.combined_label}"
+    click.echo(
+        f"{cmp.metric} per task and {cmp.combined_label} of the tasks ({cmp.direction} is better):"
+    )
+    width = max(16, len(combined) + 1)
+    click.echo(
+        f"{'model':<24} {'dev ' + cmp.combined_label:>{width}} {combined:>{width}}  "
+        f"per task ({split})"
+    )
+    for row in cmp.shown("dev"):
+        scores = row.scores(split)
+        per_task = " ".join(f"{t}={format_score(scores[t])}" for t in cmp.tasks if t in scores)
+        mark = "*" if row.subject else " "
+        click.echo(
+            f"{mark}{row.label:<23} {format_score(row.dev_combined):>{width}} "
+            f"{format_score(row.combined(split)):>{width}}  {per_task}"
+        )
+    if cmp.split_description:
+        click.echo(f"Test rows: {cmp.split_description}.")
     click.echo(
         f"Evaluations: {result.evaluations} new, {result.cache_hits} from cache. "
         f"Run folder: {out} (winner in {result.winner_path})."

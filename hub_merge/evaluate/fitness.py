@@ -50,3 +50,35 @@ def fitness_from_scores(
         return total / sum(w[n] / v for n, v in good.items() if w[n] > 0)
     mean = sum(w[n] * float(s) for n, s in scores.items()) / total
     return -mean if metric in LOWER_IS_BETTER else mean
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a raw per-task score of ``metric`` is better when lower (a loss)."""
+    return metric in LOWER_IS_BETTER
+
+
+def combined_score(fitness: float, metric: str, combine: str = "mean") -> float:
+    """A fitness (higher is better) back in the metric's own units and direction.
+
+    ``mean``: the weighted mean of the per-task scores (a loss is un-negated). ``harmonic`` on a
+    loss: ``−ln`` of the harmonic mean of ``exp(−loss)``, a loss again (lower is better, equal to
+    every task's loss when they agree); ``harmonic`` on a score: the harmonic mean itself.
+    """
+    if not lower_is_better(metric):
+        return float(fitness)
+    if combine == "harmonic":
+        return -math.log(fitness) if fitness > 0 else math.inf
+    return -float(fitness)
+
+
+def combined_label(metric: str, combine: str = "mean", weighted: bool = False) -> str:
+    """The column title of :func:`combined_score`: ``mean``, ``weighted mean``, ``harmonic``..."""
+    name = "harmonic" if combine == "harmonic" else "mean"
+    return f"weighted {name}" if weighted else name
+
+
+def fitness_label(metric: str, combine: str = "mean") -> str:
+    """What a fitness value is, for an axis or a column: ``-answer_loss``, ``harmonic of exp(-answer_loss)``."""
+    if combine == "harmonic":
+        return f"harmonic of exp(-{metric})" if lower_is_better(metric) else f"harmonic of {metric}"
+    return f"-{metric}" if lower_is_better(metric) else metric

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from .build import ExpertSpec, MoeResult, MoeSettings, build_moe, mixtral_config
-from .card import build_moe_card, is_moe_folder, publish_moe
+from .card import build_moe_card, is_moe_folder, write_moe_readme
 from .experts import SUPPORTED, SUPPORTED_TYPES, open_experts
 from .router import ROUTER_MODES, PromptSet
 from .routing import Routing, measure_routing, plot_routing
@@ -29,5 +29,5 @@ __all__ = [
     "mixtral_config",
     "open_experts",
     "plot_routing",
-    "publish_moe",
+    "write_moe_readme",
 ]

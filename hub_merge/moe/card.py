@@ -1,4 +1,7 @@
-"""The MoE's model card, routing plot and ``hub_merge.json``, and publishing a MoE folder.
+"""The MoE's model card (a Jinja template, like the merge card's), routing plot and ``hub_merge.json``.
+
+``hub_merge.publish`` pushes a MoE folder through its one publish path, with
+:func:`write_moe_readme` as the card writer.
 
 The card follows design/model-card.md: ``base_model`` lists the experts' Hub repos (the MoE's
 parents; for LoRA experts the adapter repos themselves) with ``base_model_relation: merge``, and
@@ -16,12 +19,12 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..atomic import atomic_write
-from ..errors import LicenseConflictError
 from .router import PromptSet
 from .routing import measure_routing, plot_routing
 
 MANIFEST = "hub_merge.json"
 ROUTING_PNG = "routing.png"
+TEMPLATE_NAME = "moe_card_template.md"
 ARXIV = {
     "moe": "https://arxiv.org/abs/1701.06538",
     "mixtral": "https://arxiv.org/abs/2401.04088",
@@ -29,17 +32,20 @@ ARXIV = {
 
 
 def license_of(models: Sequence[Any], explicit: str | None) -> str:
-    """The MoE's license: the one given, else the parents' when they all name the same one."""
-    if explicit:
-        return explicit
-    found = {getattr(m, "license", None) for m in models}
-    if len(found) == 1 and None not in found:
-        return str(found.pop())
-    names = ", ".join(f"{getattr(m, 'repo_id', None) or m.path}: {m.license}" for m in models)
-    raise LicenseConflictError(
-        f"The parents' licenses differ or are unknown ({names}); choose the MoE's license with "
-        "--license (e.g. --license apache-2.0) after checking the parents' terms allow it."
+    """The MoE's license: the card's one rule (``hub_merge.card.choose_license``), as a string.
+
+    The one given wins; else the parents' (the base and every expert) when they all name the
+    same one.
+    """
+    from ..card.licenses import choose_license
+
+    names = [str(getattr(m, "repo_id", None) or m.path) for m in models]
+    choice = choose_license(
+        {name: getattr(m, "license", None) for name, m in zip(names, models, strict=True)},
+        explicit,
+        what="MoE",
     )
+    return choice.license_name or choice.license
 
 
 def is_moe_folder(folder: str | Path) -> bool:
@@ -99,82 +105,47 @@ def _fmt_params(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
 
 
+def template_path() -> Path:
+    """The MoE card's Jinja template (beside the merge card's)."""
+    return Path(__file__).parent.parent / "templates" / TEMPLATE_NAME
+
+
 def build_moe_card(manifest: dict[str, Any], repo_id: str | None = None) -> ModelCard:
     """The README: front matter for the Hub, then what it is, how to use it, routing, recipe."""
+    from ..card.licenses import license_fields
+
     parents = [e["repo_id"] for e in manifest["experts"] if e["repo_id"]]
+    license, license_name = license_fields(str(manifest["license"]))
     data = ModelCardData(
         base_model=parents or None,
         base_model_relation="merge" if parents else None,
         library_name="transformers",
-        license=manifest["license"],
+        license=license,
+        license_name=license_name,
         pipeline_tag="text-generation",
         tags=["merge", "hub-merge", "moe", "mixtral", "mixture-of-experts"],
         hub_merge=hub_merge_block(manifest),
     )
     p = manifest["parameters"]
-    experts = manifest["experts"]
-    rows = "\n".join(
-        f"| {i} | {e['name']} | `{e['id']}` | {e['kind']} | {e['prompts']['count']} "
-        f"({e['prompts']['source']}, sha256 `{e['prompts']['sha256'][:12]}`) |"
-        for i, e in enumerate(experts)
-    )
-    routing = manifest.get("routing", {})
-    acc_rows = "\n".join(
-        f"| {name} | {v['mean']:.3f} | " + ", ".join(f"{a:.2f}" for a in v["per_layer"]) + " |"
-        for name, v in routing.items()
-    )
     name = repo_id or "this-moe"
-    body = f"""
-# {name.split("/")[-1]}
-
-A mixture of experts ([Shazeer et al. 2017]({ARXIV["moe"]}); Mixtral layout,
-[Jiang et al. 2024]({ARXIV["mixtral"]})) assembled by
-[hub-merge](https://github.com/) from `{manifest["base"]["id"]}` and {len(experts)} of its
-experts. Each expert's MLP is one MoE expert; embeddings, attention and norms are
-{"the base's" if manifest["settings"]["shared"] == "base" else "the base plus the mean of the experts' deltas"}.
-A router in every layer sends each token to its top-{manifest["top_k"]} experts.
-
-- Parameters: **{_fmt_params(p["total"])} total, {_fmt_params(p["active"])} active per token**
-  (top-{manifest["top_k"]} of {len(experts)} experts).
-- Router: `{manifest["router_mode"]}` initialisation from each expert's positive prompts
-  (no router training).
-
-## Use
-
-```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-model = AutoModelForCausalLM.from_pretrained("{name}")
-tokenizer = AutoTokenizer.from_pretrained("{name}")
-ids = tokenizer("Hello", return_tensors="pt")
-print(tokenizer.decode(model.generate(**ids, max_new_tokens=20)[0]))
-```
-
-## Experts
-
-| index | name | from | kind | positive prompts |
-| ---: | --- | --- | --- | --- |
-{rows}
-
-## Routing
-
-Share of prompt tokens whose top-1 expert is their own task's expert, per layer:
-
-| rows | mean | per layer |
-| --- | ---: | --- |
-{acc_rows}
-
-![routing]({ROUTING_PNG})
-
-## Reproduce
-
-```bash
-{manifest.get("command", "hub-merge moe ...")}
-```
-
-Machine-readable lineage and settings: `hub_merge.json`.
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+    card = ModelCard.from_template(
+        data,
+        template_path=str(template_path()),
+        title=name.split("/")[-1],
+        repo_id=name,
+        arxiv=ARXIV,
+        base_id=manifest["base"]["id"],
+        experts=manifest["experts"],
+        shared=manifest["settings"]["shared"],
+        top_k=manifest["top_k"],
+        total=_fmt_params(p["total"]),
+        active=_fmt_params(p["active"]),
+        router_mode=manifest["router_mode"],
+        routing=manifest.get("routing", {}),
+        routing_png=ROUTING_PNG,
+        command=manifest.get("command", "hub-merge moe ..."),
+    )
+    return card
 
 
 def write_moe_card(
@@ -207,45 +178,26 @@ def write_moe_card(
     return manifest
 
 
-def publish_moe(
-    folder: str | Path,
-    repo_id: str,
-    *,
-    private: bool = False,
-    create_pr: bool = False,
-    commit_message: str | None = None,
-    endpoint: str | None = None,
-    token: str | None = None,
-) -> Any:
-    """Re-render the card for ``repo_id``, have the Hub validate it, push the folder in one commit."""
+def write_moe_readme(folder: str | Path, repo_id: str | None = None) -> Any:
+    """Re-render a MoE folder's card for ``repo_id``, check it, and write ``README.md``.
+
+    The MoE's card writer for ``hub_merge.publish`` (which validates it on the Hub and pushes).
+
+    Returns:
+        `hub_merge.card.CardResult`: the README, ``hub_merge.json``, the license and images.
+    """
     from ..card import CardResult, validate_card
-    from ..hub import validate_card_on_hub
-    from ..publish import PublishResult
-    from ..push import push
 
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
     card = build_moe_card(manifest, repo_id)
     validate_card(card)
-    text = str(card)
-    validate_card_on_hub(text, endpoint=endpoint, token=token)
     readme = folder / "README.md"
-    atomic_write(readme, text)
-    result = push(
-        folder,
-        repo_id,
-        private=private,
-        create_pr=create_pr,
-        commit_message=commit_message or f"Publish MoE of {len(manifest['experts'])} experts",
-        commit_description="Assembled by hub-merge moe; lineage and routing in hub_merge.json.",
-        endpoint=endpoint,
-        token=token,
-    )
-    card_result = CardResult(
+    atomic_write(readme, str(card))
+    return CardResult(
         readme=readme,
         hub_merge_json=folder / MANIFEST,
         node="moe",
         license=str(manifest["license"]),
         images=[ROUTING_PNG] if (folder / ROUTING_PNG).is_file() else [],
     )
-    return PublishResult(folder=folder, card=card_result, push=result)

@@ -5,8 +5,11 @@
 - ``core``: baselines, the ask/tell loop, budget, resume; over ``scoring`` (the score and
   kinship caches) and ``pool`` (the lineage);
 - ``backend``: the merge engine, kinship and evaluation behind the core;
-- ``api``: runs it all in a run folder, after ``config`` (checks), ``resolve`` (models) and
-  ``evaluators`` (tasks, backend); ``plots``: the pictures.
+- ``settings``: ``RunSettings``, the run's settings as one frozen object (what ``config``'s
+  checks return, what the core reads, the run folder fingerprints and the card spells as flags);
+- ``api``: builds the pieces, after ``config`` (checks), ``resolve`` (models) and
+  ``evaluators`` (tasks, backend), and lets the core run and record the search; ``plots``: the
+  pictures.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ _LAZY = {
     "register_strategy": "strategy",
     "strategy_names": "strategy",
     "SearchConfig": "api",
+    "RunSettings": "settings",
+    "check_config": "config",
     "greedy_search": "api",
     "search": "api",
     "GreedySettings": "strategies.greedy",

@@ -5,15 +5,13 @@ This is the wiring around the pure core (``hub_merge.search.core``), one step pe
 - ``config``: ``SearchConfig`` and every check made before a weight is pulled;
 - ``resolve``: the base and the experts, pulled, pinned (shas for lineage) and fingerprinted;
 - ``evaluators``: the dev/test evaluators and the backend over them (serial, or Ray workers);
-- here: the run folder with its caches, the plots and the materialised winner (``RUN/winner/``).
+- here: the pieces put together; the core (``SearchCore.run_search``) runs the search and
+  records it in the run folder (checkpoints, test scores, plots, ``RUN/winner/``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,8 @@ from .core import SearchCore, SearchResult
 from .evaluators import Evaluators, build_backend, build_evaluators
 from .memory import MEMORY_SHARE, _available_ram, default_max_memory, parse_bytes
 from .resolve import SearchModels, _original, _unique_names, layer_filters, pull_models
-from .state import RunFolder, write_json
-from .strategy import Workspace, fingerprinted_settings
+from .state import RunFolder
+from .strategy import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -89,22 +87,14 @@ def _run(
     backend: Any,
     evaluators: Evaluators,
 ) -> SearchResult:
-    """The search itself, over a ready backend (serial, or fanned out to Ray workers)."""
-    strategy_cls, settings, metric = checked.strategy_cls, checked.settings, checked.metric
-    experts, train = models.experts, checked.train
+    """Build the core over a ready backend (serial, or Ray workers) and let it run and record."""
+    settings, experts, split = checked.run, models.experts, evaluators.split
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
         experts,
         backend,
-        config.strategy,
         settings,
         base=models.base_expert,
         tasks=[name for name, _ in evaluators.task_rows],
-        metric=metric,
-        weights=config.weights,
-        combine=config.combine,
-        kinship_metric=config.kinship_metric,
-        seed=config.seed,
-        budget=config.budget,
         layers=layer_filters(session.names),
         fingerprints=models.fingerprints,
         progress=config.progress,
@@ -115,94 +105,25 @@ def _run(
                 e.name: Path(p.path) for e, p in zip(experts, models.pulled, strict=True)
             },
             dev_tasks=list(checked.tasks),
-            train_tasks=train,
+            train_tasks=checked.train,
             progress=config.progress,
         ),
+        split={**split.how, "description": split.describe()},
+        # every merge step is stored in the session's dtype: the card's mergekit YAML says so
+        facts={"dtype": dtype_name(session.dtype)},
     )
-    fingerprinted = {
-        "base": models.base_expert.source,
-        "experts": [e.source for e in experts],
-        "tasks": evaluators.task_rows,
-        "test": evaluators.test_rows,
-        "limit": config.limit,
-        "strategy": strategy_cls.name,
-        "search": fingerprinted_settings(strategy_cls, settings),
-        "metric": metric,
-        "weights": config.weights,
-        "kinship_metric": config.kinship_metric,
-        "seed": config.seed,
-    }
-    if config.combine != "mean":  # runs made before --combine existed stay resumable
-        fingerprinted["combine"] = config.combine
-    if train:  # likewise for runs made before --train-tasks existed
-        fingerprinted["train"] = [[t.name, t.digest] for t in train]
+    fingerprinted = settings.fingerprint_data(
+        base=models.base_expert.source,
+        experts=[e.source for e in experts],
+        tasks=evaluators.task_rows,
+        test=evaluators.test_rows,
+        train=[[t.name, t.digest] for t in checked.train],
+    )
     core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
     workspace = core.ctx.workspace
-    workspace.artefacts = core.run.root / strategy_cls.name  # the strategy's own files
+    workspace.artefacts = core.run.root / settings.strategy  # the strategy's own files
     workspace.write = atomic_write
-    result = core.run_search()
-    tree = result.tree
-    split = evaluators.split
-    tree.split = {**split.how, "description": split.describe()}
-    run: RunFolder = core.run  # type: ignore[assignment]
-    names = [e.name for e in experts]
-    tree.kinship_ids = names
-    tree.kinship_matrix = [
-        core.kinship(core.recipes[a], [core.recipes[b] for b in names]) for a in names
-    ]
-    tree.settings = {
-        **asdict(settings),
-        "strategy": strategy_cls.name,
-        "budget": config.budget,
-        "seed": config.seed,
-        "metric": metric,
-        "combine": config.combine,
-        "kinship_metric": config.kinship_metric,
-        "weights": config.weights,
-        "limit": config.limit,
-        "test_fraction": None if config.test_tasks else config.test_fraction,
-        "stop_reason": result.stop_reason,
-        # every merge step is stored in the session's dtype: the card's mergekit YAML says so
-        "dtype": dtype_name(session.dtype),
-    }
-    write_json(run.root / "recipes.json", {k: r.to_dict() for k, r in core.recipes.items()})
-    run.save_tree(tree)
-    _plots(tree, run.root)
-    _materialize(config, core, backend, result)
-    materialized = [tree.winner if w == "winner" else w for w in config.materialize]
-    core.score_test(materialized)  # a node written out may be published: its card needs them
-    run.save_tree(tree)
-    run.save_state(winner_path=result.winner_path)
-    return result
-
-
-def _materialize(
-    config: SearchConfig, core: SearchCore, backend: Any, result: SearchResult
-) -> None:
-    """Write each node of ``config.materialize`` to the run folder, unless it is there already.
-
-    A ``*.recipe.json`` marker beside each folder says what it holds, so a resumed run rewrites
-    a node only when its recipe changed (or its folder was left half-written).
-    """
-    run: RunFolder = core.run  # type: ignore[assignment]
-    for wanted in config.materialize:
-        node_id = result.tree.winner if wanted == "winner" else wanted
-        if node_id not in core.recipes:
-            raise ConfigError(
-                f"Cannot materialise {wanted!r}: no such node in the run (nodes: {list(core.recipes)[:8]}...)."
-            )
-        out = run.root / ("winner" if wanted == "winner" else f"nodes/{node_id}")
-        marker = run.root / (
-            f"{out.name}.recipe.json" if wanted == "winner" else f"nodes/{node_id}.recipe.json"
-        )
-        recipe = core.recipes[node_id].to_dict()
-        if not (out.exists() and marker.is_file() and json.loads(marker.read_text()) == recipe):
-            shutil.rmtree(out, ignore_errors=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            backend.materialize(core.recipes[node_id], out)
-            write_json(marker, recipe)
-        if wanted == "winner":
-            result.winner_path = str(out)
+    return core.run_search(materialize=config.materialize)
 
 
 def greedy_search(config: SearchConfig) -> SearchResult:
@@ -210,15 +131,3 @@ def greedy_search(config: SearchConfig) -> SearchResult:
     if config.strategy != "greedy":
         raise ConfigError(f"greedy_search runs the greedy strategy, not {config.strategy!r}.")
     return search(config)
-
-
-def _plots(tree: Any, root: Path) -> None:
-    from .plots import has_trajectory, plot_family_tree, plot_fitness, plot_trajectory
-
-    try:
-        plot_fitness(tree, root / "fitness.png")
-        plot_family_tree(tree, root / "family_tree.png")
-        if has_trajectory(tree):  # a search over mixing coefficients (the swarm)
-            plot_trajectory(tree, root / "trajectory.png")
-    except (OSError, ValueError) as err:  # a plot must never cost the user a finished search
-        logger.warning("Search finished but plotting failed (%s); the run folder is intact.", err)

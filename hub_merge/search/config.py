@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..refs import ModelRef
 from .memory import parse_bytes
+from .settings import RunSettings, check_expert_count
 from .strategy import Strategy, get_strategy, settings_from_dict
 
 
@@ -78,15 +79,23 @@ class SearchConfig:
 
 @dataclass
 class CheckedConfig:
-    """What :func:`check_config` found: the config's values, resolved and normalised."""
+    """What :func:`check_config` found: the run's settings, and the inputs resolved for it."""
 
-    strategy_cls: type[Strategy]
-    settings: Any  # the strategy's typed settings
+    run: RunSettings  # every setting that decides the result, frozen (hub_merge.search.settings)
     max_memory: int | None  # bytes, or None: a share of free memory once the device is known
     metric: str  # ``lm_eval`` for lm-eval tasks (each task's own metric)
     lm_eval: Any  # hub_merge.lmeval.LmEvalSpecs, or None for JSONL task files
     split: Any  # hub_merge.splits.Split (empty for lm-eval: its documents are read later)
     train: list[Any]  # training rows (DAM), never a test row
+
+    @property
+    def strategy_cls(self) -> type[Strategy]:
+        return self.run.strategy_cls
+
+    @property
+    def settings(self) -> Any:
+        """The strategy's typed settings."""
+        return self.run.settings
 
     @property
     def tasks(self) -> list[Any]:
@@ -117,8 +126,7 @@ def check_config(config: SearchConfig) -> CheckedConfig:
             raise ConfigError(f"--workers must be at least 1; got {config.workers}.")
         if config.ray_address is not None:
             check_reachable(config.ray_address)  # seconds, before anything is pulled
-    if len(config.experts) < 2:
-        raise ConfigError(f"A merge search needs at least two experts; got {len(config.experts)}.")
+    check_expert_count(len(config.experts))
     metric = config.metric
     lm_eval = None
     if is_lm_eval(config.tasks):  # lm-eval tasks are scored by their own primary metric
@@ -145,8 +153,21 @@ def check_config(config: SearchConfig) -> CheckedConfig:
             allow_benchmark_fitness=config.allow_benchmark_fitness,
         )
     train = _train_tasks(config.train_tasks, split)
+    run = RunSettings(
+        strategy=strategy_cls.name,
+        settings=settings,
+        budget=config.budget,
+        seed=config.seed,
+        metric=metric,
+        combine=config.combine,
+        weights=dict(config.weights),
+        kinship_metric=config.kinship_metric,
+        limit=config.limit,
+        test_fraction=None if config.test_tasks else config.test_fraction,
+        split_seed=config.split_seed,
+    )
     preflight_search(config)  # hub_merge.plan: every incompatibility, before any weight download
-    return CheckedConfig(strategy_cls, settings, max_memory, metric, lm_eval, split, train)
+    return CheckedConfig(run, max_memory, metric, lm_eval, split, train)
 
 
 def _train_tasks(paths: list[str], split: Any) -> list[Any]:

@@ -20,25 +20,30 @@ hit, so nothing is evaluated twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import shutil
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..errors import ConfigError
-from ..evaluate import COMBINES, METRICS, ScoreCache
+from ..evaluate import ScoreCache
 from ..lineage import BASE_ID, FamilyTree, GenerationRecord, LineageNode
 from ..merge.recipe import MergeRecipe, ModelEntry
 from .pool import CandidatePool
 from .result import SearchResult
 from .scoring import Scorer, SearchBackend
+from .settings import KINSHIP_METRICS as KINSHIP_METRICS  # importable here as before
+from .settings import RunSettings, check_expert_count
 from .state import KinshipCache, RunFolder
-from .strategy import Baseline, Expert, Strategy, StrategyContext, get_strategy, settings_from_dict
+from .strategy import Baseline, Expert, Strategy, StrategyContext
 
 logger = logging.getLogger(__name__)
 
-KINSHIP_METRICS = ("pearson", "cosine", "euclidean")
 UNIFORM = "uniform"
 
 
@@ -55,13 +60,16 @@ class SearchCore:
 
     Args:
         experts: the initial experts (two or more, unique names and sources).
-        backend: evaluates recipes and measures kinship (see :class:`SearchBackend`).
-        strategy: a registered strategy name; ``settings`` its settings (object or mapping).
+        backend: evaluates recipes and measures kinship (see :class:`SearchBackend`); when it
+            can ``materialize``, the run's chosen nodes are written into the run folder.
+        settings: the run's :class:`~hub_merge.search.settings.RunSettings` (strategy and its
+            settings, budget, seed, metric, weights, combine, kinship metric...).
         base: the common base (its ``source`` is the recipes' base string, its node ``base``).
         run: the run folder (caches and checkpoints); None keeps everything in memory.
-        metric, weights: how per-task scores become the fitness (higher is better).
-        combine: ``mean`` of the tasks, or ``harmonic`` (Model Swarms' utility for two tasks).
+        tasks: the dev tasks' names, in order; ``layers``: per-layer tensor-name filters.
         fingerprints: model string -> content fingerprint (local folders); part of cache keys.
+        split: how dev and test rows were chosen (``FamilyTree.split``, for the card).
+        facts: facts about the run recorded beside the settings (the merge dtype).
 
     Constructing the core builds the strategy, so bad settings fail before anything is scored.
     """
@@ -70,25 +78,19 @@ class SearchCore:
         self,
         experts: Sequence[Expert],
         backend: SearchBackend,
-        strategy: str = "greedy",
-        settings: Any = None,
+        settings: RunSettings,
         *,
         base: Expert | None = None,
         run: RunFolder | None = None,
         tasks: Sequence[str] = (),
-        metric: str = "answer_loss",
-        weights: Mapping[str, float] | None = None,
-        combine: str = "mean",
-        kinship_metric: str = "pearson",
-        seed: int = 0,
-        budget: int | None = None,
         layers: Sequence[str] = (),
         fingerprints: Mapping[str, str] | None = None,
         workspace: Any = None,
         progress: bool = True,
+        split: Mapping[str, Any] | None = None,
+        facts: Mapping[str, Any] | None = None,
     ) -> None:
-        if len(experts) < 2:
-            raise ConfigError(f"A merge search needs at least two experts; got {len(experts)}.")
+        check_expert_count(len(experts))
         names = [e.name for e in experts]
         if len(set(names)) != len(names):
             raise ConfigError(f"Expert names must be unique; got {names}.")
@@ -97,42 +99,43 @@ class SearchCore:
             raise ConfigError(f"The same expert was given twice: {sources}.")
         if UNIFORM in names or BASE_ID in names:
             raise ConfigError(f"An expert may not be named {UNIFORM!r} or {BASE_ID!r}.")
-        if metric not in METRICS:
-            raise ConfigError(f"metric {metric!r} is not one of {METRICS}.")
-        if kinship_metric not in KINSHIP_METRICS:
-            raise ConfigError(f"kinship_metric {kinship_metric!r} is not one of {KINSHIP_METRICS}.")
+        if not isinstance(settings, RunSettings):
+            raise ConfigError(
+                f"SearchCore takes a RunSettings; got {type(settings).__name__} "
+                "(run_strategy builds one from keyword arguments)."
+            )
+        self.run_settings = settings
         self.experts = list(experts)
         self.backend = backend
-        self.strategy_cls: type[Strategy] = get_strategy(strategy)
-        self.settings = settings_from_dict(strategy, settings)
+        self.strategy_cls: type[Strategy] = settings.strategy_cls
+        self.settings = settings.settings
         self.base = base
         self.run = run
-        if combine not in COMBINES:
-            raise ConfigError(f"combine {combine!r} is not one of {COMBINES}.")
         self.progress = progress
         base_source = base.source if base is not None else "@base"
         self.scorer = Scorer(
             backend,
             base=base_source,
-            metric=metric,
-            weights=weights or {},
-            combine=combine,
-            kinship_metric=kinship_metric,
+            metric=settings.metric,
+            weights=settings.weights,
+            combine=settings.combine,
+            kinship_metric=settings.kinship_metric,
             fingerprints=fingerprints or {},
             run=run,
         )
         self.ctx = StrategyContext(
             base=base_source,
             experts=self.experts,
-            seed=seed,
-            budget=budget,
+            seed=settings.seed,
+            budget=settings.budget,
             kinship=self.kinship if hasattr(backend, "kinship") else None,
-            kinship_metric=kinship_metric,
+            kinship_metric=settings.kinship_metric,
             layers=list(layers),
             workspace=workspace,
         )
         self.n_baselines = len(self.experts) + 1
         population = self.strategy_cls.population(self.settings, len(self.experts), len(layers))
+        budget = settings.budget
         if budget is not None and budget < self.n_baselines + population:
             raise ConfigError(
                 f"--budget {budget} is below one generation: {self.n_baselines} baselines "
@@ -142,10 +145,13 @@ class SearchCore:
         self.strategy = self.strategy_cls(self.settings, self.ctx)  # validates its settings
         self.tree = FamilyTree(
             base=BASE_ID if base is not None else None,
-            score_metric=metric,
-            kinship_metric=kinship_metric,
+            score_metric=settings.metric,
+            kinship_metric=settings.kinship_metric,
             tasks=list(tasks),
             strategy=self.strategy_cls.name,
+            # the settings, written once: every checkpoint carries them (live tables, the card)
+            settings={**settings.to_dict(), **dict(facts or {})},
+            split=dict(split or {}),
         )
         sources = {e.source: e.name for e in self.experts}
         sources[base_source] = BASE_ID
@@ -311,8 +317,14 @@ class SearchCore:
             return False
         return self.scorer.new_count(recipes) > budget
 
-    def run_search(self) -> SearchResult:
-        """Score the baselines, run the strategy to its stop, and return the result."""
+    def run_search(self, materialize: Sequence[str] = ()) -> SearchResult:
+        """Score the baselines, run the strategy to its stop, record the run and return it.
+
+        With a run folder, the finished run is saved there once: the family tree (settings,
+        split, expert kinships, test scores of the winner, the baselines and ``materialize``),
+        ``recipes.json``, the plots, and each node of ``materialize`` (node ids, or
+        ``"winner"``) as a model folder.
+        """
         generation = 0
         try:
             self._baselines()
@@ -334,13 +346,32 @@ class SearchCore:
         except KeyboardInterrupt:
             self._checkpoint(generation, "interrupted", "interrupted")
             raise
-        self.tree.validate()
-        self.tree.winner = self.best().id
-        self.score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
-        self._checkpoint(generation, "done", reason)
-        return SearchResult(
-            winner=self.tree.winner,
-            tree=self.tree,
+        return self._finish(generation, reason, materialize)
+
+    def _finish(self, generation: int, reason: str, materialize: Sequence[str]) -> SearchResult:
+        """Record the finished run: winner, expert kinships, test scores, files; save once."""
+        tree = self.tree
+        tree.validate()
+        tree.winner = self.best().id
+        wanted = {w: tree.winner if w == "winner" else w for w in materialize}
+        unknown = [w for w, node_id in wanted.items() if node_id not in self.recipes]
+        if unknown:
+            raise ConfigError(
+                f"Cannot materialise {unknown[0]!r}: no such node in the run "
+                f"(nodes: {list(self.recipes)[:8]}...)."
+            )
+        if hasattr(self.backend, "kinship"):  # the experts' kinship matrix, for the card
+            names = [e.name for e in self.experts]
+            tree.kinship_ids = names
+            tree.kinship_matrix = [
+                self.kinship(self.recipes[a], [self.recipes[b] for b in names]) for a in names
+            ]
+        # held-out scores of the winner, the baselines and every node written out (publishable)
+        self.score_test([tree.winner, *(n.id for n in tree.baselines()), *wanted.values()])
+        tree.settings["stop_reason"] = reason
+        result = SearchResult(
+            winner=tree.winner,
+            tree=tree,
             stop_reason=reason,
             generations=generation,
             evaluations=self.evaluations,
@@ -350,6 +381,56 @@ class SearchCore:
             recipes=dict(self.recipes),
             run_folder=str(self.run.root) if self.run else None,
         )
+        if self.run is not None:
+            root = self.run.root
+            atomic_write_json(
+                root / "recipes.json", {k: r.to_dict() for k, r in self.recipes.items()}
+            )
+            self.run.save_tree(tree)
+            _plots(tree, root)
+            for name, node_id in wanted.items():
+                out = self._materialize(name, node_id)
+                if name == "winner":
+                    result.winner_path = str(out)
+            self.run.save_state(
+                status="done",
+                generation=generation,
+                stop_reason=reason,
+                winner=tree.winner,
+                winner_path=result.winner_path,
+            )
+        return result
+
+    def _materialize(self, wanted: str, node_id: str) -> Path:
+        """Write a node as a model folder (``RUN/winner`` or ``RUN/nodes/<id>``), once.
+
+        A ``*.recipe.json`` marker beside each folder says what it holds, so a resumed run
+        rewrites a node only when its recipe changed (or its folder was left half-written).
+        """
+        root = self.run.root  # type: ignore[union-attr]
+        out = root / ("winner" if wanted == "winner" else f"nodes/{node_id}")
+        marker = root / (
+            f"{out.name}.recipe.json" if wanted == "winner" else f"nodes/{node_id}.recipe.json"
+        )
+        recipe = self.recipes[node_id].to_dict()
+        if not (out.exists() and marker.is_file() and json.loads(marker.read_text()) == recipe):
+            shutil.rmtree(out, ignore_errors=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.backend.materialize(self.recipes[node_id], out)  # type: ignore[attr-defined]
+            atomic_write_json(marker, recipe)
+        return out
+
+
+def _plots(tree: FamilyTree, root: Path) -> None:
+    from .plots import has_trajectory, plot_family_tree, plot_fitness, plot_trajectory
+
+    try:
+        plot_fitness(tree, root / "fitness.png")
+        plot_family_tree(tree, root / "family_tree.png")
+        if has_trajectory(tree):  # a search over mixing coefficients (the swarm)
+            plot_trajectory(tree, root / "trajectory.png")
+    except (OSError, ValueError) as err:  # a plot must never cost the user a finished search
+        logger.warning("Search finished but plotting failed (%s); the run folder is intact.", err)
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
@@ -374,8 +455,17 @@ def run_strategy(
     run: RunFolder | None = None,
     **kwargs: Any,
 ) -> SearchResult:
-    """Run a strategy over any backend (the pure entry point; ``search`` wires the real one)."""
-    core = SearchCore(experts, backend, strategy, settings, **kwargs)
+    """Run a strategy over any backend (the pure entry point; ``search`` wires the real one).
+
+    Keyword arguments named like a :class:`RunSettings` field (``budget``, ``seed``,
+    ``metric``, ``weights``, ``combine``, ``kinship_metric``...) build the run's settings; the
+    rest go to :class:`SearchCore`.
+    """
+    shared = {f.name for f in dataclasses.fields(RunSettings)} - {"strategy", "settings"}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in shared}
+    if given.get("weights") is None:
+        given.pop("weights", None)
+    core = SearchCore(experts, backend, RunSettings(strategy, settings, **given), **kwargs)
     if run is not None:
         core.attach(run)
     return core.run_search()

@@ -60,7 +60,7 @@ def build_evaluators(
         "metric": checked.metric,
         "batch_size": config.batch_size,
         "device": device,
-        "weights": config.weights or None,
+        "weights": checked.run.weights or None,
     }
     dev = Evaluator(split.dev, tokenizer, **kw)
     test = Evaluator(split.test, tokenizer, **kw)
@@ -113,7 +113,7 @@ def build_backend(
         base_source=models.base_expert.source,
         folders={k: str(v) for k, v in folders.items()},
         metric=checked.metric,
-        weights=dict(config.weights),
+        weights=dict(checked.run.weights),
         batch_size=config.batch_size,
         device=config.device,
         keep_models=config.keep_models,

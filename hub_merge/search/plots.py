@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..evaluate.fitness import fitness_label
 from ..lineage import FamilyTree
 
 __all__ = ["has_trajectory", "plot_family_tree", "plot_fitness", "plot_trajectory"]
@@ -68,9 +69,7 @@ def plot_fitness(tree: FamilyTree, path: str | Path) -> Path:
         if uniform is not None and uniform.fitness is not None:
             ax.axhline(uniform.fitness, color="0.4", ls="--", lw=1, label="uniform average")
         ax.set_xlabel("generation")
-        ax.set_ylabel(
-            f"fitness ({'-' if tree.score_metric == 'answer_loss' else ''}{tree.score_metric})"
-        )
+        ax.set_ylabel(f"fitness ({fitness_label(tree.score_metric, tree.scoring_rule()[1])})")
         if len(gens) <= 20:
             ax.set_xticks(gens)
         kin = [(g.generation, g.top_kinship) for g in tree.generations if g.top_kinship is not None]
