@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 from huggingface_hub import ModelCard
 
-from .. import __version__, card_rules
+from .. import card_rules
 from ..atomic import atomic_path, atomic_write
 from ..errors import CardValidationError, ConfigError
 from ..lineage import FamilyTree
+from ..version import __version__
 
 if TYPE_CHECKING:
     pass

@@ -8,18 +8,15 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .. import __version__
 from ..errors import ConfigError
 from ..lineage import FamilyTree, LineageNode
-
-if TYPE_CHECKING:
-    pass
-
-from .constants import KINSHIP_PAPER, METHODS, TEMPLATE_NAME
+from ..merge.registry import method_for
+from ..version import __version__
+from .constants import KINSHIP_PAPER, TEMPLATE_NAME, method_words
 from .licenses import LicenseChoice, resolve_license
 from .steps import _node, _random_methods, _steps, base_models, merge_steps, published
 
@@ -379,7 +376,7 @@ def build_card(
     steps = _steps(tree, node.id, recipes)
     methods = []
     for method in sorted({s.method for s in steps}):
-        title, plain, paper = METHODS.get(method, (method, "a mergekit merge method", None))
+        title, plain, paper = method_words(method)
         methods.append({"name": method, "title": title, "plain": plain, "paper": paper})
     kin_ids = list(tree.kinship_ids)
     context = {
@@ -419,7 +416,8 @@ def build_card(
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,
         "test_columns": _test_columns(tree, node.id),
-        "dam": _dam_context(node),
+        # the method's own sections (a DAM card's training facts); absent keys render as nothing
+        **method_for(str(node.method)).card_context(node.parameters),
     }
     path = Path(template) if template else template_path()
     card = ModelCard.from_template(data, template_path=str(path), **context)
@@ -436,16 +434,6 @@ def _test_columns(tree: FamilyTree, node_id: str) -> list[dict[str, Any]]:
             values = [float(v) for v in scores[i].values()]
             out.append({"id": i, "scores": scores[i], "mean": sum(values) / len(values)})
     return out if out and out[0]["id"] == node_id else []
-
-
-def _dam_context(node: LineageNode) -> dict[str, Any] | None:
-    """The DAM section's facts, from the recipe's parameters (None for other methods)."""
-    if node.method != "dam":
-        return None
-    params = dict(node.parameters or {})
-    return {k: params.get(k) for k in ("steps", "lr", "train_batch_size", "temperature")} | {
-        "sha256": str(params.get("sha256", ""))
-    }
 
 
 def _default_name(tree: FamilyTree, node: LineageNode) -> str:

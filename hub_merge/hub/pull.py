@@ -23,9 +23,9 @@ import huggingface_hub
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.file_download import repo_folder_name
 
-from .. import __version__
 from ..errors import HubError, UnsupportedRepoError
 from ..refs import ModelRef
+from ..version import __version__
 from .client import get_api, hub_errors, is_offline, resolve_endpoint
 from .convert import convert_pickle_folder, converted_folder_for_local, converted_folder_for_repo
 from .layout import (

@@ -4,7 +4,8 @@ This is how Model Swarms (Feng et al. 2024) moves LoRA experts: a particle's pos
 adapter's parameters, so a combination of positions combines ``lora_A`` and ``lora_B``
 separately, never ``B·A``. The result has the inputs' rank (not Σ r_j as
 :mod:`.adapter_out`'s exact sum has) and is a different model from the sum of the deltas. It is a
-hub-merge method, not a mergekit one (mergekit merges full tensors): its recipe is
+hub-merge method, not a mergekit one (mergekit merges full tensors), registered by
+:mod:`.factor_method`; its recipe is
 
     method: lora_factor_sum
     base: ./base
@@ -26,26 +27,10 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError, LoraBiasError
 from ..tensors import LoraAdapterReader, LoraFactors, is_adapter_folder
 from .adapter_out import write_adapter_folder
-from .recipe import MergeRecipe, ModelEntry
+from .factor_method import FACTOR_METHOD, factor_recipe, factor_weights
+from .recipe import MergeRecipe
 
-FACTOR_METHOD = "lora_factor_sum"
 USE_DENSE = "mix them in dense space instead (swarm --space dense)"
-
-
-def is_factor_recipe(recipe: MergeRecipe) -> bool:
-    return recipe.method == FACTOR_METHOD
-
-
-def factor_recipe(base: str, adapters: Sequence[str], weights: Sequence[float]) -> MergeRecipe:
-    """The recipe of the factor-wise mix of ``adapters`` (recipe strings) with ``weights``."""
-    return MergeRecipe(
-        method=FACTOR_METHOD,
-        base=base,
-        models=[
-            ModelEntry(model=a, parameters={"weight": float(w)})
-            for a, w in zip(adapters, weights, strict=True)
-        ],
-    )
 
 
 class FactorMix:
@@ -248,33 +233,6 @@ def open_factor_recipe(
     return mix, weights
 
 
-def factor_weights(recipe: MergeRecipe) -> list[float]:
-    """The per-adapter weights of a ``lora_factor_sum`` recipe, after checking its shape."""
-    if recipe.base is None:
-        raise ConfigError(f"Method {FACTOR_METHOD!r} needs `base:` (the adapters' base model).")
-    if recipe.parameters:
-        raise ConfigError(
-            f"Method {FACTOR_METHOD!r} takes only a per-model `weight`; remove "
-            f"{', '.join(sorted(recipe.parameters))} from `parameters`."
-        )
-    weights = []
-    for i, e in enumerate(recipe.models):
-        extra = sorted(set(e.parameters) - {"weight"})
-        if extra or "weight" not in e.parameters:
-            raise ConfigError(
-                f"Method {FACTOR_METHOD!r} needs exactly a numeric `weight` for every model; "
-                f"models[{i}] has {sorted(e.parameters)}."
-            )
-        w = e.parameters["weight"]
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ConfigError(
-                f"Method {FACTOR_METHOD!r}: models[{i}].weight must be a number (no gradients or "
-                f"filters: a factor mix has one weight per adapter); got {w!r}."
-            )
-        weights.append(float(w))
-    return weights
-
-
 def check_factor_inputs(folders: Sequence[str | Path], labels: Sequence[str] | None = None) -> None:
     """Refuse inputs that cannot be mixed factor-wise (full models, other ranks, other bases).
 
@@ -313,3 +271,15 @@ def write_factor_recipe(
     shutil.rmtree(out)
     fresh.rename(out)
     return out
+
+
+__all__ = [
+    "FACTOR_METHOD",  # the method's name and recipe live in .factor_method; kept importable here
+    "USE_DENSE",
+    "FactorMix",
+    "check_factor_inputs",
+    "factor_recipe",
+    "factor_weights",
+    "open_factor_recipe",
+    "write_factor_recipe",
+]
