@@ -116,9 +116,8 @@ class AdapterSource(KinshipSource):
                     "trained on another architecture."
                 )
             factors = self.reader.factors(n)
-            if factors is not None:
-                out, inn = factors.B.shape[0], factors.A.shape[1]
-                base.fit_shape(n, (inn, out) if factors.transpose else (out, inn), self.name)
+            if factors is not None:  # its delta's shape in the base's layout
+                base.fit_shape(n, factors.shape, self.name)
             override = self.reader.override(n)
             if override is not None:
                 base.fit_shape(n, tuple(override.shape), self.name)
@@ -144,12 +143,10 @@ class AdapterSource(KinshipSource):
                 override = override.to(torch.float64) + factors.dense(dtype=torch.float64)[:rows]
             full = override
             return _Dense(lambda start, stop: full if full.dim() == 0 else full[start:stop])
-        assert factors is not None
-        a = factors.A.to(device=device, dtype=torch.float64)  # (r, in)
-        b = factors.B.to(device=device, dtype=torch.float64) * factors.scale  # (out, r)
-        # delta = b @ a, or (b @ a).T = a.T @ b.T for embeddings / fan_in_fan_out.
-        u, v = (a.T, b.T) if factors.transpose else (b, a)
-        return _LowRank(u[:rows], v)
+        low = self.reader.lowrank(name, device=device, dtype=torch.float64)  # scale in B
+        assert low is not None
+        # delta = left @ right in the base's layout (b @ a, or a.T @ b.T: embeddings, Conv1D)
+        return _LowRank(low.left[:rows], low.right)
 
 
 def as_source(model: object, name: str | None = None) -> KinshipSource:

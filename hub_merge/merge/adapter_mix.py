@@ -73,20 +73,14 @@ class FactorMix:
         for name in self.modules:
             row: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             for r in readers:
-                f = r.factors(name)
+                f = r.lowrank(name, device=self.device)
                 if f is None:
                     row.append(None)
                     continue
                 self.transpose[name] = f.transpose
-                row.append(
-                    (
-                        f.A.to(self.device, torch.float32),
-                        f.B.to(self.device, torch.float32) * f.scale,
-                    )
-                )
+                row.append((f.A, f.B))
             self.factors[name] = row
-        first = readers[0]
-        self.dtype = first._reader.dtype(first._reader.names[0])
+        self.dtype = readers[0].dtype
 
     def _check(self) -> None:
         bases = {r.base_model for r in self.readers}
@@ -205,11 +199,7 @@ class FactorMix:
 
 def _is_embedding(mix: FactorMix, name: str) -> bool:
     # peft stores an embedding's factors as lora_embedding_A/B, a linear layer's as lora_A/B.
-    for r in mix.readers:
-        entry = r._factors.get(name)
-        if entry is not None:
-            return entry[0].endswith("lora_embedding_A")
-    return False
+    return any(r.is_embedding(name) for r in mix.readers)
 
 
 def open_factor_recipe(

@@ -154,17 +154,13 @@ class InPlaceModel:
         reader = term.handle.source.adapter  # type: ignore[attr-defined]
         cache = _AdapterCache()
         device = self.session.device
-        plain = set(reader._factors) - set(reader._overrides) - set(reader._biases)
+        plain = set(reader.plain_names())
         for name in reader.names:
             if name not in self.targets:
                 continue
             if name in plain:
-                f = reader.factors(name)
-                cache.lowrank[name] = (
-                    f.A.to(device, torch.float32),
-                    f.B.to(device, torch.float32) * f.scale,
-                    f.transpose,
-                )
+                f = reader.lowrank(name, device=device)
+                cache.lowrank[name] = (f.A, f.B, f.transpose)
             else:  # modules_to_save / saved base_layer / lora_bias: a dense delta, kept once
                 delta = reader.delta(name, self.session.base.state[name], dtype=torch.float32)
                 if delta is not None:
