@@ -1,4 +1,5 @@
-"""The package's shape: no import circle between packages, methods found through the registry."""
+"""The package's shape: no import circle between packages, no module reading another's private
+names, methods found through the registry."""
 
 from __future__ import annotations
 
@@ -130,6 +131,46 @@ def test_no_import_circle_between_packages():
     assert not found, f"import circles between packages: {found}\n" + "\n".join(detail)
 
 
+def private_imports(root: Path) -> list[str]:
+    """``from x import _name`` lines in ``root``'s Python files (dunders and private submodules of
+    the importer's own package, like ``cli/_hubopts.py``, are fine)."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            for alias in node.names:
+                name = alias.name
+                if not name.startswith("_") or name.startswith("__"):
+                    continue
+                if (
+                    node.level == 1
+                    and node.module is None
+                    and (path.parent / f"{name}.py").exists()
+                ):
+                    continue  # `from . import _module`: a private module of this package
+                where = path.relative_to(root.parent)
+                found.append(
+                    f"{where}:{node.lineno}: from {'.' * node.level}{node.module or ''} import {name}"
+                )
+    return found
+
+
+def test_the_private_import_walk_finds_one(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.py").write_text("def _helper():\n    pass\n")
+    (tmp_path / "pkg" / "b.py").write_text("from .a import _helper\nfrom . import __doc__\n")
+    assert private_imports(tmp_path / "pkg") == ["pkg/b.py:1: from .a import _helper"]
+
+
+@pytest.mark.parametrize("root", ["hub_merge", "spaces", "benchmarks"])
+def test_no_module_imports_another_modules_private_names(root):
+    folder = PACKAGE.parent / root
+    assert folder.is_dir(), f"{folder} is missing"
+    found = private_imports(folder)
+    assert not found, "give these names a public home:\n" + "\n".join(found)
+
+
 def test_merge_never_imports_dam_and_only_their_own_modules_name_the_methods():
     graph = package_graph()
     assert "dam" not in graph.get("merge", {}), graph["merge"].get("dam")
@@ -218,3 +259,31 @@ def test_a_new_method_is_one_registered_class(scaled_base, tiny_models, tmp_path
     assert exported.models[0].model == str(tiny_models.experts[0])
     assert exported.base == str(tiny_models.base)
     assert published("at /secret/run/factor.txt", tree) == "at factor.txt"
+
+
+def test_the_cards_merge_command_runs_a_hub_merge_method_step(tiny_models, tmp_path, capsys):
+    """A card tells users to rerun a hub-merge method's step with ``hub-merge merge step.yml``;
+    the command's checks ask the registry, so the step is not refused as an unknown method."""
+    from hub_merge.cli import main
+    from hub_merge.tensors import LoraAdapterReader
+
+    step = tmp_path / "step.yml"
+    a, b = tiny_models.adapters
+    step.write_text(
+        f"method: lora_factor_sum\nbase: {tiny_models.base}\nmodels:\n"
+        f"  - {{model: {a}, parameters: {{weight: 0.25}}}}\n"
+        f"  - {{model: {b}, parameters: {{weight: 0.75}}}}\n"
+    )
+    assert main(["merge", str(step), "--out", str(tmp_path / "out")]) == 0
+    out = LoraAdapterReader(tmp_path / "out")
+    name = out.plain_names()[0]
+    mixed = out.lowrank(name)
+    one, two = LoraAdapterReader(a).lowrank(name), LoraAdapterReader(b).lowrank(name)
+    torch.testing.assert_close(mixed.A, 0.25 * one.A + 0.75 * two.A)
+    torch.testing.assert_close(mixed.B, 0.25 * one.B + 0.75 * two.B)
+
+    bad = tmp_path / "bad.yml"
+    bad.write_text(step.read_text().replace("weight: 0.25", "density: 0.5"))
+    assert main(["merge", str(bad), "--out", str(tmp_path / "bad")]) != 0
+    assert "needs exactly a numeric `weight`" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

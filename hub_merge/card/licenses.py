@@ -4,14 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from .. import card_rules
 from ..errors import LicenseConflictError
 from ..lineage import FamilyTree, LineageNode
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from ..merge.recipe import MergeRecipe
 
 
-def _node(tree: FamilyTree, node_id: str | None) -> LineageNode:
+def merge_node(tree: FamilyTree, node_id: str | None) -> LineageNode:
     node_id = node_id or tree.winner
     if node_id is None:
         raise ConfigError("The run has no winner yet; name the node to describe (--node ID).")
@@ -74,7 +74,7 @@ def _ref(tree: FamilyTree, node_id: str) -> str:
     return node.source
 
 
-def _random_methods() -> frozenset[str]:
+def random_methods() -> frozenset[str]:
     from ..merge.recipe import RANDOM_METHODS  # lazy: the merge package imports torch
 
     return RANDOM_METHODS
@@ -156,7 +156,7 @@ class _Step:
     tool: str = "mergekit"  # "hub-merge" for hub-merge's own methods (the registry's entries)
 
 
-def _steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) -> list[_Step]:
+def card_steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) -> list[_Step]:
     out = []
     for step_id in merge_steps(tree, node_id):
         recipe = step_recipe(tree, step_id, recipes)

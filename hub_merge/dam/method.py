@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from ..merge.recipe import MergeRecipe
 from ..merge.registry import CardWords, MergeInputs, MergeMethod, StateDict, register_method
 from .recipe import DAM_METHOD
@@ -35,6 +36,20 @@ class DamMethod(MergeMethod):
         "weights stay unchanged)",
         PAPER_URL,
     )
+
+    def check(self, recipe: MergeRecipe) -> None:
+        """A coefficient file and its digest, and models (not recipes) as inputs; the file is
+        read (and its digest checked) when the merge runs."""
+        params = recipe.parameters
+        if not isinstance(params.get("coefficients"), str) or not isinstance(
+            params.get("sha256"), str
+        ):
+            raise ConfigError(
+                "A `dam` recipe needs parameters `coefficients` (the coefficient file) and "
+                "`sha256`."
+            )
+        if any(not isinstance(e.model, str) for e in recipe.models):
+            raise ConfigError("A `dam` recipe merges models, not other recipes.")
 
     def state_dict(self, recipe: MergeRecipe, inputs: MergeInputs) -> StateDict:
         from .recipe import dam_state_dict

@@ -85,6 +85,12 @@ class FactorMethod(MergeMethod):
         "https://arxiv.org/abs/2410.11163",
     )
 
+    def check(self, recipe: MergeRecipe) -> None:
+        """A base, and one numeric weight per adapter; the adapters themselves are read later."""
+        factor_weights(recipe)
+        if any(not isinstance(e.model, str) for e in recipe.models):
+            raise ConfigError(f"Method {FACTOR_METHOD!r} mixes adapters, not other recipes.")
+
     def state_dict(self, recipe: MergeRecipe, inputs: MergeInputs) -> StateDict:
         """``W_base + (Σ w B_j)(Σ w A_j)``; the adapters' factors are read once per session."""
         from .adapter_mix import open_factor_recipe

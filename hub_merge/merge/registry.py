@@ -83,6 +83,9 @@ class MergeMethod:
     writes_state: ClassVar[bool] = True
     words: ClassVar[CardWords | None] = None
 
+    def check(self, recipe: MergeRecipe) -> None:
+        """Refuse a malformed step before any I/O (ConfigError / UnknownMethodError, one line)."""
+
     def state_dict(self, recipe: MergeRecipe, inputs: MergeInputs) -> StateDict:
         """The merged model as a state dict on the session's device, in the session's dtype."""
         raise NotImplementedError
@@ -122,6 +125,18 @@ class MergeMethod:
 
 class MergekitMethod(MergeMethod):
     """mergekit's methods (``linear``, ``slerp``, ``ties``...): its arithmetic, its contracts."""
+
+    def check(self, recipe: MergeRecipe) -> None:
+        """The method exists and its parameters fit its input contract (mergekit's own)."""
+        from .methods import get_method, validate_parameters
+
+        validate_parameters(
+            get_method(recipe.method),
+            recipe.parameters,
+            [e.parameters for e in recipe.models],
+            n_inputs=len(recipe.models),
+            has_base=recipe.base is not None,
+        )
 
     def state_dict(self, recipe: MergeRecipe, inputs: MergeInputs) -> StateDict:
         session = inputs.session

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import IncompatibleModelsError, LoraBiasError, UnsupportedRepoError
 from .checkpoint import CheckpointReader
-from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _refuse_unsafe
+from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, refuse_unsafe
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class LoraAdapterReader:
             )
         weights = self.folder / ADAPTER_WEIGHTS
         if not weights.is_file():
-            _refuse_unsafe(self.folder)
+            refuse_unsafe(self.folder)
         self._reader = CheckpointReader(self.folder, weights_file=ADAPTER_WEIGHTS)
         self._factors: dict[str, tuple[str, str, float, bool]] = {}
         self._overrides: dict[str, str] = {}
