@@ -27,7 +27,7 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError, LoraBiasError
 from ..tensors import LoraAdapterReader, LoraFactors, is_adapter_folder
 from .adapter_out import write_adapter_folder
-from .factor_method import FACTOR_METHOD, factor_recipe, factor_weights
+from .factor_method import FACTOR_METHOD, factor_recipe, factor_weights, is_factor_recipe
 from .recipe import MergeRecipe
 
 USE_DENSE = "mix them in dense space instead (swarm --space dense)"
@@ -270,6 +270,7 @@ __all__ = [
     "check_factor_inputs",
     "factor_recipe",
     "factor_weights",
+    "is_factor_recipe",
     "open_factor_recipe",
     "write_factor_recipe",
 ]

@@ -21,6 +21,11 @@ if TYPE_CHECKING:
 FACTOR_METHOD = "lora_factor_sum"
 
 
+def is_factor_recipe(recipe: MergeRecipe) -> bool:
+    """Whether ``recipe`` is a factor mix (kept for callers; the engine asks the registry)."""
+    return recipe.method == FACTOR_METHOD
+
+
 def factor_recipe(base: str, adapters: Sequence[str], weights: Sequence[float]) -> MergeRecipe:
     """The recipe of the factor-wise mix of ``adapters`` (recipe strings) with ``weights``."""
     return MergeRecipe(
