@@ -4,7 +4,10 @@ names, methods found through the registry."""
 from __future__ import annotations
 
 import ast
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,6 +201,20 @@ def test_hub_merges_own_methods_are_registered_and_others_are_mergekits():
     assert title == "DAM" and paper == "https://arxiv.org/abs/2410.08371"
     assert method_words("ties")[0] == "TIES"
     assert method_words("no_such")[1] == "a mergekit merge method"
+
+
+def test_dam_is_registered_whatever_is_imported_first():
+    """A fresh interpreter that only imports the merge registry (or the engine) meets ``dam``
+    recipes registered: ``hub_merge/__init__`` imports DAM's entry, merge/ never does."""
+    code = (
+        "import sys; from hub_merge.merge.registry import method_for; "
+        "assert type(method_for('dam')).__name__ == 'DamMethod', method_for('dam'); "
+        "assert type(method_for('lora_factor_sum')).__name__ == 'FactorMethod'; "
+        "assert 'torch' not in sys.modules, 'reading the registry loads torch'"
+    )
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.fixture
