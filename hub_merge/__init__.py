@@ -6,9 +6,9 @@ for the best merge, and push it back with honest lineage on its model card.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from . import dam as dam  # registers hub-merge's learned merge method (merge/ never imports dam/)
 from .errors import HubMergeError
 from .refs import ModelRef
+from .version import __version__
 
 __all__ = ["HubMergeError", "ModelRef", "__version__"]

@@ -20,7 +20,7 @@ from .hub import PulledModel
 from .tensors import CheckpointReader, LoraAdapterReader
 
 # Config fields that change what the tensors mean even when their shapes agree.
-_SEMANTIC_FIELDS = (
+SEMANTIC_FIELDS = (
     "model_type",
     "architectures",
     "rope_theta",
@@ -47,7 +47,7 @@ def _config(model: PulledModel) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _vocab(folder: Path) -> tuple[str, Any] | None:
+def vocab_view(folder: Path) -> tuple[str, Any] | None:
     """A comparable view of a tokenizer's vocabulary: (source, value) or None without files."""
     tok = folder / "tokenizer.json"
     if tok.is_file():
@@ -66,7 +66,7 @@ def _vocab(folder: Path) -> tuple[str, Any] | None:
 
 
 def _vocab_problem(base: PulledModel, cand: PulledModel) -> Problem | None:
-    a, b = _vocab(base.path), _vocab(cand.path)
+    a, b = vocab_view(base.path), vocab_view(cand.path)
     if a is None or b is None:
         return None  # adapters usually ship no tokenizer; shapes still guard the embeddings
     if a[0] != b[0]:
@@ -93,7 +93,7 @@ def _full_problems(
 ) -> list[Problem]:
     problems: list[Problem] = []
     bc, cc = _config(base), _config(cand)
-    for key in _SEMANTIC_FIELDS:
+    for key in SEMANTIC_FIELDS:
         # Architecture fields must match exactly; the others only when both configs state them
         # (defaults are often left out, and transformers versions write different subsets).
         stated = key in ("model_type", "architectures") or (key in bc and key in cc)

@@ -29,7 +29,7 @@ def short_name(name: str, limit: int = 24) -> str:
     return f"{name[:keep]}…{name[-(limit - 1 - keep) :]}"
 
 
-def _save_atomically(fig, path: Path, dpi: int) -> None:
+def save_figure(fig, path: Path, dpi: int) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=(path.suffix.lstrip(".") or "png"))
 
@@ -93,7 +93,7 @@ def plot_kinship(
                 )
         ax.set_title(title or f"Model kinship ({result.metric})")
         fig.tight_layout()
-        _save_atomically(fig, path, dpi)
+        save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
     return path

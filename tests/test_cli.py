@@ -43,3 +43,12 @@ def test_usage_errors_and_typed_errors_have_distinct_exit_codes(tmp_path, capsys
     code = main(["push", str(tmp_path), "--repo", "me/x", "--endpoint", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
     assert code == 2 and "not a finished search run" in err  # ConfigError, before any network
+
+
+def test_search_options_take_several_words_after_one_flag_through_public_click():
+    from hub_merge.cli.search import command as search_command
+
+    args = ["--base", "b", "--experts", "a1", "a2", "--experts=a3", "a4", "--tasks", "t.jsonl"]
+    ctx = search_command.make_context("search", [*args, "--out", "run", "--experts", "-odd"])
+    assert ctx.params["experts"] == ("a1", "a2", "a3", "a4", "-odd")
+    assert ctx.params["tasks"] == ("t.jsonl",) and ctx.params["base"] == "b"

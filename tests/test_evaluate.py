@@ -213,7 +213,7 @@ class _PlainForward(torch.nn.Module):
 
 def test_length_sorted_batches_keep_the_unbatched_scores(tiny):
     """Rows sorted and packed by length, only answer logits projected: same losses to 1e-4."""
-    from hub_merge.evaluate import _KEEPS_LOGITS
+    from hub_merge.evaluate.scoring import KEEPS_LOGITS
 
     zoo, tok, base = tiny
     expert = AutoModelForCausalLM.from_pretrained(zoo.experts["sort"], dtype=torch.float32).eval()
@@ -230,10 +230,10 @@ def test_length_sorted_batches_keep_the_unbatched_scores(tiny):
     for side, bs in (("right", 4), ("left", 7), ("right", "auto")):
         got = Evaluator([mixed], tok, batch_size=bs, padding_side=side).score(expert)["mixed"]
         assert got == pytest.approx(want, abs=1e-4), (side, bs)
-    assert _KEEPS_LOGITS[type(expert)] is True  # the cheap path ran on a transformers model
+    assert KEEPS_LOGITS[type(expert)] is True  # the cheap path ran on a transformers model
     plain = _PlainForward(expert).eval()
     got = Evaluator([mixed], tok, batch_size=4).score(plain)["mixed"]
-    assert _KEEPS_LOGITS[type(plain)] is False
+    assert KEEPS_LOGITS[type(plain)] is False
     assert got == pytest.approx(want, abs=1e-4)
     with pytest.raises(ConfigError, match="batch_size"):
         Evaluator([mixed], tok, batch_size=0)

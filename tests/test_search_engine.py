@@ -327,10 +327,10 @@ def test_state_cache_fits_free_memory(tiny_zoo):
     from types import SimpleNamespace
 
     from hub_merge.merge import MergeSession
-    from hub_merge.search.api import MEMORY_SHARE, _available_ram, default_max_memory, parse_bytes
+    from hub_merge.search.memory import MEMORY_SHARE, available_ram, default_max_memory, parse_bytes
 
     tiny = MergeSession(tiny_zoo.base, device="cpu")
-    free = _available_ram()
+    free = available_ram()
     assert free is not None
     assert default_max_memory(tiny) == pytest.approx(MEMORY_SHARE * free, rel=0.2)
     huge = SimpleNamespace(  # a 4 TB state dict on the meta device: room for one, no more

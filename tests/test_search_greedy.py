@@ -285,7 +285,7 @@ def test_bad_settings_are_refused():
 def test_hub_originals_carry_repo_and_sha_in_the_lineage(tmp_path):
     from hub_merge.hub import PulledModel
     from hub_merge.refs import ModelRef
-    from hub_merge.search.api import _original, _unique_names
+    from hub_merge.search.resolve import original_expert, unique_names
 
     sha = "a" * 40
     pulled = [
@@ -300,9 +300,9 @@ def test_hub_originals_carry_repo_and_sha_in_the_lineage(tmp_path):
             revision=sha,
         ),
     ]
-    names = _unique_names(pulled)
+    names = unique_names(pulled)
     assert names == ["ea", "ea-2"]
-    origs = [_original(p, n) for p, n in zip(pulled, names, strict=True)]
+    origs = [original_expert(p, n) for p, n in zip(pulled, names, strict=True)]
     assert origs[0].source == f"org/ea@{sha}" and origs[0].path is None and origs[1].is_adapter
     backend = VectorBackend({})
     backend.vectors = {

@@ -199,7 +199,7 @@ def _fake_builder(calls: list[int], fail: bool = False):
 def test_crashed_build_leaves_no_half_zoo(tmp_path: Path) -> None:
     calls: list[int] = []
     with pytest.raises(RuntimeError, match="crash"):
-        zoo_mod._cached_build("fake", tmp_path, False, _fake_builder(calls, fail=True))
+        zoo_mod.cached_build("fake", tmp_path, False, _fake_builder(calls, fail=True))
     assert not (tmp_path / "zoo" / "fake").exists()
     assert [p.name for p in (tmp_path / "zoo").iterdir() if not p.name.endswith(".lock")] == []
     with pytest.raises(ConfigError, match="not a built zoo"):
@@ -212,7 +212,7 @@ def test_concurrent_callers_build_once_and_force_rebuilds(tmp_path: Path) -> Non
     threads = [
         threading.Thread(
             target=lambda: results.append(
-                zoo_mod._cached_build("fake", tmp_path, False, _fake_builder(calls))
+                zoo_mod.cached_build("fake", tmp_path, False, _fake_builder(calls))
             )
         )
         for _ in range(4)
@@ -223,7 +223,7 @@ def test_concurrent_callers_build_once_and_force_rebuilds(tmp_path: Path) -> Non
         t.join()
     assert len(calls) == 1
     assert len(results) == 4 and all(r == results[0] for r in results)
-    zoo_mod._cached_build("fake", tmp_path, True, _fake_builder(calls))
+    zoo_mod.cached_build("fake", tmp_path, True, _fake_builder(calls))
     assert len(calls) == 2
     assert (tmp_path / "zoo" / "fake" / "zoo.json").is_file()
 

@@ -3,7 +3,7 @@
 The Hub builds its model tree from ``base_model`` + ``base_model_relation`` and shows evaluation
 results from ``model-index``; everything else a user needs to trust a merge (which exact commits
 went in, how they were combined, how related they were, how to redo it) goes in the body and in
-the ``hub_merge`` block. mergekit's cards miss most of this (see design/model-card.md).
+the ``hub_merge`` block. mergekit's cards miss most of this.
 
 The core is pure: :func:`build_card` turns a :class:`~hub_merge.lineage.FamilyTree` (plus, when
 the run saved them, its recipe trees) into a ``huggingface_hub.ModelCard`` rendered from the Jinja

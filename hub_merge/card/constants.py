@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
+from ..merge.registry import method_for  # light: hub-merge's own methods describe themselves
 
 TEMPLATE_NAME = "model_card_template.md"
 IMAGES = ("fitness.png", "family_tree.png", "kinship.png", "dam_coefficients.png")
 DEPENDENCIES = ("torch", "transformers", "peft", "mergekit", "huggingface_hub", "safetensors")
 
-# Plain-words description and paper of each method a card may name; unknown methods still render.
+# Plain-words description and paper of mergekit's methods a card may name (hub-merge's own
+# methods carry theirs in their registry entry, see method_words); unknown methods still render.
 METHODS: dict[str, tuple[str, str, str | None]] = {
     "slerp": (
         "SLERP",
@@ -24,19 +21,6 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
         "weighted average",
         "averages the models' weights (a 'model soup')",
         "https://arxiv.org/abs/2203.05482",
-    ),
-    "lora_factor_sum": (
-        "LoRA factor mix",
-        "mixes LoRA adapters factor by factor (A = Σ w·A_j, B = Σ w·B_j), as Model Swarms moves "
-        "LoRA experts; the result is itself an adapter",
-        "https://arxiv.org/abs/2410.11163",
-    ),
-    "dam": (
-        "DAM",
-        "learns one coefficient per input column of every linear layer for each model, by "
-        "gradient descent so the merge imitates each model on its own prompts (the models' "
-        "weights stay unchanged)",
-        "https://arxiv.org/abs/2410.08371",
     ),
     "task_arithmetic": (
         "task arithmetic",
@@ -75,6 +59,14 @@ METHODS: dict[str, tuple[str, str, str | None]] = {
     ),
 }
 KINSHIP_PAPER = "https://arxiv.org/abs/2410.12613"
+
+
+def method_words(method: str) -> tuple[str, str, str | None]:
+    """A method's title, plain words and paper: its registry entry's, else mergekit's table."""
+    words = method_for(method).words
+    if words is not None:
+        return words.title, words.plain, words.paper
+    return METHODS.get(method, (method, "a mergekit merge method", None))
 
 
 # --- license ------------------------------------------------------------------------------------

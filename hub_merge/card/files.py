@@ -11,22 +11,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import ModelCard
 
-from .. import __version__, card_rules
+from .. import card_rules
 from ..atomic import atomic_path, atomic_write
 from ..errors import CardValidationError, ConfigError
 from ..lineage import FamilyTree
-
-if TYPE_CHECKING:
-    pass
-
+from ..version import __version__
 from .constants import DEPENDENCIES, IMAGES
 from .licenses import resolve_license
-from .render import _clean, _kinship_block, _reproduce_command, build_card
-from .steps import _node, _steps, published
+from .render import build_card, clean_json, kinship_block, reproduce_command
+from .steps import card_steps, merge_node, published
 
 _TOKEN_LIKE = re.compile(r"\bhf_[A-Za-z0-9]{8,}\b")
 
@@ -90,11 +87,11 @@ def hub_merge_json(
 
     ``lineage`` is the whole :class:`FamilyTree` (``FamilyTree.from_dict`` reads it back).
     """
-    node = _node(tree, node_id)
+    node = merge_node(tree, node_id)
     choice = resolve_license(tree, node.id, license)
-    steps = _steps(tree, node.id, recipes)
+    steps = card_steps(tree, node.id, recipes)
     given = (recipes or {}).get(node.id)
-    record = _clean(
+    record = clean_json(
         {
             "format": 1,
             "node": node.id,
@@ -105,14 +102,14 @@ def hub_merge_json(
                 "explicit": choice.explicit,
             },
             "lineage": tree.to_dict(),
-            "kinship": _kinship_block(tree),
+            "kinship": kinship_block(tree),
             "recipe": {
                 "tree": given if isinstance(given, Mapping) else None,
                 "steps": [
                     {"node": s.id, "recipe": s.recipe, "mergekit_yaml": s.mergekit_yaml}
                     for s in steps
                 ],
-                "command": _reproduce_command(tree),
+                "command": reproduce_command(tree),
             },
             "versions": dict(versions if versions is not None else dependency_versions()),
         }
@@ -207,7 +204,7 @@ def write_card(
     """
     run = Path(run_dir)
     tree = FamilyTree.load(run / "family_tree.json")
-    node = _node(tree, node_id)
+    node = merge_node(tree, node_id)
     recipes: dict[str, Any] | None = None
     if (run / "recipes.json").is_file():
         try:

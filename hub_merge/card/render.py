@@ -7,22 +7,19 @@ import re
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .. import __version__
 from ..comparison import ComparisonRow, compare, format_score
 from ..errors import ConfigError
 from ..evaluate.fitness import lower_is_better
 from ..lineage import FamilyTree, LineageNode
-
-if TYPE_CHECKING:
-    pass
-
-from .constants import KINSHIP_PAPER, METHODS, TEMPLATE_NAME
+from ..merge.registry import method_for
+from ..version import __version__
+from .constants import KINSHIP_PAPER, TEMPLATE_NAME, method_words
 from .licenses import LicenseChoice, resolve_license
-from .steps import _node, _random_methods, _steps, base_models, merge_steps, published
+from .steps import base_models, card_steps, merge_node, merge_steps, published, random_methods
 
 
 def _mermaid_ids(ids: Sequence[str]) -> dict[str, str]:
@@ -100,14 +97,14 @@ def mermaid_tree(tree: FamilyTree, highlight: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """JSON/YAML-safe copy: NaN and infinities become None (YAML ``.nan`` is not portable)."""
     if isinstance(value, float):
         return None if not math.isfinite(value) else value
     if isinstance(value, Mapping):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
@@ -130,11 +127,11 @@ def _lineage_entry(node: LineageNode) -> dict[str, Any]:
         entry["parent_kinship"] = node.parent_kinship
     entry["fitness"] = node.fitness
     entry["scores"] = dict(node.scores)
-    return _clean(entry)
+    return clean_json(entry)
 
 
-def _kinship_block(tree: FamilyTree) -> dict[str, Any]:
-    return _clean(
+def kinship_block(tree: FamilyTree) -> dict[str, Any]:
+    return clean_json(
         {
             "metric": tree.kinship_metric,
             "ids": list(tree.kinship_ids),
@@ -151,7 +148,7 @@ def _hub_merge_block(tree: FamilyTree, node: LineageNode, adapters: list[str]) -
         "score_metric": tree.score_metric,
         "tasks": list(tree.tasks),
         "lineage": [_lineage_entry(n) for n in tree.nodes.values()],
-        "kinship": _kinship_block(tree),
+        "kinship": kinship_block(tree),
     }
     if adapters:
         block["adapters"] = adapters
@@ -175,7 +172,7 @@ def card_metadata(
     Scores are the raw per-task values of ``tree.score_metric`` (``fitness`` is their
     higher-is-better aggregate and is in the ``hub_merge`` block).
     """
-    node = _node(tree, node_id)
+    node = merge_node(tree, node_id)
     ids, adapters = base_models(tree, node.id)
     steps = merge_steps(tree, node.id)
     methods = sorted({str(tree.nodes[s].method) for s in steps})
@@ -221,7 +218,7 @@ def _search_paragraph(tree: FamilyTree) -> str | None:
         return f"The blend was found by hub-merge's `{name}` search."
 
 
-def _reproduce_command(tree: FamilyTree) -> str:
+def reproduce_command(tree: FamilyTree) -> str:
     """The ``hub-merge search`` line that reruns this search (task files named after the tasks).
 
     The flags are the run's settings read back (``RunSettings.cli_args``); settings the CLI
@@ -283,7 +280,7 @@ def build_card(
         ConfigError: the node is unknown or is an original, not a merge.
         LicenseConflictError: see :func:`resolve_license`.
     """
-    node = _node(tree, node_id)
+    node = merge_node(tree, node_id)
     tree.validate()
     choice = resolve_license(tree, node.id, license)
     originals = tree.originals(node.id)
@@ -291,10 +288,10 @@ def build_card(
     data = card_metadata(tree, node.id, license=choice, model_name=name, library_name=library_name)
     ids, adapters = base_models(tree, node.id)
     base = tree.nodes[tree.base] if tree.base and tree.base in tree.nodes else None
-    steps = _steps(tree, node.id, recipes)
+    steps = card_steps(tree, node.id, recipes)
     methods = []
     for method in sorted({s.method for s in steps}):
-        title, plain, paper = METHODS.get(method, (method, "a mergekit merge method", None))
+        title, plain, paper = method_words(method)
         methods.append({"name": method, "title": title, "plain": plain, "paper": paper})
     kin_ids = list(tree.kinship_ids)
     comparison = compare(tree, node.id)
@@ -330,27 +327,20 @@ def build_card(
         "generations": tree.generations,
         "settings": tree.settings,
         "images": set(images),
-        "command": _reproduce_command(tree),
+        "command": reproduce_command(tree),
         "steps": steps,
-        "random_methods": sorted({s.method for s in steps if s.method in _random_methods()}),
+        "random_methods": sorted({s.method for s in steps if s.method in random_methods()}),
         "n_nodes": len(tree.nodes),
         "hub_merge_version": __version__,
         "arithmetic": arithmetic,
-        "dam": _dam_context(node),
+        # the method's own sections (a DAM card's training facts); absent keys render as nothing
+        **method_for(str(node.method)).card_context(node.parameters),
     }
     path = Path(template) if template else template_path()
     card = ModelCard.from_template(data, template_path=str(path), **context)
     return ModelCard(published(str(card), tree))
 
 
-def _dam_context(node: LineageNode) -> dict[str, Any] | None:
-    """The DAM section's facts, from the recipe's parameters (None for other methods)."""
-    if node.method != "dam":
-        return None
-    params = dict(node.parameters or {})
-    return {k: params.get(k) for k in ("steps", "lr", "train_batch_size", "temperature")} | {
-        "sha256": str(params.get("sha256", ""))
-    }
 
 
 def _default_name(tree: FamilyTree, node: LineageNode) -> str:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..lineage import FamilyTree, LineageNode
+from ..merge.registry import method_for  # light: no tensors are read
 
 if TYPE_CHECKING:
     from ..merge.recipe import MergeRecipe
 
 
-def _node(tree: FamilyTree, node_id: str | None) -> LineageNode:
+def merge_node(tree: FamilyTree, node_id: str | None) -> LineageNode:
     node_id = node_id or tree.winner
     if node_id is None:
         raise ConfigError("The run has no winner yet; name the node to describe (--node ID).")
@@ -73,7 +74,7 @@ def _ref(tree: FamilyTree, node_id: str) -> str:
     return node.source
 
 
-def _random_methods() -> frozenset[str]:
+def random_methods() -> frozenset[str]:
     from ..merge.recipe import RANDOM_METHODS  # lazy: the merge package imports torch
 
     return RANDOM_METHODS
@@ -97,10 +98,8 @@ def step_recipe(
         return given
     if node.recipe is not None:
         step = MergeRecipe.from_dict(node.recipe)
-        from ..merge.adapter_mix import FACTOR_METHOD
-
-        # hub-merge's own factor mix reads the adapters themselves, not mergekit's base+adapter
-        own = step.method in (FACTOR_METHOD, "dam")
+        # hub-merge's own methods read the originals themselves, not mergekit's base+adapter
+        own = method_for(step.method).own_inputs
 
         def node_ref(item: Any) -> str:
             if not isinstance(item, str) or item not in tree.nodes:
@@ -154,10 +153,10 @@ class _Step:
     method: str
     recipe: dict[str, Any]
     mergekit_yaml: str
-    tool: str = "mergekit"  # "hub-merge" for hub-merge's own methods (lora_factor_sum)
+    tool: str = "mergekit"  # "hub-merge" for hub-merge's own methods (the registry's entries)
 
 
-def _steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) -> list[_Step]:
+def card_steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) -> list[_Step]:
     out = []
     for step_id in merge_steps(tree, node_id):
         recipe = step_recipe(tree, step_id, recipes)
@@ -175,32 +174,24 @@ def _steps(tree: FamilyTree, node_id: str, recipes: Mapping[str, Any] | None) ->
 
 def _step_config(recipe: Any) -> dict[str, str]:
     """A step's config for its tool: mergekit YAML, or a hub-merge recipe for hub-merge's methods."""
-    from ..merge.adapter_mix import FACTOR_METHOD  # light: no tensors are read
-
-    if recipe.method in (FACTOR_METHOD, "dam"):  # not mergekit methods: `hub-merge merge` runs them
-        return {"mergekit_yaml": recipe.to_yaml(), "tool": "hub-merge"}
-    return {"mergekit_yaml": recipe.to_mergekit_yaml()}
-
-
-DAM_FILE = "dam_coefficients.safetensors"  # the name the coefficients have in a published repo
+    return method_for(recipe.method).card_step(recipe)
 
 
 def published(value: Any, tree: FamilyTree) -> Any:
-    """``value`` (a card's text or JSON data) with each DAM node's coefficient path replaced by
-    the file's name in the published repo, so a card never shows where the run folder lived
-    (a Space's server disk included)."""
-    paths = {
-        str(n.parameters["coefficients"])
-        for n in tree.nodes.values()
-        if n.method == "dam" and isinstance((n.parameters or {}).get("coefficients"), str)
-    }
+    """``value`` (a card's text or JSON data) with each run-folder file a node's method names (a
+    DAM node's coefficient file) replaced by the file's name in the published repo, so a card
+    never shows where the run folder lived (a Space's server disk included)."""
+    paths: dict[str, str] = {}
+    for n in tree.nodes.values():
+        if n.method is not None:
+            paths.update(method_for(str(n.method)).published_files(n.parameters or {}))
     if not paths:
         return value
 
     def fix(v: Any) -> Any:
         if isinstance(v, str):
-            for path in paths:
-                v = v.replace(path, DAM_FILE)
+            for path, name in paths.items():
+                v = v.replace(path, name)
             return v
         if isinstance(v, Mapping):
             return {k: fix(x) for k, x in v.items()}

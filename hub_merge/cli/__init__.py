@@ -13,8 +13,8 @@ import sys
 
 import click
 
-from .. import __version__
 from ..errors import HubMergeError
+from ..version import __version__
 
 # Order is the order shown in `hub-merge --help`. Add a module name here when adding a command.
 COMMANDS: list[str] = [

@@ -40,8 +40,8 @@ def hf_merge_executable() -> Path:
 
 def install_extension(root: Path | None = None) -> Path:
     """Register `hf-merge` with the `hf` CLI; returns the manifest written (atomically)."""
-    from .. import __version__
     from ..atomic import atomic_write
+    from ..version import __version__
 
     folder = (root or EXTENSIONS_ROOT).expanduser() / f"hf-{SHORT_NAME}"
     manifest = {

@@ -18,33 +18,48 @@ import click
 from ._hubopts import endpoint_option, token_option
 
 
-class _ManyValues(click.Option):
+class ManyValues(click.Option):
     """An option taking every following word up to the next option: ``--experts a b c``.
 
-    click has no native "nargs=+" for options; this keeps the familiar argparse spelling while
-    ``--experts a --experts b`` still works.
+    click has no native "nargs=+" for options; :class:`ManyValuesCommand` spells such words as
+    repeats of the option (``--experts a --experts b --experts c``) before click parses them,
+    which keeps the familiar argparse spelling while ``--experts a --experts b`` still works.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["multiple"] = True
         super().__init__(*args, **kwargs)
 
-    def add_to_parser(self, parser: Any, ctx: click.Context) -> Any:
-        result = super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if opt is None:
-                continue
-            original = opt.process
 
-            def process(value: Any, state: Any, _original=original) -> None:
-                _original(value, state)
-                while state.rargs and not state.rargs[0].startswith("-"):
-                    _original(state.rargs.pop(0), state)
+class ManyValuesCommand(click.Command):
+    """A command whose :class:`ManyValues` options take several words after one flag."""
 
-            opt.process = process
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        many = {o for p in self.params if isinstance(p, ManyValues) for o in p.opts}
+        return super().parse_args(ctx, spread_values(args, many))
+
+
+def spread_values(args: list[str], flags: set[str]) -> list[str]:
+    """``--flag a b`` -> ``--flag a --flag b`` for each of ``flags``, up to the next option."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        word = args[i]
+        i += 1
+        out.append(word)
+        if word == "--":  # everything after is positional
+            out.extend(args[i:])
             break
-        return result
+        flag = word.split("=", 1)[0]
+        if flag not in flags:
+            continue
+        if "=" not in word and i < len(args):  # the flag's own value, whatever it looks like
+            out.append(args[i])
+            i += 1
+        while i < len(args) and not args[i].startswith("-"):
+            out += [flag, args[i]]
+            i += 1
+    return out
 
 
 def _parse_json(flag: str, text: str) -> Any:
@@ -119,7 +134,7 @@ def _strategy_names() -> list[str]:
     return strategy_names()
 
 
-@click.command(name="search")
+@click.command(name="search", cls=ManyValuesCommand)
 @click.option(
     "--strategy",
     default="greedy",
@@ -129,7 +144,7 @@ def _strategy_names() -> list[str]:
 @click.option(
     "--base", required=True, help="Base model all experts share (Hub ref org/name[@rev] or folder)."
 )
-@click.option("--experts", cls=_ManyValues, help="Expert models or LoRA adapters (two or more).")
+@click.option("--experts", cls=ManyValues, help="Expert models or LoRA adapters (two or more).")
 @click.option(
     "--discover",
     "discover_n",
@@ -139,7 +154,7 @@ def _strategy_names() -> list[str]:
 )
 @click.option(
     "--tasks",
-    cls=_ManyValues,
+    cls=ManyValues,
     required=True,
     help="Task JSONL files (prompt, answer[, choices]), or lm-eval tasks: lm-eval:NAME[,NAME].",
 )
@@ -196,7 +211,7 @@ def _strategy_names() -> list[str]:
 )
 @click.option(
     "--test-tasks",
-    cls=_ManyValues,
+    cls=ManyValues,
     help="Test JSONL files (or lm-eval:NAME tasks) instead, one per task (same order); never "
     "read by the search.",
 )
@@ -208,7 +223,7 @@ def _strategy_names() -> list[str]:
 )
 @click.option(
     "--train-tasks",
-    cls=_ManyValues,
+    cls=ManyValues,
     help="Training JSONL files, one per task, named like it: rows that strategies which train "
     "(dam) learn from instead of the dev rows. Must share no prompt with the test rows.",
 )

@@ -10,8 +10,9 @@ own prompts. The result is materialised into the base architecture, so it loads 
 ...                    base="zoo/base")                                       # doctest: +SKIP
 >>> materialise({"a": ..., "b": ...}, result.coefficients, "out", base="zoo/base")  # doctest: +SKIP
 
-Only the settings are imported eagerly (the CLI builds its options from them); the rest loads
-torch and transformers on first use.
+Only the settings and the merge registry's ``dam`` entry (``method``) are imported eagerly (the
+CLI builds its options from the settings; ``hub_merge`` imports this package so the entry is
+registered before any recipe is read); the rest loads torch and transformers on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from . import method as method  # registers the `dam` merge method (light: no torch)
 from .settings import PAPER_URL, DamSettings
 
 if TYPE_CHECKING:

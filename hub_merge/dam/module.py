@@ -299,13 +299,11 @@ class DamModel:
                     f"base's is {shape} (a resized vocabulary?): merge it with its own base."
                 )
             dense = override.to(device=self.device, dtype=torch.float32)
-        f = reader.factors(name)
+        f = reader.lowrank(name, device=self.device)  # the scale folded in
         if f is None:
             return dense, None
-        a = f.A.to(device=self.device, dtype=torch.float32)
-        b = f.B.to(device=self.device, dtype=torch.float32)
         # delta = scale·B·A, or its transpose (embeddings, fan_in_fan_out): as left @ right.
-        left, right = ((a.T * f.scale), b.T) if f.transpose else ((b * f.scale), a)
+        left, right = f.left, f.right
         if (left.shape[0], right.shape[1]) != shape:
             raise IncompatibleModelsError(
                 f"Adapter {folder} changes {name!r} with shape {(left.shape[0], right.shape[1])} "

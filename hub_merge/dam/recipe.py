@@ -14,7 +14,7 @@ is a recipe like any other (scored, cached, put in the lineage and published by 
       ...                                              # the rest of the training settings
 
 The digest is checked before the file is used, so a recipe never silently means another merge.
-The merge engine (``hub_merge.merge``) hands ``dam`` recipes to :func:`dam_state_dict` and
+The method's registry entry (:mod:`.method`) hands ``dam`` recipes to :func:`dam_state_dict` and
 :func:`dam_to_folder`; mergekit has no such method.
 """
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from .cache import ScoreCache
 from .fitness import COMBINES, LOWER_IS_BETTER, METRICS, Metric, fitness_from_scores
-from .scoring import _KEEPS_LOGITS as _KEEPS_LOGITS  # tests inspect this per-class cache
 from .scoring import Evaluator
 from .tasks import Example, Task, load_task, load_tasks
 

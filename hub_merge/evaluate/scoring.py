@@ -42,7 +42,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 # model class -> whether its forward takes a boolean ``logits_to_keep`` mask (transformers >= 5)
-_KEEPS_LOGITS: dict[type, bool] = {}
+KEEPS_LOGITS: dict[type, bool] = {}
 
 
 class Evaluator:
@@ -187,15 +187,15 @@ class Evaluator:
         """Logits at the ``keep`` positions, flattened row by row: (number kept, vocab)."""
         kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
         cls = type(model)
-        if _KEEPS_LOGITS.get(cls, True):
+        if KEEPS_LOGITS.get(cls, True):
             try:
                 logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
                 if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-                    _KEEPS_LOGITS[cls] = True
+                    KEEPS_LOGITS[cls] = True
                     return logits
             except (TypeError, ValueError, IndexError, RuntimeError):
                 pass
-            _KEEPS_LOGITS[cls] = False  # an older or custom model: project every position
+            KEEPS_LOGITS[cls] = False  # an older or custom model: project every position
         return model(**kwargs).logits[keep]
 
     def _rows_per_batch(self, model: Any, longest: int) -> int:

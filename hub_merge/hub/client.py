@@ -17,8 +17,8 @@ import huggingface_hub
 from huggingface_hub import HfApi, constants
 from huggingface_hub import errors as hf_errors
 
-from .. import __version__
 from ..errors import AuthError, CardValidationError, HubError, HubMergeError
+from ..version import __version__
 
 try:  # huggingface_hub >= 2 ships its own httpx fork; older releases use httpx itself.
     import httpx2 as _httpx

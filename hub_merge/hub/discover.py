@@ -10,7 +10,7 @@ from typing import Any, Literal
 from ..errors import HubError
 from ..refs import ModelRef
 from .client import get_api, hub_errors, is_offline
-from .layout import _as_dict, _license
+from .layout import card_data_dict, card_license
 
 # --- discover ----------------------------------------------------------------------------------
 
@@ -128,8 +128,8 @@ def discover(
             for info in listing:
                 if info.id in found or info.id == base_model:
                     continue
-                card = _as_dict(getattr(info, "card_data", None))
-                lic = _license(card, info.tags or ())
+                card = card_data_dict(getattr(info, "card_data", None))
+                lic = card_license(card, info.tags or ())
                 if licenses and lic not in licenses:
                     continue
                 has, size = _weights_size(info)

@@ -17,7 +17,7 @@ from ..errors import RemoteCodeError, UnsafeWeightsError, UnsupportedRepoError
 Kind = Literal["full", "adapter"]
 
 # Small files a merge needs besides the weights (read by transformers / peft / the card writer).
-_META_FILES = ("config.json", "adapter_config.json", "tokenizer_config.json", "README.md")
+META_FILES = ("config.json", "adapter_config.json", "tokenizer_config.json", "README.md")
 _SUPPORT_PATTERNS = (
     "config.json",
     "generation_config.json",
@@ -187,7 +187,7 @@ def classify(
     )
 
 
-def _as_dict(card_data: Any) -> dict[str, Any]:
+def card_data_dict(card_data: Any) -> dict[str, Any]:
     """ModelCardData (from model_info / list_models) or a plain dict -> dict."""
     if card_data is None:
         return {}
@@ -196,7 +196,7 @@ def _as_dict(card_data: Any) -> dict[str, Any]:
     return dict(card_data) if isinstance(card_data, dict) else {}
 
 
-def _license(card: dict[str, Any], tags: Iterable[str] = ()) -> str | None:
+def card_license(card: dict[str, Any], tags: Iterable[str] = ()) -> str | None:
     lic = card.get("license")
     if lic == "other" and card.get("license_name"):
         return str(card["license_name"])

@@ -23,18 +23,18 @@ import huggingface_hub
 from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.file_download import repo_folder_name
 
-from .. import __version__
 from ..errors import HubError, UnsupportedRepoError
 from ..refs import ModelRef
+from ..version import __version__
 from .client import get_api, hub_errors, is_offline, resolve_endpoint
 from .convert import convert_pickle_folder, converted_folder_for_local, converted_folder_for_repo
 from .layout import (
-    _META_FILES,
+    META_FILES,
     AdapterInfo,
     Kind,
     RepoLayout,
-    _as_dict,
-    _license,
+    card_data_dict,
+    card_license,
     classify,
 )
 
@@ -121,7 +121,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _card_data(folder: Path) -> dict[str, Any]:
+def read_card_data(folder: Path) -> dict[str, Any]:
     readme = folder / "README.md"
     if not readme.is_file():
         return {}
@@ -164,7 +164,7 @@ def _describe(
         revision=sha,
         base_model=base_model,
         base_revision=base_sha,
-        license=_license(card, tags),
+        license=card_license(card, tags),
         card_data=card,
         adapter=adapter,
         files=layout.files,
@@ -224,7 +224,7 @@ def inspect_folder(
         layout,
         repo_id=None,
         sha=None,
-        card=_card_data(folder),
+        card=read_card_data(folder),
     )
 
 
@@ -330,7 +330,7 @@ def pull(
     classify_kw = {"where": where, "allow_pickle": allow_pickle}
     classify(files, **classify_kw)
     # 2. Small JSON files settle the rest (auto_map, peft type), still before any weight.
-    meta = [f for f in _META_FILES if f in siblings]
+    meta = [f for f in META_FILES if f in siblings]
     with hub_errors("download the model's config files", **ctx):
         folder = Path(snapshot_download(allow_patterns=meta, **dl))
     layout = classify(
@@ -358,7 +358,7 @@ def pull(
     folder, layout = _as_safetensors(
         folder, layout, converted_folder_for_repo(folder.parent.parent, sha), where
     )
-    card = _card_data(folder) or _as_dict(getattr(info, "card_data", None))
+    card = read_card_data(folder) or card_data_dict(getattr(info, "card_data", None))
     base_sha = _adapter_base_sha(folder, layout, endpoint=endpoint, token=token)
     return _describe(
         ref,
@@ -441,7 +441,7 @@ def _pull_offline(
     folder, layout = _as_safetensors(
         folder, layout, converted_folder_for_repo(storage, sha), f"{repo_id}@{sha[:12]}"
     )
-    return _describe(ref, folder, layout, repo_id=repo_id, sha=sha, card=_card_data(folder))
+    return _describe(ref, folder, layout, repo_id=repo_id, sha=sha, card=read_card_data(folder))
 
 
 def pull_many(refs: Iterable[str | Path | ModelRef], **kwargs: Any) -> list[PulledModel]:

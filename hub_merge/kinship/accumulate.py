@@ -13,15 +13,15 @@ from collections.abc import Callable
 import torch
 
 from .stats import KinshipStats
-from .terms import _Dense, _LowRank, _Term
+from .terms import DenseTerm, LowRankTerm, Term
 
 # Elements per chunk in the dense accumulation (per model, float64): bounds temporary memory, and
 # keeps the skinny (N+1)×chunk Gram matmul in cache (4x faster on CPU than 1M-element chunks).
 _CHUNK = 1 << 16
 
 
-def _tensor_stats(
-    terms: list[_Term],
+def tensor_stats(
+    terms: list[Term],
     read_base: Callable[[int, int], torch.Tensor],
     shape: tuple[int, ...],
     device: torch.device,
@@ -33,16 +33,16 @@ def _tensor_stats(
     cols = numel // rows if rows else 0
     gram = torch.zeros((size, size), dtype=torch.float64, device=device)
     sums = torch.zeros(size, dtype=torch.float64, device=device)
-    dense = [i for i, t in enumerate(terms) if isinstance(t, _Dense)]
-    low = [i for i, t in enumerate(terms) if isinstance(t, _LowRank)]
+    dense = [i for i, t in enumerate(terms) if isinstance(t, DenseTerm)]
+    low = [i for i, t in enumerate(terms) if isinstance(t, LowRankTerm)]
     # Factored × factored: r×r products only.
     for k, i in enumerate(low):
         ti = terms[i]
-        assert isinstance(ti, _LowRank)
+        assert isinstance(ti, LowRankTerm)
         sums[i] = ti.U.sum(0) @ ti.V.sum(1)
         for j in low[k:]:
             tj = terms[j]
-            assert isinstance(tj, _LowRank)
+            assert isinstance(tj, LowRankTerm)
             gram[i, j] = gram[j, i] = ((ti.U.T @ tj.U) * (ti.V @ tj.V.T)).sum()
     if dense:
         readers = [terms[i].read for i in dense]  # type: ignore[union-attr]
@@ -73,7 +73,7 @@ def _tensor_stats(
             x = xf[:k].view(k, r1 - r0, cols)
             for c, i in enumerate(low):  # dense × factored: ⟨D, UV⟩ = sum(U ⊙ (D Vᵀ))
                 t = terms[i]
-                assert isinstance(t, _LowRank)
+                assert isinstance(t, LowRankTerm)
                 cross[c] += ((x @ t.V.T) * t.U[r0:r1]).sum((1, 2))  # (k,)
         gram[idx[:, None], idx[None, :]] = block[:k]
         sums[idx] = block[k]

@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import KinshipError
-from .groups import _VOCAB_TENSOR, GROUPS, _selector
-from .stores import _Store
+from .groups import GROUPS, VOCAB_TENSOR, name_selector
+from .stores import TensorStore
 
 
-class _Base:
+class KinshipBase:
     """The shared base: the tensors kinship runs over, shape rules, and an optional Hub id."""
 
-    def __init__(self, store: _Store, include: Sequence[str] | None, base_id: str | None) -> None:
+    def __init__(
+        self, store: TensorStore, include: Sequence[str] | None, base_id: str | None
+    ) -> None:
         self.store = store
         self.base_id = base_id
         self.all_names = set(store.names)
         self._shapes: dict[str, tuple[int, ...]] = {}
-        wanted = [_selector(p) for p in include or []]
+        wanted = [name_selector(p) for p in include or []]
         self.names = [
             n
             for n in store.names
@@ -39,7 +41,7 @@ class _Base:
         if tuple(shape) == want:
             return
         larger_vocab = (
-            _VOCAB_TENSOR.search(name) is not None
+            VOCAB_TENSOR.search(name) is not None
             and len(shape) == len(want) >= 1
             and shape[1:] == want[1:]
             and shape[0] > want[0]

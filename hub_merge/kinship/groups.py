@@ -23,7 +23,7 @@ GROUPS: dict[str, re.Pattern[str]] = {
     "norm": re.compile(r"(norm|ln_\w*|layernorm)[^.]*\.(weight|bias)$"),
 }
 # Tensors whose dim 0 is the vocabulary: the paper truncates these to the base's vocabulary.
-_VOCAB_TENSOR = re.compile(
+VOCAB_TENSOR = re.compile(
     r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|lm_head|embed_out)\.weight$"
 )
 
@@ -36,7 +36,7 @@ def tensor_group(name: str) -> str:
     return "other"
 
 
-def _selector(pattern: str):
+def name_selector(pattern: str):
     """A predicate over tensor names: a group name (see ``GROUPS``, or "other") or a regex."""
     if pattern in GROUPS or pattern == "other":
         return lambda name: tensor_group(name) == pattern

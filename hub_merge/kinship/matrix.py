@@ -16,13 +16,13 @@ import torch
 from ..errors import KinshipError
 from ..layers import layer_index
 from ..tensors import resolve_device
-from .accumulate import _tensor_stats
-from .base import _Base
+from .accumulate import tensor_stats
+from .base import KinshipBase
 from .groups import tensor_group
 from .result import KinshipResult
 from .sources import KinshipSource, as_source
-from .stats import KinshipStats, Metric, _check_metric
-from .stores import _FolderStore, _store
+from .stats import KinshipStats, Metric, check_metric
+from .stores import FolderStore, as_store
 
 
 def kinship_matrix(
@@ -62,7 +62,7 @@ def kinship_matrix(
         >>> r = kinship_matrix(["experts/a", "experts/b", "adapters/c"], "base")  # doctest: +SKIP
         >>> print(r)  # doctest: +SKIP
     """
-    _check_metric(metric)
+    check_metric(metric)
     if isinstance(models, Mapping):
         names = list(models) if names is None else names
         models = list(models.values())
@@ -79,10 +79,10 @@ def kinship_matrix(
     _dedupe([s.name for s in sources], sources)
     if isinstance(include, str):
         include = [include]
-    store = _store(base)
-    if base_id is None and isinstance(store, _FolderStore):
+    store = as_store(base)
+    if base_id is None and isinstance(store, FolderStore):
         base_id = _hub_id_of_folder(store.reader.folder)
-    base_info = _Base(store, include, base_id)
+    base_info = KinshipBase(store, include, base_id)
     for s in sources:
         s.check(base_info)
 
@@ -98,7 +98,7 @@ def kinship_matrix(
         tensor_names = tqdm(tensor_names, desc="kinship", unit="tensor")
     for name in tensor_names:
         terms = [s.term(name, base_info, dev) for s in sources]
-        stats = _tensor_stats(terms, partial(store.rows, name), base_info.shape(name), dev)
+        stats = tensor_stats(terms, partial(store.rows, name), base_info.shape(name), dev)
         del terms
         for s in sources:
             s.release()

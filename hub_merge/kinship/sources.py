@@ -16,9 +16,9 @@ import torch
 
 from ..errors import KinshipError
 from ..tensors import LoraAdapterReader, is_adapter_folder
-from .base import _Base
-from .stores import _DictStore, _FolderStore, _Store
-from .terms import _Dense, _LowRank, _Term
+from .base import KinshipBase
+from .stores import DictStore, FolderStore, TensorStore
+from .terms import DenseTerm, LowRankTerm, Term
 
 
 class KinshipSource(ABC):
@@ -26,11 +26,11 @@ class KinshipSource(ABC):
 
     name: str
 
-    def check(self, base: _Base) -> None:  # noqa: B027 - optional hook
+    def check(self, base: KinshipBase) -> None:  # noqa: B027 - optional hook
         """Raise KinshipError when this model cannot share ``base`` (called before the pass)."""
 
     @abstractmethod
-    def term(self, name: str, base: _Base, device: torch.device) -> _Term:
+    def term(self, name: str, base: KinshipBase, device: torch.device) -> Term:
         """This model's delta for base tensor ``name``: dense weights, factored, or None (zero)."""
 
     def release(self) -> None:  # noqa: B027 - optional hook
@@ -38,11 +38,11 @@ class KinshipSource(ABC):
 
 
 class _FullSource(KinshipSource):
-    def __init__(self, store: _Store, name: str) -> None:
+    def __init__(self, store: TensorStore, name: str) -> None:
         self.store = store
         self.name = name
 
-    def check(self, base: _Base) -> None:
+    def check(self, base: KinshipBase) -> None:
         have = set(self.store.names)
         missing = [n for n in base.names if n not in have]
         if missing:
@@ -53,9 +53,9 @@ class _FullSource(KinshipSource):
         for n in base.names:
             base.fit_shape(n, self.store.shape(n), self.name)
 
-    def term(self, name: str, base: _Base, device: torch.device) -> _Term:
+    def term(self, name: str, base: KinshipBase, device: torch.device) -> Term:
         # Rows are read within the base's rows only: a larger vocabulary is truncated for free.
-        return _Dense(partial(self.store.rows, name))
+        return DenseTerm(partial(self.store.rows, name))
 
     def release(self) -> None:
         self.store.release()
@@ -65,14 +65,14 @@ class StateDictSource(_FullSource):
     """A full model held in memory as a state dict (e.g. a merged child during a search)."""
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], name: str = "model") -> None:
-        super().__init__(_DictStore(state_dict, name), name)
+        super().__init__(DictStore(state_dict, name), name)
 
 
 class FolderSource(_FullSource):
     """A full model folder of safetensors (single file or sharded)."""
 
     def __init__(self, folder: str | Path, name: str | None = None) -> None:
-        super().__init__(_FolderStore(Path(folder)), name or Path(folder).name)
+        super().__init__(FolderStore(Path(folder)), name or Path(folder).name)
 
 
 _HUB_ID = re.compile(r"^[\w][\w.\-]*/[\w][\w.\-]*$")
@@ -99,7 +99,7 @@ class AdapterSource(KinshipSource):
         self.check_base_id = check_base_id
         self._names = set(self.reader.names)
 
-    def check(self, base: _Base) -> None:
+    def check(self, base: KinshipBase) -> None:
         theirs, ours = _hub_name(self.reader.base_model), _hub_name(base.base_id)
         # Compare ids only when both are Hub ids: a local path or a renamed copy says nothing.
         if self.check_base_id and theirs and ours and theirs != ours:
@@ -116,21 +116,20 @@ class AdapterSource(KinshipSource):
                     "trained on another architecture."
                 )
             factors = self.reader.factors(n)
-            if factors is not None:
-                out, inn = factors.B.shape[0], factors.A.shape[1]
-                base.fit_shape(n, (inn, out) if factors.transpose else (out, inn), self.name)
+            if factors is not None:  # its delta's shape in the base's layout
+                base.fit_shape(n, factors.shape, self.name)
             override = self.reader.override(n)
             if override is not None:
                 base.fit_shape(n, tuple(override.shape), self.name)
 
-    def term(self, name: str, base: _Base, device: torch.device) -> _Term:
+    def term(self, name: str, base: KinshipBase, device: torch.device) -> Term:
         if name not in self._names:
             return None
         rows = base.shape(name)[0] if base.shape(name) else None
         bias = self.reader.bias_delta(name)
         if bias is not None:  # lora_bias=True: the bias shifts by scale * lora_B.bias
             full = base.store.get(name).to(torch.float64) + bias.to(torch.float64)
-            return _Dense(lambda start, stop: full[start:stop])
+            return DenseTerm(lambda start, stop: full[start:stop])
         factors = self.reader.factors(name)
         override = self.reader.override(name)
         if override is not None:
@@ -143,13 +142,11 @@ class AdapterSource(KinshipSource):
             if factors is not None:
                 override = override.to(torch.float64) + factors.dense(dtype=torch.float64)[:rows]
             full = override
-            return _Dense(lambda start, stop: full if full.dim() == 0 else full[start:stop])
-        assert factors is not None
-        a = factors.A.to(device=device, dtype=torch.float64)  # (r, in)
-        b = factors.B.to(device=device, dtype=torch.float64) * factors.scale  # (out, r)
-        # delta = b @ a, or (b @ a).T = a.T @ b.T for embeddings / fan_in_fan_out.
-        u, v = (a.T, b.T) if factors.transpose else (b, a)
-        return _LowRank(u[:rows], v)
+            return DenseTerm(lambda start, stop: full if full.dim() == 0 else full[start:stop])
+        low = self.reader.lowrank(name, device=device, dtype=torch.float64)  # scale in B
+        assert low is not None
+        # delta = left @ right in the base's layout (b @ a, or a.T @ b.T: embeddings, Conv1D)
+        return LowRankTerm(low.left[:rows], low.right)
 
 
 def as_source(model: object, name: str | None = None) -> KinshipSource:

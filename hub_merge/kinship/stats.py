@@ -39,7 +39,7 @@ class KinshipStats:
 
     def matrix(self, metric: Metric = "pearson") -> np.ndarray:
         """The N×N kinship matrix; NaN where a model's delta is constant (undefined)."""
-        _check_metric(metric)
+        check_metric(metric)
         gram, sums = self.gram, self.sums
         if metric == "euclidean":
             sq = np.diag(gram)[:, None] + np.diag(gram)[None, :] - 2.0 * gram
@@ -59,10 +59,10 @@ class KinshipStats:
 
 def self_kinship(metric: str) -> float:
     """A model's kinship with itself: distance 0 for Euclidean, correlation 1 otherwise."""
-    _check_metric(metric)
+    check_metric(metric)
     return 0.0 if metric == "euclidean" else 1.0
 
 
-def _check_metric(metric: str) -> None:
+def check_metric(metric: str) -> None:
     if metric not in METRICS:
         raise KinshipError(f"Unknown kinship metric {metric!r}: use one of {', '.join(METRICS)}.")

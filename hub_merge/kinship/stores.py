@@ -20,7 +20,7 @@ from ..tensors import CheckpointReader, is_adapter_folder
 _RELEASE_BYTES = 16 << 20
 
 
-class _Store(ABC):
+class TensorStore(ABC):
     """Full weights by tensor name, read one tensor at a time."""
 
     label: str
@@ -47,7 +47,7 @@ class _Store(ABC):
         """Drop whatever a read kept mapped (called after each tensor)."""
 
 
-class _DictStore(_Store):
+class DictStore(TensorStore):
     def __init__(self, state_dict: Mapping[str, torch.Tensor], label: str) -> None:
         self._sd = state_dict
         self.label = label
@@ -66,7 +66,7 @@ class _DictStore(_Store):
         return self._sd[name].detach()
 
 
-class _FolderStore(_Store):
+class FolderStore(TensorStore):
     def __init__(self, folder: Path) -> None:
         self.reader = CheckpointReader(folder)
         self.label = str(folder)
@@ -99,14 +99,16 @@ class _FolderStore(_Store):
         self._read = 0
 
 
-def _store(obj: str | Path | Mapping[str, torch.Tensor] | _Store, label: str = "base") -> _Store:
-    if isinstance(obj, _Store):
+def as_store(
+    obj: str | Path | Mapping[str, torch.Tensor] | TensorStore, label: str = "base"
+) -> TensorStore:
+    if isinstance(obj, TensorStore):
         return obj
     if isinstance(obj, Mapping):
-        return _DictStore(obj, label)
+        return DictStore(obj, label)
     folder = Path(obj)
     if not folder.is_dir():
         raise KinshipError(f"{folder} is not a model folder.")
     if is_adapter_folder(folder):
         raise KinshipError(f"{folder} is a LoRA adapter; the base must be a full model.")
-    return _FolderStore(folder)
+    return FolderStore(folder)

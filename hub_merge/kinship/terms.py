@@ -13,18 +13,18 @@ import torch
 
 
 @dataclass
-class _Dense:
+class DenseTerm:
     """Full weights of one tensor, read by row ranges, so a large tensor is never whole in memory."""
 
     read: Callable[[int, int], torch.Tensor]  # (start, stop) -> rows, native dtype, any device
 
 
 @dataclass
-class _LowRank:
+class LowRankTerm:
     """delta[rows, cols] = U @ V in float64; U (R, r), V (r, C)."""
 
     U: torch.Tensor
     V: torch.Tensor
 
 
-_Term = _Dense | _LowRank | None  # full weights / factored delta / zero delta
+Term = DenseTerm | LowRankTerm | None  # full weights / factored delta / zero delta

@@ -5,7 +5,8 @@ client percent-encodes a revision or a tree path as one segment (``refs%2Fpr%2F1
 decoded path could not tell that ``/`` from a real one (nor ``alice/..%2Fbob%2Fsecret`` from
 ``bob/secret``). Each segment a route captures is decoded exactly once and validated
 (``validation.py``) before any handler sees it; a repo-taking route gets a ``RepoRef`` whose
-namespace the rights check uses. See /work/shared/design/hub-protocol.md for the protocol.
+namespace the rights check uses. The routes follow the endpoints ``huggingface_hub`` calls (its
+``HfApi`` is the client the tests drive).
 """
 
 from __future__ import annotations

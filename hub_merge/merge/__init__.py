@@ -1,7 +1,8 @@
 """The merge engine: recipes, streaming merges to a folder, and in-memory merges for searches.
 
 Arithmetic is mergekit's ``merge_tensors`` (task-arithmetic methods with the linear-time sparsification
-of ``kernels.py``); this package adds recipes, parameter resolution per
+of ``kernels.py``); this package adds recipes, a registry of methods (``registry``: mergekit's
+family, and hub-merge's own methods, which register themselves), parameter resolution per
 tensor, LoRA inputs applied on the fly, an atomic sharded writer and a device-resident session.
 """
 
@@ -10,10 +11,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from .factor_method import FACTOR_METHOD, factor_recipe  # registers the factor mix (light)
 from .recipe import Condition, MergeRecipe, ModelEntry  # light: pydantic and yaml only
+from .registry import MergeInputs, MergeMethod, method_for, register_method, registered_methods
 
 if TYPE_CHECKING:
-    from .adapter_mix import FACTOR_METHOD, FactorMix, factor_recipe
+    from .adapter_mix import FactorMix
     from .adapter_out import AdapterMergeResult, merge_adapters
     from .inputs import AdapterSource, CheckpointSource, StateDictSource, open_source
     from .memory import MergeSession, ModelHandle, resolve_device
@@ -39,9 +42,7 @@ _LAZY = {
     "write_state_dict": "run",
     "AdapterMergeResult": "adapter_out",
     "merge_adapters": "adapter_out",
-    "FACTOR_METHOD": "adapter_mix",
     "FactorMix": "adapter_mix",
-    "factor_recipe": "adapter_mix",
 }
 
 
@@ -76,6 +77,11 @@ __all__ = [
     "FACTOR_METHOD",
     "FactorMix",
     "factor_recipe",
+    "MergeInputs",
+    "MergeMethod",
+    "method_for",
+    "register_method",
+    "registered_methods",
 ]
 
 # The paper's pairwise SLERP schedule (default merge step of the greedy search).

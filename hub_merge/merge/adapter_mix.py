@@ -4,7 +4,8 @@ This is how Model Swarms (Feng et al. 2024) moves LoRA experts: a particle's pos
 adapter's parameters, so a combination of positions combines ``lora_A`` and ``lora_B``
 separately, never ``B·A``. The result has the inputs' rank (not Σ r_j as
 :mod:`.adapter_out`'s exact sum has) and is a different model from the sum of the deltas. It is a
-hub-merge method, not a mergekit one (mergekit merges full tensors): its recipe is
+hub-merge method, not a mergekit one (mergekit merges full tensors), registered by
+:mod:`.factor_method`; its recipe is
 
     method: lora_factor_sum
     base: ./base
@@ -26,26 +27,10 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError, LoraBiasError
 from ..tensors import LoraAdapterReader, LoraFactors, is_adapter_folder
 from .adapter_out import write_adapter_folder
-from .recipe import MergeRecipe, ModelEntry
+from .factor_method import FACTOR_METHOD, factor_recipe, factor_weights, is_factor_recipe
+from .recipe import MergeRecipe
 
-FACTOR_METHOD = "lora_factor_sum"
 USE_DENSE = "mix them in dense space instead (swarm --space dense)"
-
-
-def is_factor_recipe(recipe: MergeRecipe) -> bool:
-    return recipe.method == FACTOR_METHOD
-
-
-def factor_recipe(base: str, adapters: Sequence[str], weights: Sequence[float]) -> MergeRecipe:
-    """The recipe of the factor-wise mix of ``adapters`` (recipe strings) with ``weights``."""
-    return MergeRecipe(
-        method=FACTOR_METHOD,
-        base=base,
-        models=[
-            ModelEntry(model=a, parameters={"weight": float(w)})
-            for a, w in zip(adapters, weights, strict=True)
-        ],
-    )
 
 
 class FactorMix:
@@ -88,20 +73,14 @@ class FactorMix:
         for name in self.modules:
             row: list[tuple[torch.Tensor, torch.Tensor] | None] = []
             for r in readers:
-                f = r.factors(name)
+                f = r.lowrank(name, device=self.device)
                 if f is None:
                     row.append(None)
                     continue
                 self.transpose[name] = f.transpose
-                row.append(
-                    (
-                        f.A.to(self.device, torch.float32),
-                        f.B.to(self.device, torch.float32) * f.scale,
-                    )
-                )
+                row.append((f.A, f.B))
             self.factors[name] = row
-        first = readers[0]
-        self.dtype = first._reader.dtype(first._reader.names[0])
+        self.dtype = readers[0].dtype
 
     def _check(self) -> None:
         bases = {r.base_model for r in self.readers}
@@ -220,11 +199,7 @@ class FactorMix:
 
 def _is_embedding(mix: FactorMix, name: str) -> bool:
     # peft stores an embedding's factors as lora_embedding_A/B, a linear layer's as lora_A/B.
-    for r in mix.readers:
-        entry = r._factors.get(name)
-        if entry is not None:
-            return entry[0].endswith("lora_embedding_A")
-    return False
+    return any(r.is_embedding(name) for r in mix.readers)
 
 
 def open_factor_recipe(
@@ -246,33 +221,6 @@ def open_factor_recipe(
             )
     mix = FactorMix(paths, device=device, labels=[e.model for e in recipe.models])
     return mix, weights
-
-
-def factor_weights(recipe: MergeRecipe) -> list[float]:
-    """The per-adapter weights of a ``lora_factor_sum`` recipe, after checking its shape."""
-    if recipe.base is None:
-        raise ConfigError(f"Method {FACTOR_METHOD!r} needs `base:` (the adapters' base model).")
-    if recipe.parameters:
-        raise ConfigError(
-            f"Method {FACTOR_METHOD!r} takes only a per-model `weight`; remove "
-            f"{', '.join(sorted(recipe.parameters))} from `parameters`."
-        )
-    weights = []
-    for i, e in enumerate(recipe.models):
-        extra = sorted(set(e.parameters) - {"weight"})
-        if extra or "weight" not in e.parameters:
-            raise ConfigError(
-                f"Method {FACTOR_METHOD!r} needs exactly a numeric `weight` for every model; "
-                f"models[{i}] has {sorted(e.parameters)}."
-            )
-        w = e.parameters["weight"]
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise ConfigError(
-                f"Method {FACTOR_METHOD!r}: models[{i}].weight must be a number (no gradients or "
-                f"filters: a factor mix has one weight per adapter); got {w!r}."
-            )
-        weights.append(float(w))
-    return weights
 
 
 def check_factor_inputs(folders: Sequence[str | Path], labels: Sequence[str] | None = None) -> None:
@@ -313,3 +261,16 @@ def write_factor_recipe(
     shutil.rmtree(out)
     fresh.rename(out)
     return out
+
+
+__all__ = [
+    "FACTOR_METHOD",  # the method's name and recipe live in .factor_method; kept importable here
+    "USE_DENSE",
+    "FactorMix",
+    "check_factor_inputs",
+    "factor_recipe",
+    "factor_weights",
+    "is_factor_recipe",
+    "open_factor_recipe",
+    "write_factor_recipe",
+]

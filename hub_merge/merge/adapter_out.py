@@ -92,15 +92,15 @@ def merge_adapters(
                 raise IncompatibleModelsError(
                     f"{reader.folder}: {name!r} is a full replacement (modules_to_save), not LoRA."
                 )
-            f = reader.factors(name)
+            f = reader.lowrank(name, coefficient=c)  # c · scale folded into B
             if f is None:
                 continue
             if f.transpose:
                 raise IncompatibleModelsError(
                     f"{reader.folder}: {name!r} uses transposed factors (embedding/fan_in_fan_out); not supported."
                 )
-            As.append(f.A.float())
-            Bs.append(f.B.float() * (c * f.scale))
+            As.append(f.A)
+            Bs.append(f.B)
         shapes = {(b.shape[0], a.shape[1]) for a, b in zip(As, Bs, strict=True)}
         if len(shapes) != 1:
             raise IncompatibleModelsError(
@@ -125,7 +125,7 @@ def merge_adapters(
             A = torch.cat([A, A.new_zeros(pad, A.shape[1])], 0)
             B = torch.cat([B, B.new_zeros(B.shape[0], pad)], 1)
         module = name.removesuffix(".weight")
-        dtype = readers[0]._reader.dtype(next(iter(readers[0]._reader.names)))
+        dtype = readers[0].dtype
         files[f"base_model.model.{module}.lora_A.weight"] = A.to(dtype).contiguous()
         files[f"base_model.model.{module}.lora_B.weight"] = B.to(dtype).contiguous()
     config = dict(readers[0].config)

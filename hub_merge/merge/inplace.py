@@ -40,10 +40,10 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .adapter_mix import FACTOR_METHOD, FactorMix, factor_weights
 from .memory import MergeSession, ModelHandle
 from .methods import get_method, layer_t, resolve
 from .recipe import MergeRecipe
+from .registry import method_for
 
 AFFINE_METHODS = {
     # method -> the parameters an in-place apply understands (anything else: merge path)
@@ -54,7 +54,7 @@ LEAF_METHOD = "passthrough"
 
 
 @dataclass
-class _Term:
+class InPlaceTerm:
     """One input of an affine candidate: a full state dict or a factored adapter."""
 
     source: str
@@ -66,13 +66,15 @@ class InPlacePlan:
     """How to write one candidate into the model (built by :meth:`InPlaceModel.plan`).
 
     ``coefficients(name)`` gives (β, [(term index, coefficient)]) for one tensor; for a factor
-    mix, ``mix_weights`` is set instead.
+    mix, ``mix_weights`` is set instead, with ``mix()`` giving the loaded mixer (its ``modules``
+    and ``mix(weights)``: low-rank factors per tensor, scale 1).
     """
 
     recipe: MergeRecipe
-    terms: list[_Term]
+    terms: list[InPlaceTerm]
     coefficients: Callable[[str], tuple[float, list[float]]] | None = None
     mix_weights: list[float] | None = None
+    mix: Callable[[], Any] | None = None
     why: str = ""
 
 
@@ -110,7 +112,8 @@ class InPlaceModel:
         self._load = load
         self._handles: dict[str, ModelHandle] = {}
         self._adapters: dict[str, _AdapterCache] = {}
-        self._mixes: dict[tuple[str, ...], FactorMix] = {}
+        # inputs a registered method keeps loaded between candidates (a factor mix's adapters)
+        self.method_cache: dict[str, Any] = {}
         self.model = session.to_model(session.base.state)
         live = self.model.state_dict(keep_vars=False)
         self.targets: dict[str, torch.Tensor] = {}
@@ -129,7 +132,8 @@ class InPlaceModel:
 
     # --- inputs --------------------------------------------------------------------------
 
-    def _handle(self, source: str) -> ModelHandle:
+    def handle(self, source: str) -> ModelHandle:
+        """The loaded input a recipe names (cached by the caller's ``load``, or here)."""
         if self._load is not None:  # the caller caches (a search backend's memory budget)
             return self._load(source)
         found = self._handles.get(source)
@@ -143,24 +147,20 @@ class InPlaceModel:
         bp = self.session.base_path
         return bp is not None and Path(source) == bp
 
-    def _adapter(self, term: _Term) -> _AdapterCache:
+    def _adapter(self, term: InPlaceTerm) -> _AdapterCache:
         cache = self._adapters.get(term.source)
         if cache is not None:
             return cache
         reader = term.handle.source.adapter  # type: ignore[attr-defined]
         cache = _AdapterCache()
         device = self.session.device
-        plain = set(reader._factors) - set(reader._overrides) - set(reader._biases)
+        plain = set(reader.plain_names())
         for name in reader.names:
             if name not in self.targets:
                 continue
             if name in plain:
-                f = reader.factors(name)
-                cache.lowrank[name] = (
-                    f.A.to(device, torch.float32),
-                    f.B.to(device, torch.float32) * f.scale,
-                    f.transpose,
-                )
+                f = reader.lowrank(name, device=device)
+                cache.lowrank[name] = (f.A, f.B, f.transpose)
             else:  # modules_to_save / saved base_layer / lora_bias: a dense delta, kept once
                 delta = reader.delta(name, self.session.base.state[name], dtype=torch.float32)
                 if delta is not None:
@@ -181,19 +181,18 @@ class InPlaceModel:
             return None  # nested recipe: its inputs are merges
         if recipe.base is not None and not isinstance(recipe.base, str):
             return None
-        if recipe.method == FACTOR_METHOD:
-            try:
-                weights = factor_weights(recipe)
-            except ConfigError:
-                return None
-            terms = [_Term(e.model, self._handle(e.model)) for e in entries]
-            if not all(t.handle.is_adapter for t in terms):
-                return None
-            return InPlacePlan(recipe, terms, mix_weights=weights, why="factor mix")
+        return method_for(recipe.method).in_place(self, recipe)
+
+    def affine_plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
+        """mergekit's affine methods in place: an expert, ``linear``, ``task_arithmetic``.
+
+        Called by :meth:`plan` (after its checks) through mergekit's registry entry.
+        """
+        entries = recipe.models
         if recipe.method == LEAF_METHOD:
             if len(entries) != 1 or entries[0].parameters or recipe.parameters or recipe.base:
                 return None
-            terms = [_Term(entries[0].model, self._handle(entries[0].model))]
+            terms = [InPlaceTerm(entries[0].model, self.handle(entries[0].model))]
             beta = 1.0 if terms[0].handle.is_adapter else 0.0  # an adapter is W_base + Δ
             return InPlacePlan(recipe, terms, coefficients=lambda _n: (beta, [1.0]), why="expert")
         allowed = AFFINE_METHODS.get(recipe.method)
@@ -205,13 +204,13 @@ class InPlaceModel:
         if recipe.method == "task_arithmetic":
             if recipe.base is None or not self._is_base(recipe.base):
                 return None  # a task vector against another base: not this session's deltas
-        terms: list[_Term] = []
+        terms: list[InPlaceTerm] = []
         base_rows: list[int] = []  # entries that name the base itself (linear over base + experts)
         for i, e in enumerate(entries):
             if self._is_base(e.model):
                 base_rows.append(i)
             else:
-                terms.append(_Term(e.model, self._handle(e.model)))
+                terms.append(InPlaceTerm(e.model, self.handle(e.model)))
         model_rows = [i for i in range(len(entries)) if i not in base_rows]
         global_params = dict(recipe.parameters)
         model_params = [dict(e.parameters) for e in entries]
@@ -261,9 +260,8 @@ class InPlaceModel:
     # --- applying ------------------------------------------------------------------------
 
     def _touched(self, plan: InPlacePlan) -> list[str]:
-        if plan.mix_weights is not None:
-            mix = self._mix(plan)
-            return [n for n in mix.modules if n in self.targets]
+        if plan.mix is not None:
+            return [n for n in plan.mix().modules if n in self.targets]
         assert plan.coefficients is not None
         out = []
         adapter_names = [
@@ -280,16 +278,6 @@ class InPlaceModel:
             ):  # type: ignore[operator]
                 out.append(name)
         return out
-
-    def _mix(self, plan: InPlacePlan) -> FactorMix:
-        key = tuple(t.source for t in plan.terms)
-        mix = self._mixes.get(key)
-        if mix is None:
-            readers = [t.handle.source.adapter for t in plan.terms]  # type: ignore[attr-defined]
-            mix = FactorMix(readers, device=self.session.device, labels=list(key))
-            mix.check_base({n: t.shape for n, t in self.session.base.state.items()})
-            self._mixes = {key: mix}  # one adapter set at a time (a search has one)
-        return mix
 
     def _write(self, name: str, plan: InPlacePlan, mixed: Mapping[str, Any] | None) -> None:
         target = self.targets[name]
@@ -334,8 +322,8 @@ class InPlaceModel:
         try:
             with torch.no_grad():
                 mixed = None
-                if plan.mix_weights is not None:
-                    mixed = self._mix(plan).mix(plan.mix_weights)  # low rank: cheap, once
+                if plan.mix is not None:
+                    mixed = plan.mix().mix(plan.mix_weights)  # low rank: cheap, once
                 for name in touched:
                     self._write(name, plan, mixed)
             self.applications += 1

@@ -1,7 +1,7 @@
 """Fast sparsification for mergekit's task-arithmetic family (ties, dare, breadcrumbs, della).
 
 Why this exists: mergekit's magnitude trimming sorts every whole task vector (``argsort``), which
-makes a TIES merge on CPU ~10x slower than a linear one (see /work/shared/design/performance.md).
+makes a TIES merge on CPU ~10x slower than a linear one (``benchmarks/merge_speed.py`` measures it).
 Keeping the k largest magnitudes only needs the k-th largest value, found here in linear time; the
 rest of the arithmetic (delta, masks, sign consensus, normalisation, rescaling, RNG calls) is the
 same sequence of torch operations as mergekit 0.1.5's ``GeneralizedTaskArithmeticMerge``, so the

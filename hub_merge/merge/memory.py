@@ -24,11 +24,11 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError
 from ..layers import num_layers
 from ..tensors import resolve_device
-from .adapter_mix import factor_weights, is_factor_recipe, open_factor_recipe
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
 from .kernels import ARITHMETIC_FAST, ARITHMETIC_KEY, ARITHMETIC_MERGEKIT
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
+from .registry import MergeInputs, method_for
 
 StateDict = dict[str, torch.Tensor]
 
@@ -91,7 +91,8 @@ class MergeSession:
         self.names = list(self.base.state)
         self.num_layers = self._num_layers()
         self._model = None
-        self._factor_mixes: dict[tuple[str, ...], Any] = {}
+        # inputs a registered method keeps loaded between merges (a factor mix's adapters)
+        self.method_cache: dict[str, Any] = {}
         self.arithmetic: set[str] = set()  # whose arithmetic the merges so far used (for save)
 
     # --- loading -----------------------------------------------------------------------------
@@ -206,48 +207,22 @@ class MergeSession:
     def merge_recipe(
         self, recipe: MergeRecipe, models: Mapping[str, ModelLike] | None = None
     ) -> StateDict:
-        """Run a recipe in memory; ``models`` maps recipe model strings to loaded handles/dicts."""
+        """Run a recipe in memory; ``models`` maps recipe model strings to loaded handles/dicts.
+
+        The recipe's method entry merges it (mergekit's methods through :meth:`merge`).
+        """
         models = dict(models or {})
-        if is_factor_recipe(recipe):
-            return self.merge_factors(recipe)
-        if recipe.method == "dam":  # learned per-column coefficients (hub_merge.dam)
-            from ..dam.recipe import dam_state_dict
 
-            state = dam_state_dict(recipe, device=self.device)
-            return {n: t.to(self.dtype) if t.is_floating_point() else t for n, t in state.items()}
-
-        def get(ref: str) -> ModelLike:
+        def get(ref: Any) -> ModelLike:
             return models.get(ref, ref)
 
-        base: ModelLike | str | None = None
-        if recipe.base is not None:
-            same = self.base_path is not None and Path(recipe.base) == self.base_path
-            base = "session" if (same and recipe.base not in models) else get(recipe.base)
-        return self.merge(
-            recipe.method,
-            [get(e.model) for e in recipe.models],
-            recipe.parameters,
-            base=base,
-            model_parameters=[e.parameters for e in recipe.models],
-            seed=recipe.seed,
-            exact_mergekit=recipe.exact_mergekit,
+        def get_base(ref: Any) -> ModelLike | str:
+            same = self.base_path is not None and Path(ref) == self.base_path
+            return "session" if (same and ref not in models) else get(ref)
+
+        return method_for(recipe.method).state_dict(
+            recipe, MergeInputs(self, resolve=get, resolve_base=get_base)
         )
-
-    def merge_factors(
-        self, recipe: MergeRecipe, folders: Mapping[str, str | Path] | None = None
-    ) -> StateDict:
-        """A ``lora_factor_sum`` recipe as a state dict: ``W_base + (Σ w B_j)(Σ w A_j)``.
-
-        The adapters' factors are loaded once per set of adapters and kept on the device, so a
-        search scoring many mixes reads them once.
-        """
-        key = tuple(str((folders or {}).get(e.model, e.model)) for e in recipe.models)
-        mix = self._factor_mixes.get(key)
-        if mix is None:
-            mix, _ = open_factor_recipe(recipe, folders, device=self.device)
-            mix.check_base({n: t.shape for n, t in self.base.state.items()})
-            self._factor_mixes = {key: mix}  # one adapter set at a time (a search has one)
-        return mix.apply(self.base.state, factor_weights(recipe))
 
     # --- models ------------------------------------------------------------------------------
 

@@ -20,12 +20,12 @@ import torch
 from ..errors import ConfigError, IncompatibleModelsError, MergeError
 from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
-from .adapter_mix import is_factor_recipe, write_factor_recipe
 from .inputs import CheckpointSource, TensorSource, open_source
 from .kernels import ARITHMETIC_KEY
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
+from .registry import method_for
 
 # Files copied from the base (or the first model) so the output loads and tokenizes like it.
 SIDE_FILES = (
@@ -212,12 +212,27 @@ def merge_to_folder(
         UnknownMethodError, ConfigError, IncompatibleModelsError: before anything is written.
         MergeError: the write failed (e.g. a full disk); nothing was left behind.
     """
-    if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise: the output is an adapter
-        return write_factor_recipe(recipe, out, overwrite=overwrite)
-    if recipe.method == "dam":  # learned per-column coefficients (hub_merge.dam), not mergekit
-        from ..dam.recipe import dam_to_folder
+    # mergekit's methods stream below (stream_to_folder); hub-merge's own write their own output
+    return method_for(recipe.method).write(
+        recipe,
+        out,
+        device=device,
+        overwrite=overwrite,
+        options={"max_shard_bytes": max_shard_bytes, "progress": progress, "on_tensor": on_tensor},
+    )
 
-        return dam_to_folder(recipe, out, device=device, overwrite=overwrite)
+
+def stream_to_folder(
+    recipe: MergeRecipe,
+    out: str | Path,
+    *,
+    device: str | torch.device = "auto",
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_tensor: Callable[[str], None] | None = None,
+) -> Path:
+    """A mergekit-method recipe streamed into ``out``, one tensor at a time (see merge_to_folder)."""
     if recipe.nested:
         raise ConfigError(
             "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "
@@ -378,4 +393,4 @@ def write_state_dict(
         raise
 
 
-__all__ = ["merge_to_folder", "write_state_dict"]
+__all__ = ["merge_to_folder", "stream_to_folder", "write_state_dict"]

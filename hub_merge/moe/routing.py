@@ -91,7 +91,7 @@ def plot_routing(
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from ..plots import _save_atomically, short_name
+    from ..plots import save_figure, short_name
 
     path = Path(path)
     fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 3.6), squeeze=False)
@@ -109,7 +109,7 @@ def plot_routing(
             ax.set_title(title)
             ax.legend(fontsize=7, loc="lower right")
         fig.tight_layout()
-        _save_atomically(fig, path, dpi)
+        save_figure(fig, path, dpi)
     finally:
         plt.close(fig)
     return path

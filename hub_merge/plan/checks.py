@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..compat import _SEMANTIC_FIELDS, _vocab
+from ..compat import SEMANTIC_FIELDS, vocab_view
 from ..errors import HubMergeError
 from .meta import ModelMeta
 from .report import Issue
@@ -41,10 +41,10 @@ def _same_base(declared: str | None, ref: ModelMeta) -> bool:
     return ref.folder is not None and local.exists() and local.resolve() == ref.folder.resolve()
 
 
-def _vocab_issue(ref: ModelMeta, m: ModelMeta) -> Issue | None:
+def vocab_issue(ref: ModelMeta, m: ModelMeta) -> Issue | None:
     if ref.folder is None or m.folder is None:
         return None
-    a, b = _vocab(ref.folder), _vocab(m.folder)
+    a, b = vocab_view(ref.folder), vocab_view(m.folder)
     if a is None or b is None or a == b:
         return None
     if a[0] != b[0]:
@@ -58,7 +58,7 @@ def _vocab_issue(ref: ModelMeta, m: ModelMeta) -> Issue | None:
     return Issue(m.id, "vocabulary", f"{a[0]} differs")
 
 
-def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
+def pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
     if m.kind == "adapter":
         declared = (m.adapter_config or {}).get("base_model_name_or_path")
         issues = []
@@ -73,7 +73,7 @@ def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
                 )
         return issues
     issues = []
-    for key in _SEMANTIC_FIELDS:
+    for key in SEMANTIC_FIELDS:
         stated = key in ("model_type", "architectures") or (key in ref.config and key in m.config)
         if stated and ref.config.get(key) != m.config.get(key):
             issues.append(
@@ -119,20 +119,14 @@ def check_method(recipe: Any) -> None:
 
 
 def _check_step(recipe: Any) -> None:
-    from ..merge.methods import get_method, validate_parameters
+    from ..merge.registry import method_for
 
     if recipe.is_leaf:
         return
-    validate_parameters(
-        get_method(recipe.method),
-        recipe.parameters,
-        [e.parameters for e in recipe.models],
-        n_inputs=len(recipe.models),
-        has_base=recipe.base is not None,
-    )
+    method_for(recipe.method).check(recipe)  # mergekit's contract, or hub-merge's own method's
 
 
-def _method_issues(recipe: Any) -> list[Issue]:
+def method_issues(recipe: Any) -> list[Issue]:
     try:
         check_method(recipe)
     except HubMergeError as err:

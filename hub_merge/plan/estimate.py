@@ -11,7 +11,7 @@ DOWNLOAD_BYTES_PER_S = 50e6
 MERGE_BYTES_PER_S = {"linear": 400e6, "sparse": 120e6}
 
 
-def _estimates(
+def size_estimates(
     metas: list[ModelMeta], ref: ModelMeta | None, method: str | None
 ) -> dict[str, float]:
     download = sum(m.download_bytes for m in metas)

@@ -13,8 +13,8 @@ from typing import Any
 
 from .. import hub
 from ..errors import HubMergeError
-from ..hub.layout import _as_dict, _license
-from ..hub.pull import _card_data
+from ..hub.layout import card_data_dict, card_license
+from ..hub.pull import read_card_data
 from ..refs import ModelRef
 from ..tensors import ADAPTER_WEIGHTS, CheckpointReader
 
@@ -119,8 +119,8 @@ def _remote_meta(
     meta.folder = folder
     meta.config = _read_json(folder / "config.json") or {}
     meta.adapter_config = _read_json(folder / "adapter_config.json")
-    card = _card_data(folder) or _as_dict(getattr(info, "card_data", None))
-    meta.license = _license(card, info.tags or ())
+    card = read_card_data(folder) or card_data_dict(getattr(info, "card_data", None))
+    meta.license = card_license(card, info.tags or ())
     try:
         layout = hub.classify(
             sorted(sizes),

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HubMergeError
-from .checks import _method_issues, _pair_issues, _vocab_issue
-from .estimate import _estimates
+from .checks import method_issues, pair_issues, vocab_issue
+from .estimate import size_estimates
 from .meta import read_model
 from .report import Issue, MergePlan
 
@@ -61,12 +61,12 @@ def plan_models(
         for m in ([base_meta] if base_meta and base_meta is not ref else []) + metas:
             if m is ref or m.problem:
                 continue
-            issues += _pair_issues(ref, m)
-            vocab = _vocab_issue(ref, m)
+            issues += pair_issues(ref, m)
+            vocab = vocab_issue(ref, m)
             if vocab is not None:
                 issues.append(vocab)
     if recipe is not None:
-        issues += _method_issues(recipe)
+        issues += method_issues(recipe)
     licenses = {m.id: m.license for m in ([base_meta] if base_meta else []) + metas}
     known = sorted({lic for lic in licenses.values() if lic})
     if len(known) > 1:
@@ -80,7 +80,7 @@ def plan_models(
             )
         )
     all_inputs = ([base_meta] if base_meta else []) + metas
-    return MergePlan(method, base_meta, metas, issues, _estimates(all_inputs, ref, method))
+    return MergePlan(method, base_meta, metas, issues, size_estimates(all_inputs, ref, method))
 
 
 def plan_recipe(recipe: Any, **kw: Any) -> MergePlan:

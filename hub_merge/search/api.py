@@ -21,8 +21,8 @@ from ..tensors import dtype_name
 from .config import CheckedConfig, SearchConfig, check_config
 from .core import SearchCore, SearchResult
 from .evaluators import Evaluators, build_backend, build_evaluators
-from .memory import MEMORY_SHARE, _available_ram, default_max_memory, parse_bytes
-from .resolve import SearchModels, _original, _unique_names, layer_filters, pull_models
+from .memory import MEMORY_SHARE, default_max_memory, parse_bytes
+from .resolve import SearchModels, layer_filters, pull_models
 from .state import RunFolder
 from .strategy import Workspace
 
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "MEMORY_SHARE",
     "SearchConfig",
-    "_available_ram",
-    "_original",
-    "_unique_names",
     "default_max_memory",
     "greedy_search",
     "layer_filters",

@@ -25,8 +25,8 @@ import torch
 
 from ..errors import ConfigError
 from ..evaluate import Evaluator
-from ..merge.adapter_mix import is_factor_recipe
 from ..merge.recipe import MergeRecipe
+from ..merge.registry import MergeInputs, method_for
 
 StateDict = dict[str, torch.Tensor]
 
@@ -179,30 +179,11 @@ class EngineBackend:
         if key in self._lru:
             self._lru.move_to_end(key)
             return self._lru[key]
-        if is_factor_recipe(recipe):  # LoRA factors mixed factor-wise (adapter-space swarm)
-            self._make_room()
-            state = self.session.merge_factors(recipe, folders=self.folders)
-            self.merges += 1
-            return self._remember(key, state)
-        if recipe.method == "dam":  # trained coefficients (hub_merge.dam), rebuilt from their file
-            from ..dam.recipe import dam_state_dict
-
-            dtype = self.session.dtype
-            state = dam_state_dict(recipe, self.folders, device=self.session.device)
-            state = {n: t.to(dtype) if t.is_floating_point() else t for n, t in state.items()}
-            self.merges += 1
-            return self._remember(key, state)
-        base = None if recipe.base is None else self._input(recipe.base)
-        inputs = [self._input(e.model) for e in recipe.models]
-        self._make_room()
-        state = self.session.merge(
-            recipe.method,
-            inputs,
-            recipe.parameters,
-            base=base,
-            model_parameters=[e.parameters for e in recipe.models],
-            seed=recipe.seed,
+        # the method's registry entry merges it: inputs through this cache, room made first
+        inputs = MergeInputs(
+            self.session, folders=self.folders, resolve=self._input, make_room=self._make_room
         )
+        state = method_for(recipe.method).state_dict(recipe, inputs)
         self.merges += 1
         return self._remember(key, state)
 
@@ -301,14 +282,13 @@ class EngineBackend:
             shutil.rmtree(out, ignore_errors=True)
             tmp.replace(out)
             return out
-        if is_factor_recipe(recipe):  # an adapter-space winner is written as an adapter
-            from ..merge.adapter_mix import write_factor_recipe
-
-            return write_factor_recipe(
-                recipe, out, folders=self.folders, base_folder=self.session.base_path
+        entry = method_for(recipe.method)
+        if not entry.writes_state:  # e.g. an adapter, or a model with its coefficient file
+            return entry.write(
+                recipe,
+                out,
+                folders=self.folders,
+                base_folder=self.session.base_path,
+                device=self.session.device,
             )
-        if recipe.method == "dam":  # the model, its coefficient file and their picture
-            from ..dam.recipe import dam_to_folder
-
-            return dam_to_folder(recipe, out, self.folders, device=self.session.device)
         return Path(self.session.save(self.state(recipe), out))

@@ -31,7 +31,7 @@ def default_max_memory(session: Any, share: float = MEMORY_SHARE) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
-        free = _available_ram()
+        free = available_ram()
         if free is None:
             return 4 * size
     return max(size, int(share * free))
@@ -59,7 +59,7 @@ def parse_bytes(value: int | str) -> int:
     return out
 
 
-def _available_ram() -> int | None:
+def available_ram() -> int | None:
     """Linux's MemAvailable (free memory plus reclaimable page cache), in bytes, when known."""
     try:
         with open("/proc/meminfo") as fh:

@@ -20,10 +20,10 @@ def _figure(width: float, height: float, rows: int = 1):
 
 
 def _save(fig, path: Path, dpi: int = 120) -> Path:
-    from ..plots import _save_atomically  # one atomic PNG writer for the package
+    from ..plots import save_figure  # one atomic PNG writer for the package
 
     path = Path(path)
-    _save_atomically(fig, path, dpi)
+    save_figure(fig, path, dpi)
     return path
 
 

@@ -46,8 +46,8 @@ def pull_models(config: Any) -> SearchModels:
     if base.kind != "full":
         raise ConfigError(f"The base {config.base} is an adapter; pass the full base model.")
     pulled = [hub.pull(ref, **hub_kw) for ref in config.experts]
-    experts = [_original(p, n) for p, n in zip(pulled, _unique_names(pulled), strict=True)]
-    base_expert = _original(base, "base")
+    experts = [original_expert(p, n) for p, n in zip(pulled, unique_names(pulled), strict=True)]
+    base_expert = original_expert(base, "base")
     fingerprints = {
         e.source: folder_fingerprint(p.path)
         for e, p in zip([base_expert, *experts], [base, *pulled], strict=True)
@@ -56,7 +56,7 @@ def pull_models(config: Any) -> SearchModels:
     return SearchModels(base, pulled, base_expert, experts, fingerprints)
 
 
-def _original(pulled: Any, name: str) -> Expert:
+def original_expert(pulled: Any, name: str) -> Expert:
     if pulled.repo_id:
         return Expert(
             name=name,
@@ -76,7 +76,7 @@ def _original(pulled: Any, name: str) -> Expert:
     )
 
 
-def _unique_names(pulled: list[Any]) -> list[str]:
+def unique_names(pulled: list[Any]) -> list[str]:
     names: list[str] = []
     for p in pulled:
         stem = (p.repo_id or str(p.path)).rstrip("/").split("/")[-1] or "model"

@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import IncompatibleModelsError, UnsupportedRepoError
-from .formats import _DTYPES, SAFE_INDEX, SAFE_SINGLE, _itemsize, _refuse_unsafe
+from .formats import SAFE_INDEX, SAFE_SINGLE, SAFETENSORS_DTYPES, itemsize, refuse_unsafe
 
 
 class CheckpointReader:
@@ -41,7 +41,7 @@ class CheckpointReader:
         else:
             files = sorted(self.folder.glob("*.safetensors"))
             if not files:
-                _refuse_unsafe(self.folder)
+                refuse_unsafe(self.folder)
         for file in files:
             if not file.is_file():
                 raise UnsupportedRepoError(f"Shard {file.name} listed in {self.folder} is missing.")
@@ -82,7 +82,7 @@ class CheckpointReader:
         return tuple(self._slice(name).get_shape())
 
     def dtype(self, name: str) -> torch.dtype:
-        return _DTYPES[self._slice(name).get_dtype()]
+        return SAFETENSORS_DTYPES[self._slice(name).get_dtype()]
 
     def numel(self, name: str) -> int:
         return math.prod(self.shape(name))
@@ -120,4 +120,4 @@ class CheckpointReader:
         return meta
 
     def nbytes(self) -> int:
-        return sum(self.numel(n) * _itemsize(self.dtype(n)) for n in self._where)
+        return sum(self.numel(n) * itemsize(self.dtype(n)) for n in self._where)

@@ -18,7 +18,7 @@ SAFE_INDEX = "model.safetensors.index.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
-_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -37,7 +37,7 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _refuse_unsafe(folder: Path) -> None:
+def refuse_unsafe(folder: Path) -> None:
     pickles = sorted(p.name for p in folder.glob("*.bin")) + sorted(
         p.name for p in folder.glob("*.pt")
     )
@@ -59,7 +59,7 @@ def _refuse_unsafe(folder: Path) -> None:
     )
 
 
-def _itemsize(dtype: torch.dtype) -> int:
+def itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
@@ -67,4 +67,4 @@ def is_adapter_folder(folder: str | Path) -> bool:
     return (Path(folder) / ADAPTER_CONFIG).is_file()
 
 
-_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+SAFETENSORS_CODES = {v: k for k, v in SAFETENSORS_DTYPES.items()}

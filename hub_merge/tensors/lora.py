@@ -18,7 +18,7 @@ import torch
 
 from ..errors import IncompatibleModelsError, LoraBiasError, UnsupportedRepoError
 from .checkpoint import CheckpointReader
-from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, _refuse_unsafe
+from .formats import ADAPTER_CONFIG, ADAPTER_WEIGHTS, refuse_unsafe
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,21 @@ class LoraFactors:
     @property
     def rank(self) -> int:
         return int(self.A.shape[0])
+
+    @property
+    def left(self) -> torch.Tensor:
+        """``(rows, r)``: delta = scale · left @ right in the *base tensor's* layout."""
+        return self.A.T if self.transpose else self.B
+
+    @property
+    def right(self) -> torch.Tensor:
+        """``(r, cols)``: see :attr:`left` (peft's B·A, or its transpose for embeddings/Conv1D)."""
+        return self.B.T if self.transpose else self.A
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The base tensor's shape this delta has."""
+        return int(self.left.shape[0]), int(self.right.shape[1])
 
     def dense(
         self, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
@@ -76,7 +91,7 @@ class LoraAdapterReader:
             )
         weights = self.folder / ADAPTER_WEIGHTS
         if not weights.is_file():
-            _refuse_unsafe(self.folder)
+            refuse_unsafe(self.folder)
         self._reader = CheckpointReader(self.folder, weights_file=ADAPTER_WEIGHTS)
         self._factors: dict[str, tuple[str, str, float, bool]] = {}
         self._overrides: dict[str, str] = {}
@@ -98,6 +113,11 @@ class LoraAdapterReader:
     @property
     def target_modules(self) -> list[str] | str | None:
         return self.config.get("target_modules")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the adapter's tensors are stored in (an adapter written from it keeps it)."""
+        return self._reader.dtype(self._reader.names[0])
 
     def _scale(self, module: str) -> float:
         r = _pattern_value(self.config.get("rank_pattern", {}), module, self.rank)
@@ -146,6 +166,16 @@ class LoraAdapterReader:
         """Base tensor names this adapter changes (LoRA bias deltas included)."""
         return sorted(set(self._factors) | set(self._overrides) | set(self._biases))
 
+    def plain_names(self) -> list[str]:
+        """Base tensor names this adapter changes by LoRA factors alone (no ``modules_to_save``
+        replacement, no bias delta): :meth:`lowrank` is their whole delta."""
+        return sorted(set(self._factors) - set(self._overrides) - set(self._biases))
+
+    def is_embedding(self, base_name: str) -> bool:
+        """Whether peft stores this tensor's factors as an embedding's (``lora_embedding_A/B``)."""
+        entry = self._factors.get(base_name)
+        return entry is not None and entry[0].endswith("lora_embedding_A")
+
     @property
     def bias_names(self) -> list[str]:
         """Base bias tensors a ``lora_bias=True`` adapter shifts (``module.bias``)."""
@@ -183,6 +213,29 @@ class LoraAdapterReader:
         return LoraFactors(
             A=self._reader.get(key_a), B=self._reader.get(key_b), scale=scale, transpose=transpose
         )
+
+    def lowrank(
+        self,
+        base_name: str,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        coefficient: float = 1.0,
+    ) -> LoraFactors | None:
+        """The factors of ``coefficient · delta`` for one base tensor, ready to use: in ``dtype``
+        on ``device``, the adapter's scale (and ``coefficient``) folded into B (``scale`` 1),
+        ``transpose`` set where the base tensor is laid out the other way (embeddings, GPT-2's
+        Conv1D / ``fan_in_fan_out``), so ``left @ right`` is the delta in the base's layout.
+
+        None when the tensor has no LoRA factors (untouched, or only replaced or shifted).
+        """
+        entry = self._factors.get(base_name)
+        if entry is None:
+            return None
+        key_a, key_b, scale, transpose = entry
+        a = self._reader.get(key_a).to(device=device, dtype=dtype)
+        b = self._reader.get(key_b).to(device=device, dtype=dtype) * (coefficient * scale)
+        return LoraFactors(A=a, B=b, scale=1.0, transpose=transpose)
 
     def override(self, base_name: str) -> torch.Tensor | None:
         key = self._overrides.get(base_name)

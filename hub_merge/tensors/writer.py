@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import IncompatibleModelsError
-from .formats import _DTYPE_NAMES, SAFE_INDEX, SAFE_SINGLE, _itemsize
+from .formats import SAFE_INDEX, SAFE_SINGLE, SAFETENSORS_CODES, itemsize
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
@@ -68,7 +68,7 @@ class ShardedWriter:
         shards: list[list[str]] = [[]]
         sizes = [0]
         for name, (shape, dtype) in self.layout.items():
-            nbytes = math.prod(shape) * _itemsize(dtype)
+            nbytes = math.prod(shape) * itemsize(dtype)
             if shards[-1] and sizes[-1] + nbytes > max_shard_bytes:
                 shards.append([])
                 sizes.append(0)
@@ -90,7 +90,7 @@ class ShardedWriter:
                     shape, dtype = self.layout[name]
                     p = self.plan[name]
                     header[name] = {
-                        "dtype": _DTYPE_NAMES[dtype],
+                        "dtype": SAFETENSORS_CODES[dtype],
                         "shape": list(shape),
                         "data_offsets": [p.start, p.end],
                     }

@@ -22,7 +22,7 @@ loop, :mod:`.upload` the push of a zoo to a Hub.
 
 from __future__ import annotations
 
-from .record import MANIFEST, REPO_OWNER, Zoo, _cached_build, default_cache_dir, load_zoo
+from .record import MANIFEST, REPO_OWNER, Zoo, cached_build, default_cache_dir, load_zoo
 from .smol import SMOL_NAME, SMOL_ORIGIN, build_smol_zoo
 from .tasks import SMOL_TASKS, TASKS, TINY_TASKS, make_examples
 from .tiny import TINY_NAME, build_tiny_zoo
@@ -41,7 +41,7 @@ __all__ = [
     "UploadedZoo",
     "WIDE_NAME",
     "Zoo",
-    "_cached_build",
+    "cached_build",
     "build_smol_wide_zoo",
     "build_smol_zoo",
     "build_tiny_zoo",

@@ -101,7 +101,7 @@ def load_zoo(root: str | Path) -> Zoo:
     return Zoo.from_json(root, json.loads(manifest.read_text(encoding="utf-8")))
 
 
-def _cached_build(
+def cached_build(
     name: str, cache_dir: str | Path | None, force: bool, build: Callable[[Path, Path], Zoo]
 ) -> Zoo:
     """Return the zoo ``name`` from the cache, building it first if missing (or ``force``).

@@ -15,9 +15,9 @@ import torch
 
 from hub_merge.errors import ConfigError
 
-from .record import REPO_OWNER, Zoo, _cached_build
-from .tasks import SMOL_TASKS, _task_sets
-from .train import _build_env, _card, _lora, _progress, _save_adapter, _train
+from .record import REPO_OWNER, Zoo, cached_build
+from .tasks import SMOL_TASKS, task_sets
+from .train import add_lora, build_env, expert_card, progress_bar, save_adapter, train_model
 
 __all__ = ["SMOL_NAME", "SMOL_ORIGIN", "build_smol_zoo"]
 
@@ -104,14 +104,14 @@ def _build_smol(tmp: Path, final: Path, seed: int, steps: int, progress: bool) -
     from transformers import AutoModelForCausalLM
 
     tasks = SMOL_TASKS
-    bar = _progress(1 + len(tasks) * steps, "smol zoo", progress)
-    dev_paths, train_paths, train_rows = _task_sets(tasks, seed, 200, 2000, tmp)
+    bar = progress_bar(1 + len(tasks) * steps, "smol zoo", progress)
+    dev_paths, train_paths, train_rows = task_sets(tasks, seed, 200, 2000, tmp)
     base, tok = _load_smol_base(bar)
     repo = {"base": f"{REPO_OWNER}/smollm2-135m-instruct-f32"}
     base.save_pretrained(str(tmp / "base"), safe_serialization=True)
     tok.save_pretrained(str(tmp / "base"))
     (tmp / "base" / "README.md").write_text(
-        _card(
+        expert_card(
             "smollm2-135m-instruct-f32",
             base_model=SMOL_ORIGIN,
             relation="quantized",
@@ -130,14 +130,14 @@ def _build_smol(tmp: Path, final: Path, seed: int, steps: int, progress: bool) -
         bar.set_description(f"smol zoo: LoRA {t}")
         model = AutoModelForCausalLM.from_pretrained(str(tmp / "base"), dtype=torch.float32)
         torch.manual_seed(seed + 20 + i)
-        peft_model = _lora(model, r=8)
-        _train(peft_model, tok, train_rows[t], steps=steps, lr=2e-3, batch_size=8,
+        peft_model = add_lora(model, r=8)
+        train_model(peft_model, tok, train_rows[t], steps=steps, lr=2e-3, batch_size=8,
                seed=seed + 30 + i, progress=bar)  # fmt: skip
         adapters[t] = final / "adapters" / t
         repo[f"adapter/{t}"] = f"{REPO_OWNER}/smollm2-135m-lora-{t}"
-        _save_adapter(peft_model, tmp / "adapters" / t, final / "base")
+        save_adapter(peft_model, tmp / "adapters" / t, final / "base")
         (tmp / "adapters" / t / "README.md").write_text(
-            _card(
+            expert_card(
                 f"smollm2-135m-lora-{t}",
                 base_model=repo["base"],
                 relation="adapter",
@@ -193,7 +193,7 @@ def build_smol_zoo(
 
     def build(tmp: Path, final: Path) -> Zoo:
         _smol_gguf()  # fail fast, before any work, if the wheel is missing
-        with _build_env(threads=None):
+        with build_env(threads=None):
             return _build_smol(tmp, final, SMOL_SEED, steps, progress)
 
-    return _cached_build(SMOL_NAME, cache_dir, force, build)
+    return cached_build(SMOL_NAME, cache_dir, force, build)

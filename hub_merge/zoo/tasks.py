@@ -103,12 +103,12 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, str]]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _read_jsonl(path: Path) -> list[dict[str, str]]:
+def read_jsonl(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def _task_sets(
+def task_sets(
     tasks: Sequence[str], seed: int, n_dev: int, n_train: int, tmp: Path
 ) -> tuple[dict[str, Path], dict[str, Path], dict[str, list[dict[str, str]]]]:
     """Write ``tasks/<t>.jsonl`` (dev) and ``train/<t>.jsonl``; dev prompts never occur in train."""

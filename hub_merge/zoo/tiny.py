@@ -1,7 +1,7 @@
 """The tiny zoo: a 2-layer byte-level Llama, 4 full experts and 4 LoRA adapters, built in seconds.
 
 Good for merge arithmetic, kinship, I/O and Hub round trips; too small to show that merging helps
-(see ``/work/shared/design/models-here.md``).
+(the SmolLM2 zoos, :mod:`.smol` and :mod:`.wide`, are for that).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from .record import REPO_OWNER, Zoo, _cached_build
-from .tasks import TINY_TASKS, _task_sets, make_examples
-from .train import _build_env, _card, _lora, _progress, _save_adapter, _train
+from .record import REPO_OWNER, Zoo, cached_build
+from .tasks import TINY_TASKS, make_examples, task_sets
+from .train import add_lora, build_env, expert_card, progress_bar, save_adapter, train_model
 
 __all__ = ["TINY_NAME", "build_tiny_zoo"]
 
@@ -94,21 +94,23 @@ def _build_tiny(tmp: Path, final: Path, seed: int, progress: bool) -> Zoo:
     pre_steps, expert_steps, lora_steps = 150, 60, 60
     tasks = TINY_TASKS
     total = pre_steps + len(tasks) * (expert_steps + lora_steps)
-    bar = _progress(total, "tiny zoo", progress)
+    bar = progress_bar(total, "tiny zoo", progress)
     tok = _byte_tokenizer()
-    dev_paths, train_paths, train_rows = _task_sets(tasks, seed, 128, 2000, tmp)
+    dev_paths, train_paths, train_rows = task_sets(tasks, seed, 128, 2000, tmp)
 
     # Base: pre-trained on "copy" only, so it knows the format and alphabet but none of the tasks.
     torch.manual_seed(seed)
     base = LlamaForCausalLM(_tiny_config(tok))
     pretrain = make_examples("copy", 4000, seed=seed)
-    _train(base, tok, pretrain, steps=pre_steps, lr=5e-3, batch_size=32, seed=seed, progress=bar)
+    train_model(
+        base, tok, pretrain, steps=pre_steps, lr=5e-3, batch_size=32, seed=seed, progress=bar
+    )
     repo = {"base": f"{REPO_OWNER}/tiny-llama-base"}
     _save_model(
         base,
         tok,
         tmp / "base",
-        _card(
+        expert_card(
             "tiny-llama-base",
             base_model=None,
             relation=None,
@@ -122,7 +124,7 @@ def _build_tiny(tmp: Path, final: Path, seed: int, progress: bool) -> Zoo:
     experts, adapters = {}, {}
     for i, t in enumerate(tasks):
         model = AutoModelForCausalLM.from_pretrained(str(tmp / "base"), dtype=torch.float32)
-        _train(model, tok, train_rows[t], steps=expert_steps, lr=3e-3, batch_size=32,
+        train_model(model, tok, train_rows[t], steps=expert_steps, lr=3e-3, batch_size=32,
                seed=seed + 10 + i, progress=bar)  # fmt: skip
         experts[t] = final / "experts" / t
         repo[f"expert/{t}"] = f"{REPO_OWNER}/tiny-llama-{t}"
@@ -130,7 +132,7 @@ def _build_tiny(tmp: Path, final: Path, seed: int, progress: bool) -> Zoo:
             model,
             tok,
             tmp / "experts" / t,
-            _card(
+            expert_card(
                 f"tiny-llama-{t}",
                 base_model=repo["base"],
                 relation="finetune",
@@ -142,14 +144,14 @@ def _build_tiny(tmp: Path, final: Path, seed: int, progress: bool) -> Zoo:
 
         base_model = AutoModelForCausalLM.from_pretrained(str(tmp / "base"), dtype=torch.float32)
         torch.manual_seed(seed + 20 + i)
-        peft_model = _lora(base_model, r=8)
-        _train(peft_model, tok, train_rows[t], steps=lora_steps, lr=1e-2, batch_size=32,
+        peft_model = add_lora(base_model, r=8)
+        train_model(peft_model, tok, train_rows[t], steps=lora_steps, lr=1e-2, batch_size=32,
                seed=seed + 30 + i, progress=bar)  # fmt: skip
         adapters[t] = final / "adapters" / t
         repo[f"adapter/{t}"] = f"{REPO_OWNER}/tiny-llama-lora-{t}"
-        _save_adapter(peft_model, tmp / "adapters" / t, final / "base")
+        save_adapter(peft_model, tmp / "adapters" / t, final / "base")
         (tmp / "adapters" / t / "README.md").write_text(
-            _card(
+            expert_card(
                 f"tiny-llama-lora-{t}",
                 base_model=repo["base"],
                 relation="adapter",
@@ -190,7 +192,7 @@ def build_tiny_zoo(
     """
 
     def build(tmp: Path, final: Path) -> Zoo:
-        with _build_env(threads=1):
+        with build_env(threads=1):
             return _build_tiny(tmp, final, TINY_SEED, progress)
 
-    return _cached_build(TINY_NAME, cache_dir, force, build)
+    return cached_build(TINY_NAME, cache_dir, force, build)

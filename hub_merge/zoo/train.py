@@ -70,7 +70,7 @@ def _answer_loss(
     return total / max(count, 1)
 
 
-def _train(
+def train_model(
     model: Any,
     tokenizer: Any,
     examples: Sequence[dict[str, str]],
@@ -106,7 +106,7 @@ def _train(
     model.eval()
 
 
-def _card(
+def expert_card(
     title: str,
     *,
     base_model: str | None,
@@ -126,13 +126,13 @@ def _card(
     return f"---\n{front}\n---\n\n# {title}\n\n{body.strip()}\n"
 
 
-def _save_adapter(model: Any, folder: Path, base_final: Path) -> None:
+def save_adapter(model: Any, folder: Path, base_final: Path) -> None:
     """Save a peft adapter whose config names the final (cached) base folder, not the temp one."""
     model.save_pretrained(str(folder))
-    _point_adapter_at(folder, base_final)
+    point_adapter_at(folder, base_final)
 
 
-def _point_adapter_at(folder: Path, base: Path) -> None:
+def point_adapter_at(folder: Path, base: Path) -> None:
     """Make the adapter in ``folder`` name ``base`` as its base model (peft loads it from there)."""
     cfg_path = folder / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -140,7 +140,7 @@ def _point_adapter_at(folder: Path, base: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def _lora(model: Any, r: int) -> Any:
+def add_lora(model: Any, r: int) -> Any:
     from peft import LoraConfig, get_peft_model
 
     cfg = LoraConfig(
@@ -150,7 +150,7 @@ def _lora(model: Any, r: int) -> Any:
 
 
 @contextlib.contextmanager
-def _build_env(threads: int | None) -> Iterator[None]:
+def build_env(threads: int | None) -> Iterator[None]:
     """Pin torch's thread count (so builds are bit-identical whatever the caller set) and hush
     transformers' per-load progress bars; restore both afterwards."""
     from transformers.utils import logging as hf_logging
@@ -168,7 +168,7 @@ def _build_env(threads: int | None) -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
+def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False)

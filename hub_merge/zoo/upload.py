@@ -10,7 +10,7 @@ from typing import Any
 from hub_merge.errors import ConfigError
 
 from .record import Zoo
-from .train import _progress
+from .train import progress_bar
 
 __all__ = ["UploadedZoo", "upload_zoo"]
 
@@ -57,7 +57,7 @@ def upload_zoo(
     if unknown:
         raise ConfigError(f"Not in zoo {zoo.name}: {unknown}; choose from {sorted(folders)}.")
     created: list[str] = []
-    bar = _progress(len(keys), f"{zoo.name}: uploading to the Hub", progress)
+    bar = progress_bar(len(keys), f"{zoo.name}: uploading to the Hub", progress)
     for key in keys:
         repo_id, folder = zoo.repo_ids[key], folders[key]
         bar.set_postfix_str(repo_id)

@@ -29,10 +29,18 @@ import torch
 
 from hub_merge.errors import ConfigError
 
-from .record import REPO_OWNER, Zoo, _cached_build
+from .record import REPO_OWNER, Zoo, cached_build
 from .smol import SMOL_SEED, build_smol_zoo
-from .tasks import SMOL_TASKS, _read_jsonl
-from .train import _build_env, _card, _lora, _point_adapter_at, _progress, _save_adapter, _train
+from .tasks import SMOL_TASKS, read_jsonl
+from .train import (
+    add_lora,
+    build_env,
+    expert_card,
+    point_adapter_at,
+    progress_bar,
+    save_adapter,
+    train_model,
+)
 
 __all__ = ["WIDE_NAME", "build_smol_wide_zoo"]
 
@@ -102,12 +110,12 @@ def _train_member(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tmp / "base"))
-    rows = _read_jsonl(tmp / "train" / f"{spec.task}.jsonl")[slice(*spec.rows)]
+    rows = read_jsonl(tmp / "train" / f"{spec.task}.jsonl")[slice(*spec.rows)]
     model = AutoModelForCausalLM.from_pretrained(str(tmp / "base"), dtype=torch.float32)
     if not spec.full:
         torch.manual_seed(spec.init_seed)
-        model = _lora(model, r=spec.rank)
-    _train(
+        model = add_lora(model, r=spec.rank)
+    train_model(
         model,
         tok,
         rows,
@@ -122,7 +130,7 @@ def _train_member(
         tok.save_pretrained(str(folder))
         what = f"a full fine-tune (all weights, {spec.steps} steps at batch 8, lr {spec.lr})"
     else:
-        _save_adapter(model, folder, final / "base")
+        save_adapter(model, folder, final / "base")
         what = f"a LoRA adapter (r={spec.rank}, all linear layers, {spec.steps} steps at batch 8)"
     body = (
         f"{what} of `{base_id}` for the synthetic `{spec.task}` task, trained on rows "
@@ -130,7 +138,7 @@ def _train_member(
         f"{spec.data_seed}. Built by `hub_merge.zoo.build_smol_wide_zoo` for the benchmarks."
     )
     tags = ["hub-merge", "test-zoo", "smollm2", spec.task, "llama" if spec.full else "lora"]
-    card = _card(
+    card = expert_card(
         _repo_name(spec),
         base_model=base_id,
         relation="finetune" if spec.full else "adapter",
@@ -155,7 +163,7 @@ def _build_wide(
     parts = final.parent / f".{WIDE_NAME}.parts"
     parts.mkdir(exist_ok=True)
     todo = [s for s in specs if not _is_done(parts, s)]
-    bar = _progress(sum(s.steps for s in todo), "smol-wide zoo", progress)
+    bar = progress_bar(sum(s.steps for s in todo), "smol-wide zoo", progress)
     # The same base, tasks and training rows as the smol zoo: copied, so this zoo stands alone.
     shutil.copytree(smol.base, tmp / "base")
     tasks, train = {}, {}
@@ -171,7 +179,7 @@ def _build_wide(
     for t in SMOL_TASKS:  # -a: the smol zoo's adapter, byte for byte but for its base path
         name = f"{t}-a"
         shutil.copytree(smol.adapters[t], tmp / "adapters" / name)
-        _point_adapter_at(tmp / "adapters" / name, final / "base")
+        point_adapter_at(tmp / "adapters" / name, final / "base")
         members["adapters"][name], expert_tasks[name] = final / "adapters" / name, t
         repo[f"adapter/{name}"] = smol.repo_ids[f"adapter/{t}"]
 
@@ -241,9 +249,9 @@ def build_smol_wide_zoo(
 
     def build(tmp: Path, final: Path) -> Zoo:
         smol = build_smol_zoo(cache_dir, progress=progress)
-        with _build_env(threads=None):
+        with build_env(threads=None):
             return _build_wide(smol, tmp, final, steps, full_steps, progress)
 
-    zoo = _cached_build(WIDE_NAME, cache_dir, force, build)
+    zoo = cached_build(WIDE_NAME, cache_dir, force, build)
     shutil.rmtree(zoo.root.parent / f".{WIDE_NAME}.parts", ignore_errors=True)  # zoo complete
     return zoo

@@ -1,6 +1,6 @@
 """Top-k greedy merging with kinship-guided exploration (Hu et al. 2024), as an ask/tell strategy.
 
-The algorithm (design/algorithms.md, section 2)::
+The algorithm::
 
     pool = initial experts (scored by the core as baselines)
     generation 1: merge every pair of experts
