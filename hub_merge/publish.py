@@ -18,7 +18,7 @@ from .hub import validate_card_on_hub
 from .lineage import FamilyTree
 from .push import PushResult, push
 
-__all__ = ["PublishResult", "node_folder", "publish"]
+__all__ = ["PublishResult", "node_folder", "publish", "publish_row"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ def publish(
     commit_message: str | None = None,
     endpoint: str | None = None,
     token: str | None = None,
+    section: str | None = None,
 ) -> PublishResult:
     """Write the node's card into its folder, have the Hub validate it, and push the folder.
 
@@ -89,6 +90,7 @@ def publish(
         node_id: default: the winner.
         license: required when the parents' licenses conflict or are unknown.
         create_pr: open a pull request instead of committing to main.
+        section: markdown appended to the card's body (``publish_row``: the leaderboard).
         endpoint, token: default from ``HF_ENDPOINT`` and ``HF_TOKEN`` / ``hf auth login``.
 
     Raises:
@@ -115,6 +117,11 @@ def publish(
         )
     node, folder = node_folder(run_dir, node_id)
     card = write_card(run_dir, folder, node_id=node, license=license, repo_id=repo_id)
+    if section:
+        from .atomic import atomic_write
+
+        text = card.readme.read_text(encoding="utf-8").rstrip("\n") + "\n\n" + section
+        atomic_write(card.readme, text)
     validate_card_on_hub(card.readme.read_text(encoding="utf-8"), endpoint=endpoint, token=token)
     message = commit_message or f"Publish merge {node} with hub-merge"
     result = push(
@@ -128,3 +135,19 @@ def publish(
         token=token,
     )
     return PublishResult(folder=folder, card=card, push=result)
+
+
+def publish_row(
+    compare_dir: str | Path, repo_id: str, *, row: str | None = None, **kw: Any
+) -> PublishResult:
+    """Publish a ``hub-merge compare`` row's model (default: the recommended row).
+
+    Its card carries the leaderboard, with a sentence on how the row was chosen (on dev
+    scores). ``kw`` as for :func:`publish`. Raises ConfigError for a row with no model.
+    """
+    from .leaderboard.rows import row_model
+
+    target = row_model(compare_dir, row)
+    if target.node is None:  # a MoE folder: its own card
+        return publish(target.run, repo_id, **kw)
+    return publish(target.run, repo_id, node_id=target.node, section=target.section, **kw)
