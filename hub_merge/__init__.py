@@ -11,4 +11,13 @@ __version__ = "0.1.0"
 from .errors import HubMergeError
 from .refs import ModelRef
 
-__all__ = ["HubMergeError", "ModelRef", "__version__"]
+__all__ = ["CompareConfig", "HubMergeError", "ModelRef", "__version__", "compare_strategies"]
+
+
+def __getattr__(name: str) -> object:
+    """``hub_merge.compare_strategies`` and ``CompareConfig``, imported when first used."""
+    if name in ("compare_strategies", "CompareConfig"):
+        from . import leaderboard
+
+        return getattr(leaderboard, name)
+    raise AttributeError(name)

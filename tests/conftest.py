@@ -21,4 +21,5 @@ pytest_plugins: list[str] = [
     "tests.fixtures.hubio",
     "tests.fixtures.localhub",
     "tests.fixtures.space",
+    "tests.fixtures.compare",
 ]

@@ -189,7 +189,8 @@ class Leaderboard:
                 marks.append("recommended (best on dev)")
             if test_best is not None and r.name == test_best.name and r is not rec:
                 marks.append("best on test")
-            name = r.name + (f" [{'; '.join(marks)}]" if marks else "")
+            name = r.name if r.label == r.name else f"{r.name} ({r.label})"
+            name += f" [{'; '.join(marks)}]" if marks else ""
             test = format_score(self.combined(r.test_fitness))
             spread = spread_of(r)
             if spread is not None:
@@ -203,7 +204,10 @@ class Leaderboard:
             cost = [
                 _mean([s.evaluations for s in r.seeds]),
                 _mean([s.train_steps for s in r.seeds]),
+                _mean([s.wall_s for s in r.seeds]),
             ]
+            if r.kind in BASELINE_KINDS:  # scored once, by the first run: its cost is there
+                cost = [None, None, None]
             params = "–"
             if r.params is not None:
                 params = _fmt_params(r.params)
@@ -219,7 +223,7 @@ class Leaderboard:
                     reads,
                     _count(cost[0]),
                     _count(cost[1]),
-                    _count(_mean([s.wall_s for s in r.seeds]), 1),
+                    _count(cost[2], 1),
                     params,
                     "–" if r.calls_per_query is None else f"{r.calls_per_query:g}",
                 ]

@@ -172,8 +172,10 @@ class _Compare:
         tree = result.tree
         steps = sum(int(g.stats.get("gradient_steps") or 0) for g in tree.generations)
         train_rows = 0
-        if spec.train:
-            train_rows = sum(len(t.examples) for t in self.checked[spec.folder].train)
+        if spec.train:  # DAM reads at most max_rows prompts per expert
+            cap = getattr(self.checked[spec.folder].settings, "max_rows", None)
+            sizes = [len(t.examples) for t in self.checked[spec.folder].train]
+            train_rows = sum(n if cap is None else min(n, cap) for n in sizes)
         atomic_write_json(
             folder / ROW_RECORD,
             {
@@ -412,5 +414,9 @@ def _open_root(root: Path, config: CompareConfig) -> None:
                 "--out."
             )
         return
+    if config.resume:
+        raise SearchStateError(
+            f"No compare to resume in {root} (no compare.json); drop --resume to start one."
+        )
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, wanted)
