@@ -270,6 +270,12 @@ def test_push_row_publishes_that_rows_model_with_the_leaderboard(
     assert main([*push, "--repo", repo2]) == 0
     card2 = Path(api.hf_hub_download(repo2, "README.md", local_dir=tmp_path / "dl2")).read_text()
     assert f"the row **{recommended.label}**" in card2 and "the recommended row" in card2
+    # the MoE row publishes the MoE's own folder (a Mixtral checkpoint, its own card)
+    repo3 = f"{local_hub.user}/tiny-compare-moe"
+    assert main([*push, "--row", "moe", "--repo", repo3]) == 0
+    config = api.hf_hub_download(repo3, "config.json", local_dir=tmp_path / "dl3")
+    assert json.loads(Path(config).read_text())["model_type"] == "mixtral"
+    assert main([*push, "--row", "oracle", "--repo", repo3]) == 2  # no model of its own
 
 
 def test_a_compare_folder_is_never_restarted_over(tiny_compare):
@@ -278,3 +284,52 @@ def test_a_compare_folder_is_never_restarted_over(tiny_compare):
     changed = {**tiny_compare.inputs, "limit": 3, "resume": True}
     with pytest.raises(SearchStateError, match="differs in: limit"):
         compare_strategies(CompareConfig(**changed))
+
+
+def test_budgets_are_shared_evenly_or_given_per_strategy_and_seeds_make_runs():
+    from hub_merge.leaderboard import parse_budget
+    from hub_merge.search.strategy import strategy_names
+
+    def config(**kw):
+        return CompareConfig(base="b", experts=["x", "y"], tasks=["t.jsonl"], out="o", **kw)
+
+    four = ["greedy", "evolve", "swarm", "dam"]
+    assert config(strategies=four, budget=parse_budget("60")).budgets() == dict.fromkeys(four, 15)
+    per = config(strategies=["dam", "evolve"], budget=parse_budget("dam=30,evolve=60"))
+    assert per.budgets() == {"dam": 30, "evolve": 60}
+    assert config(strategies=["greedy", "evolve"], budget={"evolve": 40}).budgets() == {
+        "greedy": None,
+        "evolve": 40,
+    }
+    assert config().strategy_list() == strategy_names()  # default: every registered strategy
+    runs = config(strategies=["greedy", "dam"], seeds=2, seed=5, train_tasks=["t.jsonl"]).check()
+    assert [(r.row, r.seed, r.folder, r.train) for r in runs] == [
+        ("greedy", 5, "greedy-seed5", False),
+        ("greedy", 6, "greedy-seed6", False),
+        ("dam", 5, "dam-seed5", False),
+        ("dam", 6, "dam-seed6", False),
+        ("dam+train", 5, "dam-train-seed5", True),
+        ("dam+train", 6, "dam-train-seed6", True),
+    ]
+
+
+def test_a_row_over_seeds_shows_mean_and_spread_and_publishes_its_best_seed_on_dev(tmp_path):
+    from hub_merge.leaderboard import BoardRow, Leaderboard, SeedResult
+    from hub_merge.leaderboard.rows import row_model
+
+    seeds = [
+        SeedResult(seed=s, dev={"a": d}, test={"a": t}, dev_fitness=-d, test_fitness=-t,
+                   run=f"evolve-seed{s}", node=f"g{s}-1", model=f"evolve-seed{s}/winner")
+        for s, d, t in [(0, 2.0, 1.0), (1, 1.0, 3.0)]
+    ]  # fmt: skip
+    board = Leaderboard(
+        "answer_loss", "mean", {}, ["a"], [BoardRow("evolve", "strategy", "evolve", seeds)]
+    )
+    line = board.table()[1]
+    assert line[1] == "2 ± 1.414 (2 seeds)"  # test mean of 1 and 3, their standard deviation
+    assert line[2 + 1 + 1] == "1.5"  # dev mean
+    board.write(tmp_path)
+    (tmp_path / "compare.json").write_text("{}")
+    chosen = row_model(tmp_path, "evolve")
+    assert (chosen.run.name, chosen.node) == ("evolve-seed1", "g1-1")  # the seed best on dev
+    assert "(seed 1, the best of 2 on dev)" in chosen.section
