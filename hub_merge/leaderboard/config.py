@@ -121,6 +121,13 @@ class CompareConfig:
         if self.moe_top_k < 1:
             raise ConfigError(f"--moe-top-k must be at least 1; got {self.moe_top_k}.")
         names = self.strategy_list()
+        if self.moe or self.moa:
+            from ..lmeval import is_lm_eval
+
+            if is_lm_eval(self.tasks):
+                raise ConfigError(
+                    "--moe and --moa score task files (JSONL rows); with lm-eval tasks, drop them."
+                )
         unknown = sorted(set(self.settings) - set(names))
         if unknown:
             raise ConfigError(

@@ -139,7 +139,10 @@ class _Compare:
         return board
 
     def _say(self, text: str) -> None:
-        if self.config.progress:
+        """One line per row before its own display (the run's generation bars, DAM's steps)."""
+        from ..progress import is_quiet
+
+        if self.config.progress and not is_quiet():
             import click
 
             click.echo(text, err=True)
