@@ -19,6 +19,7 @@ skips them and resumes the unfinished run from its own checkpoint, so nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -153,8 +154,8 @@ class _Compare:
         from ..search.api import run_checked
 
         folder = self.root / spec.folder
-        if (folder / ROW_RECORD).is_file():
-            return  # finished by an earlier call: kept as it is
+        if _finished(folder, spec):
+            return  # finished by an earlier call with these settings: kept as it is
         started = (folder / "state.json").is_file()
         if started and not self.config.resume:
             raise SearchStateError(f"{folder} holds an unfinished run; pass --resume to finish it.")
@@ -184,6 +185,7 @@ class _Compare:
             {
                 "row": spec.row,
                 "seed": spec.seed,
+                "spec": _spec(spec),
                 "node": tree.winner,
                 "evaluations": sum(1 for n in tree.nodes.values() if n.fitness is not None),
                 "computed": result.evaluations,
@@ -260,7 +262,7 @@ class _Compare:
         by_row: dict[str, list[tuple[RunSpec, FamilyTree, dict[str, Any]]]] = {}
         for spec in self.runs:
             folder = self.root / spec.folder
-            if (folder / ROW_RECORD).is_file():
+            if _finished(folder, spec):
                 record = json.loads((folder / ROW_RECORD).read_text())
                 tree = FamilyTree.load(folder / "family_tree.json")
                 by_row.setdefault(spec.row, []).append((spec, tree, record))
@@ -368,6 +370,21 @@ class _Compare:
                 )
             )
         return rows
+
+
+def _spec(spec: RunSpec) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(spec), sort_keys=True))
+
+
+def _finished(folder: Path, spec: RunSpec) -> bool:
+    """Whether the run finished with this spec (another budget or settings: resume it)."""
+    path = folder / ROW_RECORD
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("spec") == _spec(spec)
+    except json.JSONDecodeError:
+        return False
 
 
 def _seed(
