@@ -108,13 +108,11 @@ class _Compare:
     ) -> None:
         from ..evaluate import ScoreCache
 
-        self.config, self.runs, self.checked, self.root, self.engine = (
-            config,
-            runs,
-            checked,
-            root,
-            engine,
-        )
+        self.config = config
+        self.runs = runs  # every (row, seed), in order; the first also scores the baselines
+        self.checked = checked  # run folder name -> CheckedConfig
+        self.root = root
+        self.engine = engine
         self.evaluations = 0  # scored by this call: candidates, MoE/MoA, exact-match models
         self.em_cache = ScoreCache(root / "exact_match.json")
         self.split = engine.evaluators.split
@@ -327,14 +325,18 @@ class _Compare:
         first = self.runs[0].folder
         folders = {e.name: Path(p.path) for e, p in zip(
             self.engine.models.experts, self.engine.models.pulled, strict=True)}  # fmt: skip
+        # an expert's exact match is cached under its content (a retrained folder is scored again)
+        models = self.engine.models
+        ids = {e.name: models.fingerprints.get(e.source, e.source) for e in models.experts}
         rows = []
         for r in found:
-            if r.role == "oracle" or r.id == "oracle":
-                em: dict[str, float] = {}
-                experts = {
-                    t: self._folder_em(f"expert:{e}", folders.get(e)) for t, e in r.routes.items()
-                }  # noqa: E501
-                em = {t: s[t] for t, s in experts.items() if t in s}
+            if r.role == "oracle":  # exact match too: each task by its own expert's answers
+                em = {}
+                for task, expert in r.routes.items():
+                    key = f"expert:{ids.get(expert)}"
+                    scores = self._folder_em(key, folders.get(expert))
+                    if task in scores:
+                        em[task] = scores[task]
                 rows.append(
                     BoardRow(
                         name="oracle",
@@ -350,7 +352,7 @@ class _Compare:
                 continue
             is_uniform = r.id == "uniform"
             model = (self.root / first / "nodes" / "uniform") if is_uniform else folders.get(r.id)
-            key = f"{first}/nodes/uniform" if is_uniform else f"expert:{r.id}"
+            key = f"{first}/nodes/uniform" if is_uniform else f"expert:{ids.get(r.id)}"
             rows.append(
                 BoardRow(
                     name=r.id,
