@@ -13,7 +13,6 @@ mergekit-style ``hidden-mean`` router, and MoA (experts propose, the base aggreg
 Test rows: the search's own split (``hub_merge.splits.split_task``: 30% of each task's rows by a
 hash of seed and prompt), so these rows are the ones every search row is tested on; the positive prompts of the MoE
 router come from the zoo's TRAIN files, so no test row is seen when the MoE is built.
-``search_quality`` (benchmarks/search_quality.py) can import :func:`moe_rows` to add the rows.
 
     python benchmarks/moe_quality.py --zoo smol --test-limit 40 --em-limit 12
     python benchmarks/moe_quality.py --zoo tiny --test-limit 16 --em-limit 4   # smoke run
@@ -25,7 +24,6 @@ import argparse
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -289,71 +287,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def search_quality_outcome(bench: Any, kind: str, outcome: Callable[..., Any]) -> Any:
-    """One ``search_quality`` row: ``kind`` is ``moe-top1``, ``moe-top2`` or ``moa``.
-
-    ``bench`` is search_quality's ``Bench`` (experts, expert_tasks, dev_files, test_files, out,
-    device); ``outcome`` its ``Outcome`` class, passed in so this module never imports the script.
-    The MoE's positive prompts are each expert's task's DEV rows (what every search sees); its
-    scores are answer-token loss on dev and test, like the search rows. MoA is exact match on the
-    test rows (in ``test``; ``extra['metric']`` says so) with its cost per query.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from hub_merge.evaluate import Evaluator, load_task
-    from hub_merge.moa import MoaSettings, ModelPool, run_moa
-    from hub_merge.moe import ExpertSpec, MoeSettings, build_moe
-
-    t0 = time.perf_counter()
-    names = sorted(bench.experts)
-    dev = [load_task(bench.dev_files[t], name=t) for t in bench.tasks]
-    test = [load_task(bench.test_files[t], name=t) for t in bench.tasks]
-    if kind == "moa":
-        pool = ModelPool(Path(bench.base), {n: Path(bench.experts[n]) for n in names}, bench.device)
-        rep = run_moa(pool, test, names, "base", MoaSettings(layers=1))
-        return outcome(
-            dev={},
-            test=rep.exact_match,
-            evaluations=0,
-            seconds=time.perf_counter() - t0,
-            note=f"{rep.calls_per_query:g} calls, {rep.generated_tokens_per_query:.1f} tokens/query",
-            extra={"metric": "exact_match", **rep.to_json()},
-        )
-    top_k = {"moe-top1": 1, "moe-top2": 2}[kind]
-    folder = Path(bench.out) / f"{kind}-model"
-    res = build_moe(
-        bench.base,
-        [
-            ExpertSpec(bench.experts[n], bench.dev_files[bench.expert_tasks[n]], name=n)
-            for n in names
-        ],
-        folder,
-        MoeSettings(top_k=top_k),
-        test_rows=[bench.test_files[bench.expert_tasks[n]] for n in names],
-        device=bench.device,
-        overwrite=True,
-    )
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    tok = AutoTokenizer.from_pretrained(folder)
-    scores = {
-        part: Evaluator(tasks, tok, metric="answer_loss").score(model)
-        for part, tasks in (("dev", dev), ("test", test))
-    }
-    p = res.manifest["parameters"]
-    return outcome(
-        dev=scores["dev"],
-        test=scores["test"],
-        evaluations=0,
-        seconds=time.perf_counter() - t0,
-        winner="moe",
-        winner_path=str(folder),
-        note=f"{p['active'] / 1e6:.1f}M of {p['total'] / 1e6:.1f}M parameters active per token",
-        extra={
-            "active_params": p["active"],
-            "total_params": p["total"],
-            "calls_per_query": 1,
-            "router_accuracy_test": res.manifest["routing"]["test rows"]["mean"],
-        },
-    )

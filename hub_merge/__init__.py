@@ -11,4 +11,13 @@ from .errors import HubMergeError
 from .refs import ModelRef
 from .version import __version__
 
-__all__ = ["HubMergeError", "ModelRef", "__version__"]
+__all__ = ["CompareConfig", "HubMergeError", "ModelRef", "__version__", "compare_strategies"]
+
+
+def __getattr__(name: str) -> object:
+    """``hub_merge.compare_strategies`` and ``CompareConfig``, imported when first used."""
+    if name in ("compare_strategies", "CompareConfig"):
+        from . import leaderboard
+
+        return getattr(leaderboard, name)
+    raise AttributeError(name)

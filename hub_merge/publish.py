@@ -14,13 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import atomic_write
 from .card import CardResult, write_card
 from .errors import ConfigError
 from .hub import validate_card_on_hub
 from .lineage import FamilyTree
 from .push import PushResult, push
 
-__all__ = ["CARD_WRITERS", "PreparedCard", "PublishResult", "folder_kind", "node_folder", "publish"]
+__all__ = [
+    "CARD_WRITERS",
+    "PreparedCard",
+    "PublishResult",
+    "folder_kind",
+    "node_folder",
+    "publish",
+    "publish_row",
+]
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,7 @@ def publish(
     commit_message: str | None = None,
     endpoint: str | None = None,
     token: str | None = None,
+    section: str | None = None,
 ) -> PublishResult:
     """Write the card into the folder, have the Hub validate it, and push the folder.
 
@@ -159,6 +169,7 @@ def publish(
         license: required when the parents' licenses conflict or are unknown (search runs; a
             MoE's license is chosen when it is built).
         create_pr: open a pull request instead of committing to main.
+        section: markdown appended to the card's body (``publish_row``: the leaderboard).
         endpoint, token: default from ``HF_ENDPOINT`` and ``HF_TOKEN`` / ``hf auth login``.
 
     Raises:
@@ -174,6 +185,9 @@ def publish(
     writer = CARD_WRITERS[folder_kind(run_dir, node_id)]
     prepared = writer(run_dir, repo_id, node_id, license)
     text = prepared.card.readme.read_text(encoding="utf-8")
+    if section:
+        text = text.rstrip("\n") + "\n\n" + section
+        atomic_write(prepared.card.readme, text)
     validate_card_on_hub(text, endpoint=endpoint, token=token)
     result = push(
         prepared.folder,
@@ -186,3 +200,25 @@ def publish(
         token=token,
     )
     return PublishResult(folder=prepared.folder, card=prepared.card, push=result)
+
+
+def publish_row(
+    compare_dir: str | Path, repo_id: str, *, row: str | None = None, **kw: Any
+) -> PublishResult:
+    """Publish a ``hub-merge compare`` row's model (default: the recommended row).
+
+    Its card carries the leaderboard, with a sentence on how the row was chosen (on dev
+    scores). ``kw`` as for :func:`publish`. Raises ConfigError for a row with no model.
+    """
+    from .leaderboard.rows import row_model
+
+    target = row_model(compare_dir, row)
+    if target.node is None:  # a MoE row: its license was chosen when it was built
+        wanted = kw.pop("license", None)
+        built = json.loads((Path(target.run) / "hub_merge.json").read_text())["license"]
+        if wanted is not None and wanted.lower() != str(built).lower():
+            raise ConfigError(
+                f"Row {target.row!r} is a MoE built under license {built!r}; drop --license "
+                "or rebuild it with hub-merge moe --license."
+            )
+    return publish(target.run, repo_id, node_id=target.node, section=target.section, **kw)

@@ -29,10 +29,12 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
+
 pytest_plugins: list[str] = [
     "tests.fixtures.merge",
     "tests.fixtures.zoo",
     "tests.fixtures.hubio",
     "tests.fixtures.localhub",
     "tests.fixtures.space",
+    "tests.fixtures.compare",
 ]

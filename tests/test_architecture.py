@@ -33,6 +33,7 @@ from hub_merge.merge.registry import (
 
 PACKAGE = Path(hub_merge.__file__).parent
 
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

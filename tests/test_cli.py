@@ -14,6 +14,7 @@ EXPECTED = [
     "plan",
     "merge",
     "search",
+    "compare",
     "moe",
     "moa",
     "card",

@@ -341,8 +341,6 @@ def build_card(
     return ModelCard(published(str(card), tree))
 
 
-
-
 def _default_name(tree: FamilyTree, node: LineageNode) -> str:
     # Not the output folder's name (mergekit's habit): name it after what went in.
     parts = [n.id for n in tree.originals(node.id)]

@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "plan",
     "merge",
     "search",
+    "compare",
     "moe",
     "moa",
     "card",

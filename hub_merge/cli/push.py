@@ -14,6 +14,12 @@ from ._hubopts import endpoint_option, token_option
 @click.argument("run", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo", "repo_id", required=True, help="Hub repo to publish to, e.g. me/merged.")
 @click.option("--node", "node_id", default=None, help="Node to publish (default: the winner).")
+@click.option(
+    "--row",
+    default=None,
+    help="With a `hub-merge compare` folder: the leaderboard row to publish (default: the "
+    "recommended row, chosen on dev scores).",
+)
 @click.option("--private", is_flag=True, help="Create the repo private (when it does not exist).")
 @click.option(
     "--create-pr", is_flag=True, help="Open a pull request instead of committing to main."
@@ -32,6 +38,7 @@ def command(
     run: Path,
     repo_id: str,
     node_id: str | None,
+    row: str | None,
     private: bool,
     create_pr: bool,
     license_: str | None,
@@ -52,20 +59,29 @@ def command(
       hub-merge push run --repo me/merged
       hub-merge push run --repo me/merged --node g2-1 --license apache-2.0 --create-pr
       hub-merge push run --repo me/merged --endpoint http://127.0.0.1:8000
+      hub-merge push cmp --repo me/merged --row dam   # a `hub-merge compare` row
     """
-    from ..publish import publish
+    from ..errors import ConfigError
+    from ..leaderboard.rows import is_compare_folder
+    from ..publish import publish, publish_row
 
-    result = publish(
-        run,
-        repo_id,
-        node_id=node_id,
-        license=license_,
-        private=private,
-        create_pr=create_pr,
-        commit_message=message,
-        endpoint=endpoint,
-        token=token,
-    )
+    compared = is_compare_folder(run)
+    if row is not None and not compared:
+        raise ConfigError(f"--row names a row of a `hub-merge compare` folder; {run} is not one.")
+    if compared and node_id is not None:
+        raise ConfigError("A compare folder is published by --row NAME, not --node.")
+    common = {
+        "license": license_,
+        "private": private,
+        "create_pr": create_pr,
+        "commit_message": message,
+        "endpoint": endpoint,
+        "token": token,
+    }
+    if compared:
+        result = publish_row(run, repo_id, row=row, **common)
+    else:
+        result = publish(run, repo_id, node_id=node_id, **common)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
         return

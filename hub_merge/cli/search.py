@@ -62,7 +62,8 @@ def spread_values(args: list[str], flags: set[str]) -> list[str]:
     return out
 
 
-def _parse_json(flag: str, text: str) -> Any:
+def parse_json(flag: str, text: str) -> Any:
+    """``text`` as JSON, or a one-line ConfigError naming ``flag`` (every command's JSON flags)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
@@ -107,7 +108,7 @@ def _strategy_options() -> tuple[list[click.Option], dict[str, dict[str, Any]]]:
             elif args <= {float, int, type(None)}:
                 kw["type"] = float
             elif args & {dict, list} or any(typing.get_origin(a) in (dict, list) for a in args):
-                parse = _parse_json
+                parse = parse_json
             elif str in args and (float in args or int in args):
                 parse = _number_or_word
             shown = json.dumps(default) if isinstance(default, (dict, list)) else default

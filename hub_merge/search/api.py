@@ -36,6 +36,7 @@ __all__ = [
     "greedy_search",
     "layer_filters",
     "parse_bytes",
+    "run_checked",
     "search",
 ]
 
@@ -70,21 +71,27 @@ def search(config: SearchConfig) -> SearchResult:
         max_memory = default_max_memory(session)
     backend, pool = build_backend(config, checked, models, session, evaluators, max_memory)
     try:
-        return _run(config, checked, models, session, backend, evaluators)
+        return run_checked(config, checked, models, session, backend, evaluators)
     finally:
         if pool is not None:
             pool.close()
 
 
-def _run(
+def run_checked(
     config: SearchConfig,
     checked: CheckedConfig,
     models: SearchModels,
     session: Any,
     backend: Any,
     evaluators: Evaluators,
+    *,
+    caches: str | Path | None = None,
 ) -> SearchResult:
-    """Build the core over a ready backend (serial, or Ray workers) and let it run and record."""
+    """Build the core over a ready backend (serial, or Ray workers) and let it run and record.
+
+    ``hub-merge compare`` calls it once per strategy and seed over one backend, with ``caches``
+    (the compare folder) holding the one score cache every run reads and fills.
+    """
     settings, experts, split = checked.run, models.experts, evaluators.split
     core = SearchCore(  # builds the strategy: its settings are checked here, nothing scored yet
         experts,
@@ -116,7 +123,7 @@ def _run(
         test=evaluators.test_rows,
         train=[[t.name, t.digest] for t in checked.train],
     )
-    core.attach(RunFolder(config.out, fingerprinted, resume=config.resume))
+    core.attach(RunFolder(config.out, fingerprinted, resume=config.resume, caches=caches))
     workspace = core.ctx.workspace
     workspace.artefacts = core.run.root / settings.strategy  # the strategy's own files
     workspace.write = atomic_write

@@ -107,13 +107,22 @@ class RunFolder:
             checked on resume.
         resume: continue the run already in ``root``. Without it, a folder that already holds a
             search is refused, so a run is never silently overwritten.
+        caches: the folder of the score and kinship caches (default: ``root``); ``hub-merge
+            compare`` gives every strategy's run the compare folder, so all rows share one cache.
 
     Raises:
         SearchStateError: resuming a folder with no run or one made with different settings, or
             starting a new run over an existing one.
     """
 
-    def __init__(self, root: str | Path, settings: dict[str, Any], *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        settings: dict[str, Any],
+        *,
+        resume: bool = False,
+        caches: str | Path | None = None,
+    ) -> None:
         self.root = Path(root)
         self.settings = settings
         self.fingerprint = fingerprint(settings)
@@ -150,9 +159,10 @@ class RunFolder:
                 "generation": 0,
             }
             self.save_state()
-        self.scores = ScoreCache(self.root / "scores.json")
-        self.test_scores = ScoreCache(self.root / "test_scores.json")
-        self.kinship = KinshipCache(self.root / "kinship.json")
+        shared = self.root if caches is None else Path(caches)
+        self.scores = ScoreCache(shared / "scores.json")
+        self.test_scores = ScoreCache(shared / "test_scores.json")
+        self.kinship = KinshipCache(shared / "kinship.json")
 
     def _read_state(self) -> dict[str, Any]:
         try:

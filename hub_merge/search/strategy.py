@@ -160,6 +160,9 @@ class Strategy(ABC):
     paper: ClassVar[str | None] = None  # the paper's link
     resumable: ClassVar[frozenset[str]] = frozenset()
     records_parent_kinship: ClassVar[bool] = False  # measure two-parent children's kinship
+    # Learns from each expert's own task rows (the task-to-expert mapping); given training rows,
+    # it reads them instead of the dev rows (``compare`` then adds a "+ train rows" row).
+    reads_train_rows: ClassVar[bool] = False
 
     def __init__(self, settings: Any, ctx: StrategyContext) -> None:
         self.settings = settings

@@ -25,6 +25,7 @@ class DamStrategy(Strategy):
     settings_type: ClassVar[type] = DamSettings
     title: ClassVar[str] = "DAM: per-column merge coefficients learned by distilling each expert"
     paper: ClassVar[str | None] = PAPER_URL
+    reads_train_rows: ClassVar[bool] = True
     # More steps continue the training from its checkpoint; the others only change how it runs.
     resumable: ClassVar[frozenset[str]] = frozenset(
         {"steps", "checkpoint_every", "teacher_cache_mb"}
