@@ -128,7 +128,7 @@ class Raw:
         try:
             conn.request(method, target, body=body, headers=headers)
             resp = conn.getresponse()
-            return resp.status, dict(resp.getheaders()), resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
         finally:
             conn.close()
 
@@ -287,3 +287,68 @@ def test_validate_yaml_has_a_size_cap(hub):
     assert status == 413
     ok = json.dumps({"content": "---\nlicense: mit\n---\n"}).encode()
     assert raw("POST", "/api/validate-yaml", None, ok)[0] == 200
+
+
+# --- sha pins -----------------------------------------------------------------------------------
+
+
+def _pinned_bytes(server, raw, repo: str, sha: str, token: str | None) -> bytes:
+    """The file at ``sha`` through every read the client uses; all must agree."""
+    status, headers, body = raw("GET", f"/{repo}/resolve/{sha}/w.txt", token)
+    assert status == 200 and headers["x-repo-commit"] == sha
+    api = HfApi(endpoint=server.endpoint, token=token)
+    assert api.model_info(repo, revision=sha).sha == sha
+    files = {f.path: f for f in api.list_repo_tree(repo, revision=sha) if hasattr(f, "size")}
+    assert files["w.txt"].size == len(body)
+    return body
+
+
+def test_a_sha_pin_cannot_be_re_pointed(hub):
+    """A 40-hex revision is a commit and only a commit: no branch, tag, PR or commit moves it."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError
+
+    server, raw, data = hub
+    bob = HfApi(endpoint=server.endpoint, token="hf_bob")
+    repo = "bob/pub"
+    old = bob.upload_file(path_or_fileobj=b"pinned v1", path_in_repo="w.txt", repo_id=repo).oid
+    bob.upload_file(path_or_fileobj=b"moved on v2", path_in_repo="w.txt", repo_id=repo)
+    assert _pinned_bytes(server, raw, repo, old, None) == b"pinned v1"
+    names = [old, old.upper(), old[:7], old[:12], old[:39], f"refs/heads/{old}", f"x/../{old}"]
+    attempts = []
+    for name in names:
+        attempts += [
+            lambda n=name: bob.create_branch(repo, branch=n),
+            lambda n=name: bob.create_branch(repo, branch=n, revision="main"),
+            lambda n=name: bob.create_tag(repo, tag=n),
+            lambda n=name: bob.create_tag(repo, tag=n, revision="main"),
+            lambda n=name: bob.delete_branch(repo, branch=n),
+            lambda n=name: bob.delete_tag(repo, tag=n),
+        ]
+    add = [CommitOperationAdd("w.txt", b"forged")]
+    attempts += [
+        lambda: bob.create_commit(repo, add, commit_message="x", revision=old),
+        lambda: bob.create_commit(repo, add, commit_message="x", revision=old, create_pr=True),
+        lambda: bob.create_commit(repo, add, commit_message="x", revision="v1", create_pr=True),
+        lambda: bob.create_commit(repo, add, commit_message="x", revision=old.upper()),
+        lambda: bob.create_commit(repo, add, commit_message="x", revision=f"refs/heads/{old}"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(HfHubHTTPError) as err:
+            attempt()
+        assert 400 <= err.value.response.status_code < 500, err.value
+        assert _pinned_bytes(server, raw, repo, old, None) == b"pinned v1"
+    # Raw requests, past the client's own checks: the same refusals.
+    for name in (old, old[:8], old.upper()):
+        target = f"/api/models/{repo}/branch/{name}"
+        assert raw("POST", target, "hf_bob", b"{}")[0] == 400
+        body = json.dumps({"tag": name}).encode()
+        assert raw("POST", f"/api/models/{repo}/tag/main", "hf_bob", body)[0] == 400
+    assert _pinned_bytes(server, raw, repo, old, "hf_bob") == b"pinned v1"
+    refs = bob.list_repo_refs(repo)
+    assert {b.name for b in refs.branches} == {"main", "dev"}
+    assert {t.name for t in refs.tags} == {"v1"}
+    # A short sha the server resolves is the commit's, and a branch with a sha-free name works.
+    assert bob.model_info(repo, revision=old[:7]).sha == old
+    bob.create_branch(repo, branch="release-1", revision=old)
+    assert bob.model_info(repo, revision="release-1").sha == old

@@ -47,6 +47,10 @@ LFS_SUFFIXES = tuple(
     "." + line.split()[0][2:] for line in GITATTRIBUTES.splitlines() if line.startswith("*.")
 )
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# A revision of 40 hex digits (either case) names a commit and nothing else; 7 to 39 lowercase
+# hex digits are a commit's short sha when no branch or tag has that name (git's rule).
+SHA_LIKE_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,39}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -334,11 +338,16 @@ class Store:
             kind, name = branch_of(rev)
             pr_num = None
             if create_pr:
-                head = self.resolve(repo_type, repo_id, rev)
+                # A pull request starts from a branch, as on the Hub: not a sha, tag or PR.
+                if kind != "heads" or name not in refs["heads"]:
+                    raise StorageError(
+                        404, f"Invalid rev id: {rev} is not a branch", "RevisionNotFound"
+                    )
+                head = refs["heads"][name]
                 pr_num = str(max((int(n) for n in refs["prs"]), default=0) + 1)
                 kind, name = "prs", pr_num
             elif name not in refs[kind]:
-                if rev in refs["tags"] or SHA_RE.match(rev):
+                if rev in refs["tags"] or SHA_LIKE_RE.match(rev):
                     raise StorageError(400, f"Cannot commit to {rev!r}: not a branch")
                 raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             else:
@@ -389,7 +398,17 @@ class Store:
 
 
 def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str:
-    """``rev`` looked up in ``refs`` (refs/... prefixes, branches, tags, then a full sha)."""
+    """``rev`` -> commit sha, as the Hub resolves it.
+
+    40 hex digits are a commit sha and only a sha: no branch or tag can stand in for one, so a
+    revision pinned by sha always serves the same bytes. Otherwise ``refs/...`` names, branches,
+    tags, then a unique short sha (7 to 39 hex digits).
+    """
+    commits = repo_dir / "commits"
+    if SHA_LIKE_RE.match(rev):
+        if (commits / f"{rev.lower()}.json").is_file():
+            return rev.lower()
+        raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
     for prefix, kind in (("refs/heads/", "heads"), ("refs/tags/", "tags"), ("refs/pr/", "prs")):
         if rev.startswith(prefix) and rev[len(prefix) :] in refs[kind]:
             return refs[kind][rev[len(prefix) :]]
@@ -397,8 +416,14 @@ def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str
         return refs["heads"][rev]
     if rev in refs["tags"]:
         return refs["tags"][rev]
-    if SHA_RE.match(rev) and (repo_dir / "commits" / f"{rev}.json").is_file():
-        return rev
+    if SHORT_SHA_RE.match(rev):
+        found = [p.stem for p in commits.glob(f"{rev}*.json")]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise StorageError(
+                400, f"Short sha {rev} is ambiguous: give more digits", "RevisionNotFound"
+            )
     raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
 
 

@@ -27,6 +27,9 @@ MAX_PATH = 1024
 BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95})*")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A branch or tag named like a commit sha (full, or a prefix the server resolves) could stand
+# in for the commit it names: refused, so a sha pin cannot be re-pointed.
+SHA_NAME_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 
 
 @dataclass(frozen=True)
@@ -112,15 +115,26 @@ def check_revision(rev: str) -> str:
     return rev
 
 
+def _not_sha_like(name: str, what: str) -> None:
+    if SHA_NAME_RE.fullmatch(name):
+        raise StorageError(
+            400,
+            f"Invalid {what} name {safe_text(name)}: 7 to 40 hex digits read as a commit sha; "
+            "pick a name with other characters",
+        )
+
+
 def check_branch(name: str) -> str:
     if not BRANCH_RE.fullmatch(name) or name.startswith("refs/") or ".." in name:
         raise StorageError(400, f"Invalid branch name {safe_text(name)}")
+    _not_sha_like(name, "branch")
     return name
 
 
 def check_tag(tag: object) -> str:
     if not isinstance(tag, str) or not TAG_RE.fullmatch(tag) or ".." in tag:
         raise StorageError(400, f"Invalid tag name {safe_text(str(tag))}")
+    _not_sha_like(tag, "tag")
     return tag
 
 
