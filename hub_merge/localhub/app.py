@@ -11,7 +11,6 @@ namespace the rights check uses. See /work/shared/design/hub-protocol.md for the
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from . import limits
 from . import routes_read as read
 from . import routes_write as write
 from .auth import Access, Identity, Signer
@@ -49,7 +49,7 @@ class HubApp:
         self,
         store: Store,
         tokens: dict[str, Identity],
-        max_request_bytes: int = 64 * 1024 * 1024,
+        max_request_bytes: int = limits.COMMIT_BODY,
         max_lfs_bytes: int = 20 * 1024**3,
     ) -> None:
         self.store, self.signer = store, Signer()
@@ -73,9 +73,18 @@ class HubApp:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             """Route on the raw path (still percent-encoded); see the module docstring."""
-            if scope["type"] == "http" and scope.get("raw_path") is not None:
+            if scope["type"] != "http":
+                await starlette(scope, receive, send)
+                return
+            if scope.get("raw_path") is not None:
                 scope = dict(scope, path=scope["raw_path"].decode("latin-1"), root_path="")
-            await starlette(scope, receive, send)
+
+            async def clean_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    message = dict(message, headers=[_clean_header(*h) for h in message["headers"]])
+                await send(message)
+
+            await starlette(scope, receive, clean_send)
 
         # A plain function, so uvicorn sees an ASGI 3 app (it takes bound methods for ASGI 2).
         self.app = app
@@ -169,29 +178,25 @@ class HubApp:
         repo: RepoRef = repo_ref_from_path(p["rtype"], p["ns"], p["name"])
         return await write.lfs_put(self, request, repo, decode_segment(p["oid"]))
 
-    # --- bodies -----------------------------------------------------------------------------
-    async def read_body(self, request: Request, limit: int | None = None) -> bytes:
-        cap = min(limit or self.max_request_bytes, self.max_request_bytes)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise StorageError(413, f"Request too large: over {cap} bytes")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > cap:
-                raise StorageError(413, f"Request too large: over {cap} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    # --- bodies ---------------------------------------------------------------------------
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        """The body, at most ``limit`` bytes (and never over the server's own cap)."""
+        return await limits.read_body(request, min(limit, self.max_request_bytes))
 
-    async def read_json(self, request: Request, limit: int | None = None) -> dict[str, Any]:
+    async def read_json(self, request: Request, limit: int = limits.SMALL_BODY) -> dict[str, Any]:
+        """A JSON object body of at most ``limit`` bytes, its shape bounded (``limits``)."""
         raw = await self.read_body(request, limit)
-        try:
-            body = await run_in_threadpool(json.loads, raw or b"{}")
-        except ValueError as e:
-            raise StorageError(400, f"Malformed JSON body: {e}") from e
-        if not isinstance(body, dict):
-            raise StorageError(400, "JSON body must be an object")
-        return body
+        return await run_in_threadpool(limits.parse_object, raw)
+
+
+MAX_HEADER = 1024
+
+
+def _clean_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """Every header value leaves as printable ASCII, trimmed and at most ``MAX_HEADER`` bytes:
+    h11 drops the connection rather than send one with control characters or a trailing space."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in value.decode("latin-1"))
+    return name, text[:MAX_HEADER].strip().encode("ascii")
 
 
 def _is_async(fn: Handler) -> bool:

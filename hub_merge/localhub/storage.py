@@ -54,6 +54,9 @@ SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,39}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
+KEEP_CARD = object()  # apply_commit: README.md untouched, the card metadata carries over
+
+
 class StorageError(Exception):
     """A request the store refuses; ``code`` is the Hub's X-Error-Code, ``status`` the HTTP one."""
 
@@ -299,6 +302,7 @@ class Store:
         title: str,
         message: str,
         author: str,
+        card: Any = None,
     ) -> str:
         body = {
             "parents": parents,
@@ -308,6 +312,8 @@ class Store:
             "author": author,
             "date": _now(),
         }
+        if card is not KEEP_CARD:  # only a commit made before cards were kept lacks the key
+            body["card"] = card
         raw = json.dumps(body, sort_keys=True).encode()
         cid = hashlib.sha1(raw).hexdigest()
         self._write_json(d / "commits" / f"{cid}.json", body)
@@ -324,12 +330,15 @@ class Store:
         author: str,
         parent_commit: str | None = None,
         create_pr: bool = False,
+        card: Any = KEEP_CARD,
     ) -> tuple[str, str | None]:
         """Apply validated operations as one commit; returns (commit id, PR number or None).
 
-        ops are ("file", {path, data}), ("lfsFile", {path, oid, size}), ("deletedFile", {path})
-        or ("deletedFolder", {path}). An LFS object must be one this repo uploaded or already
-        holds. The branch moves only at the final refs write.
+        ops are ("file", {path, data} or {path, sha256, size, oid} of a stored blob),
+        ("lfsFile", {path, oid, size}), ("deletedFile", {path}) or ("deletedFolder", {path}).
+        An LFS object must be one this repo uploaded or already holds. ``card`` is the README's
+        metadata parsed at commit time (``KEEP_CARD``: the parent's). The branch moves only at
+        the final refs write.
         """
         d = self.repo_dir(repo_type, repo_id)
         with self.lock(repo_type, repo_id):
@@ -358,10 +367,16 @@ class Store:
                     f"A commit has happened since {parent_commit}: the branch is now at {head}. "
                     "Pull and retry.",
                 )
-            tree = dict(self.commit(repo_type, repo_id, head)["tree"])
+            parent = self.commit(repo_type, repo_id, head)
+            tree = dict(parent["tree"])
+            if card is KEEP_CARD:
+                card = parent.get("card", KEEP_CARD)
             for key, value in ops:
                 path = value["path"]
-                if key == "file":
+                if key == "file" and "sha256" in value:
+                    entry = Entry(value["sha256"], value["size"], False, value["oid"])
+                    tree[path] = entry.to_json()
+                elif key == "file":
                     sha = self.put_bytes(value["data"])
                     tree[path] = self._entry(sha, value["data"], False).to_json()
                 elif key == "lfsFile":
@@ -382,7 +397,7 @@ class Store:
                     prefix = path.rstrip("/") + "/"
                     for p in [p for p in tree if p.startswith(prefix)]:
                         del tree[p]
-            cid = self._write_commit(d, [head], tree, title, message, author)
+            cid = self._write_commit(d, [head], tree, title, message, author, card)
             refs[kind][name] = cid
             self._write_json(d / "refs.json", refs)
             return cid, pr_num

@@ -158,7 +158,9 @@ def safe_text(value: str, limit: int = 120) -> str:
     return f"'{text[:limit]}...'" if len(text) > limit else f"'{text}'"
 
 
-def header_text(message: str) -> str:
-    """One line of printable ASCII, safe for an HTTP header (h11 refuses control chars)."""
+def header_text(message: str, limit: int = 200) -> str:
+    """One line of printable ASCII, at most ``limit`` characters, without leading or trailing
+    spaces: h11 refuses a header value with control characters or surrounding whitespace, and
+    drops the connection instead of answering."""
     line = message.splitlines()[0] if message else ""
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in line)[:200]
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in line)[:limit].strip()
