@@ -606,3 +606,91 @@ def test_a_commit_of_many_regular_files_the_hub_accepts(served, tmp_path):
     assert {p: (f.size, f.lfs) for p, f in info.items()} == {p: (9 * MIB, None) for p in files}
     got = bob.hf_hub_download("bob/many", "part-11.txt", cache_dir=str(tmp_path))
     assert Path(got).read_bytes() == files["part-11.txt"]
+
+
+# --- paths as huggingface_hub's rules have them ------------------------------------------------
+
+HOSTILE_PATHS = [
+    "sub/.git/config",
+    ".git/config",
+    ".cache/huggingface/download/x.metadata",
+    "a/.cache/huggingface/x",
+    "x\u0085y.txt",  # C1 control (next line)
+    "x\u2028y.txt",  # line separator
+    "x\u2029y.txt",  # paragraph separator
+    "evil\u202etxt.exe",  # right-to-left override
+    "zero\u200bwidth.txt",
+    "bom\ufeff.txt",
+    "del\x7f.txt",
+    "tab\t.txt",
+    "a/../b.txt",
+    "./a.txt",
+    "a//b.txt",
+    "/abs.txt",
+    "back\\slash.txt",
+]
+
+
+def test_paths_the_client_forbids_are_refused(hub, tmp_path):
+    """Each hostile path, in a raw commit to alice's own repo: a 400, and nothing committed; a
+    download of the repo to a local folder still works."""
+    from huggingface_hub import snapshot_download
+
+    server, raw, data = hub
+    alice = HfApi(endpoint=server.endpoint, token="hf_alice")
+    alice.upload_file(path_or_fileobj=b"ok", path_in_repo="keep.txt", repo_id="alice/own")
+    head, before = alice.model_info("alice/own").sha, _victim(data)
+    for path in HOSTILE_PATHS:
+        body = _ndjson(path, b"pwned")
+        status, headers, out = raw("POST", "/api/models/alice/own/commit/main", "hf_alice", body)
+        _refused(status, headers, out, repr(path))
+        assert status == 400, path
+        preupload = json.dumps({"files": [{"path": path, "sample": "", "size": 1}]}).encode()
+        status, _, _ = raw("POST", "/api/models/alice/own/preupload/main", "hf_alice", preupload)
+        assert status == 400, path
+    assert alice.model_info("alice/own").sha == head and _victim(data) == before
+    folder = snapshot_download(
+        "alice/own", endpoint=server.endpoint, token="hf_alice", local_dir=tmp_path / "d"
+    )
+    assert sorted(p.name for p in Path(folder).iterdir() if p.is_file()) == [
+        ".gitattributes",
+        "keep.txt",
+    ]
+
+
+def test_a_path_cannot_be_both_a_file_and_a_folder(hub, tmp_path):
+    """``x`` and ``x/y`` in one commit, or in two, would make the repo undownloadable."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    server, raw, data = hub
+    alice = HfApi(endpoint=server.endpoint, token="hf_alice")
+    alice.create_commit(
+        "alice/own",
+        [CommitOperationAdd("x", b"file x"), CommitOperationAdd("d/y", b"file d/y")],
+        commit_message="base",
+    )
+    head = alice.model_info("alice/own").sha
+    clashes = [
+        [CommitOperationAdd("p", b"1"), CommitOperationAdd("p/q", b"2")],  # in one commit
+        [CommitOperationAdd("p/q/r", b"1"), CommitOperationAdd("p/q", b"2")],
+        [CommitOperationAdd("x/y", b"under the file x")],  # against the tree
+        [CommitOperationAdd("d", b"over the folder d")],
+        [CommitOperationAdd("d/y/z", b"under the file d/y")],
+    ]
+    for ops in clashes:
+        with pytest.raises(HfHubHTTPError) as err:
+            alice.create_commit("alice/own", ops, commit_message="clash")
+        assert err.value.response.status_code == 400
+        assert alice.model_info("alice/own").sha == head
+    # Replacing a file by a folder in one commit is fine: the file goes, the folder comes.
+    alice.create_commit(
+        "alice/own",
+        [CommitOperationDelete("x"), CommitOperationAdd("x/y", b"now a folder")],
+        commit_message="file to folder",
+    )
+    # A folder is deleted by name, with or without its trailing '/'.
+    alice.create_commit("alice/own", [CommitOperationDelete("d")], commit_message="rm d")
+    alice.create_commit("alice/own", [CommitOperationDelete("x/")], commit_message="rm x/")
+    assert sorted(alice.list_repo_files("alice/own")) == [".gitattributes"]
+    snapshot_download("alice/own", endpoint=server.endpoint, token="hf_alice", local_dir=tmp_path)

@@ -52,7 +52,10 @@ class CommitBody:
             return
         if key not in OPERATIONS:
             raise StorageError(400, f"Unknown operation at line {n}")
-        path = check_repo_path(value.get("path"))
+        path = value.get("path")
+        if key == "deletedFolder" and isinstance(path, str) and path.endswith("/"):
+            path = path[:-1]  # the client names a folder with its trailing '/'
+        path = check_repo_path(path)
         if key == "file":
             try:
                 data = base64.b64decode(value.get("content", ""), validate=True)

@@ -391,12 +391,17 @@ class Store:
                         )
                     tree[path] = self._entry(oid, None, True, size).to_json()
                 elif key == "deletedFile":
-                    if tree.pop(path, None) is None:
+                    # A folder named without its trailing '/' is deleted as a folder, as the Hub does.
+                    inside = [p for p in tree if p.startswith(path + "/")] if path not in tree else []
+                    for p in inside:
+                        del tree[p]
+                    if tree.pop(path, None) is None and not inside:
                         raise StorageError(404, f"File {path} does not exist", "EntryNotFound")
                 elif key == "deletedFolder":
                     prefix = path.rstrip("/") + "/"
                     for p in [p for p in tree if p.startswith(prefix)]:
                         del tree[p]
+            check_no_clash(tree, [v["path"] for k, v in ops if k in ("file", "lfsFile")])
             cid = self._write_commit(d, [head], tree, title, message, author, card)
             refs[kind][name] = cid
             self._write_json(d / "refs.json", refs)
@@ -440,6 +445,24 @@ def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str
                 400, f"Short sha {rev} is ambiguous: give more digits", "RevisionNotFound"
             )
     raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+
+
+def check_no_clash(tree: dict[str, Any], added: list[str]) -> None:
+    """Refuse a tree where a path is both a file and a folder (``x`` and ``x/y``): a snapshot
+    of it could not be written to any disk. Linear in the tree's size."""
+    if not added:
+        return
+    folders = {p[:i] for p in tree for i, c in enumerate(p) if c == "/"}
+    for path in added:
+        if path in folders:
+            raise StorageError(
+                400, f"Cannot add the file {path!r}: a folder of that name holds files"
+            )
+        for i, c in enumerate(path):
+            if c == "/" and path[:i] in tree:
+                raise StorageError(
+                    400, f"Cannot add {path!r}: {path[:i]!r} is a file, not a folder"
+                )
 
 
 def branch_of(rev: str) -> tuple[str, str]:
