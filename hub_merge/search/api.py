@@ -108,6 +108,7 @@ def _run(
         layers=layer_filters(session.names),
         fingerprints=models.fingerprints,
         progress=config.progress,
+        cancel=config.cancel,
         workspace=Workspace(  # read-only inputs: strategies check their experts' files here
             device=str(session.device),
             base_folder=Path(models.base.path),

@@ -59,6 +59,9 @@ class SearchCore:
         strategy: a registered strategy name; ``settings`` its settings (object or mapping).
         base: the common base (its ``source`` is the recipes' base string, its node ``base``).
         run: the run folder (caches and checkpoints); None keeps everything in memory.
+        cancel: an event (``threading.Event``) that stops the search as Ctrl-C does, but at a
+            known point: it is checked before and after each candidate is scored, so a cancel
+            that arrives before the last candidate is scored always ends ``interrupted``.
         metric, weights: how per-task scores become the fitness (higher is better).
         combine: ``mean`` of the tasks, or ``harmonic`` (Model Swarms' utility for two tasks).
         fingerprints: model string -> content fingerprint (local folders); part of cache keys.
@@ -86,6 +89,7 @@ class SearchCore:
         fingerprints: Mapping[str, str] | None = None,
         workspace: Any = None,
         progress: bool = True,
+        cancel: Any = None,
     ) -> None:
         if len(experts) < 2:
             raise ConfigError(f"A merge search needs at least two experts; got {len(experts)}.")
@@ -110,6 +114,7 @@ class SearchCore:
         if combine not in COMBINES:
             raise ConfigError(f"combine {combine!r} is not one of {COMBINES}.")
         self.progress = progress
+        self.cancel = cancel  # a threading.Event: once set, the search stops at the next check
         base_source = base.source if base is not None else "@base"
         self.scorer = Scorer(
             backend,
@@ -202,13 +207,22 @@ class SearchCore:
         recipes = {node_id: self.recipes[node_id] for node_id in dict.fromkeys(node_ids)}
         self.tree.test_scores.update(self.scorer.score_test(recipes))
 
+    def _check_cancel(self) -> None:
+        """Stop here if asked (see ``cancel``): the run is then saved as interrupted."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise KeyboardInterrupt("search cancelled")
+
     def _score(self, node: LineageNode) -> float:
+        self._check_cancel()
         node.scores = self.scorer.score(self.recipes[node.id])
+        self._check_cancel()  # a cancel during the scoring wins over its result
         node.fitness = self.fitness(node.scores)
         return node.fitness
 
     def _evaluate_batch(self, node_ids: Sequence[str]) -> None:
+        self._check_cancel()
         self.scorer.evaluate_batch([self.recipes[i] for i in node_ids])
+        self._check_cancel()
 
     def _record_merge(self, node: LineageNode) -> None:
         parents = [self.tree.nodes[p] for p in node.parents]
@@ -315,6 +329,7 @@ class SearchCore:
         """Score the baselines, run the strategy to its stop, and return the result."""
         generation = 0
         try:
+            self._check_cancel()
             self._baselines()
             self._checkpoint(0, "running")
             self.strategy.prepare()
@@ -331,12 +346,12 @@ class SearchCore:
                     break
                 generation += 1
                 self._generation(generation, recipes)
+            self.tree.validate()
+            self.tree.winner = self.best().id
+            self.score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
         except KeyboardInterrupt:
             self._checkpoint(generation, "interrupted", "interrupted")
             raise
-        self.tree.validate()
-        self.tree.winner = self.best().id
-        self.score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
         self._checkpoint(generation, "done", reason)
         return SearchResult(
             winner=self.tree.winner,
