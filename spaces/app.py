@@ -2,7 +2,8 @@
 
 A thin UI over the hub-merge Python API (``hub_merge.hub``, ``.kinship``, ``.search``, ``.card``,
 ``.publish``): this file lays out the page and starts the server; the event handlers live in
-``handlers.py`` and session bookkeeping in ``workflow.py``, both beside this file.
+``handlers.py``, session bookkeeping in ``workflow.py`` and the caps on each visitor's work in
+``space_limits.py`` (``HUB_MERGE_SPACE_*`` variables), all beside this file.
 
 Run it:
     python spaces/app.py                 # against HF_ENDPOINT, or the public Hub
