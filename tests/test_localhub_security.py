@@ -694,3 +694,50 @@ def test_a_path_cannot_be_both_a_file_and_a_folder(hub, tmp_path):
     alice.create_commit("alice/own", [CommitOperationDelete("x/")], commit_message="rm x/")
     assert sorted(alice.list_repo_files("alice/own")) == [".gitattributes"]
     snapshot_download("alice/own", endpoint=server.endpoint, token="hf_alice", local_dir=tmp_path)
+
+
+# --- repos move, duplicate and list: ownership ---------------------------------------------------
+
+
+def test_move_duplicate_and_list_respect_ownership(hub):
+    """Only the owner moves a repo, only within their namespace; a duplicate needs read access
+    to the source and lands only in the caller's namespace; the list shows one's own repos."""
+    server, raw, data = hub
+    before = _victim(data)
+    j = lambda obj: json.dumps(obj).encode()  # noqa: E731
+    moves = [
+        {"fromRepo": "bob/pub", "toRepo": "alice/stolen"},
+        {"fromRepo": "bob/secret", "toRepo": "alice/stolen"},
+        {"fromRepo": "bob/pub", "toRepo": "bob/renamed"},
+        {"fromRepo": "alice/own", "toRepo": "bob/pub"},
+        {"fromRepo": "alice/own", "toRepo": "bob/new"},
+        {"fromRepo": "alice/own", "toRepo": "../bob/x"},
+        {"fromRepo": "alice/../bob/pub", "toRepo": "alice/x"},
+        {"fromRepo": "alice/own", "toRepo": "alice/own"},
+        {"fromRepo": "alice/own", "toRepo": "alice/" + "x" * 200},
+    ]
+    for body in moves:
+        for token in ("hf_alice", "hf_carol", None):
+            status, headers, out = raw("POST", "/api/repos/move", token, j(body))
+            _refused(status, headers, out, f"move {body} as {token}")
+    dups = [
+        ("bob/secret", {"repository": "alice/copy"}),  # private: alice cannot read it
+        ("bob/pub", {"repository": "bob/copy"}),  # into someone else's namespace
+        ("bob/pub", {"repository": "bob/secret"}),
+        ("bob/pub", {"repository": "../x"}),
+    ]
+    for src, body in dups:
+        for token in ("hf_alice", "hf_carol", None):
+            status, headers, out = raw("POST", f"/api/models/{src}/duplicate", token, j(body))
+            _refused(status, headers, out, f"duplicate {src} {body} as {token}")
+    assert raw("GET", "/api/settings/repositories", None)[0] == 401
+    assert _victim(data) == before
+    # What is allowed: a copy of a public repo into one's own namespace, and one's own list.
+    body = j({"repository": "alice/copy-of-pub"})
+    assert raw("POST", "/api/models/bob/pub/duplicate", "hf_alice", body)[0] == 200
+    status, _, out = raw("GET", "/api/settings/repositories", "hf_alice")
+    assert status == 200 and {r["id"] for r in json.loads(out)} == {
+        "alice/own",
+        "alice/copy-of-pub",
+    }
+    assert _victim(data) == before

@@ -11,6 +11,7 @@ namespace the rights check uses. See /work/shared/design/hub-protocol.md for the
 from __future__ import annotations
 
 import inspect
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 
 from . import limits
 from . import routes_read as read
+from . import routes_repos as repos
 from . import routes_write as write
 from .auth import Access, Identity, Signer
 from .storage import StorageError, Store
@@ -79,9 +81,12 @@ class HubApp:
             if scope.get("raw_path") is not None:
                 scope = dict(scope, path=scope["raw_path"].decode("latin-1"), root_path="")
 
+            request_id = secrets.token_hex(16).encode()
+
             async def clean_send(message: Any) -> None:
                 if message["type"] == "http.response.start":
-                    message = dict(message, headers=[_clean_header(*h) for h in message["headers"]])
+                    headers = [_clean_header(*h) for h in message["headers"]]
+                    message = dict(message, headers=[*headers, (b"x-request-id", request_id)])
                 await send(message)
 
             await starlette(scope, receive, clean_send)
@@ -102,11 +107,17 @@ class HubApp:
             Route("/api/repos/create", self._plain(write.create_repo), methods=["POST"]),
             Route("/api/repos/delete", self._plain(write.delete_repo), methods=["DELETE"]),
             Route("/api/validate-yaml", self._plain(write.validate_yaml), methods=["POST"]),
+            Route("/api/repos/move", self._plain(repos.move_repo), methods=["POST"]),
+            Route("/api/settings/repositories", self._plain(repos.user_repos), methods=["GET"]),
             Route("/api/{rtypes}", self._listing, methods=["GET"]),
             Route(api, self._repo(read.info), methods=["GET"]),
             Route(api + "/revision/{rev:path}", self._repo(read.info), methods=["GET"]),
             Route(api + "/tree/{rest:path}", self._repo(read.tree), methods=["GET"]),
             Route(api + "/refs", self._repo(read.refs), methods=["GET"]),
+            Route(api + "/paths-info/{rev:path}", self._repo(repos.paths_info), methods=["POST"]),
+            Route(api + "/auth-check", self._repo(repos.auth_check), methods=["GET"]),
+            Route(api + "/auth-check/write", self._repo(repos.auth_check, True), methods=["GET"]),
+            Route(api + "/duplicate", self._repo(repos.duplicate_repo), methods=["POST"]),
             Route(api + "/commits", self._repo(read.commits), methods=["GET"]),
             Route(api + "/commits/{rev:path}", self._repo(read.commits), methods=["GET"]),
             Route(

@@ -392,7 +392,9 @@ class Store:
                     tree[path] = self._entry(oid, None, True, size).to_json()
                 elif key == "deletedFile":
                     # A folder named without its trailing '/' is deleted as a folder, as the Hub does.
-                    inside = [p for p in tree if p.startswith(path + "/")] if path not in tree else []
+                    inside = (
+                        [p for p in tree if p.startswith(path + "/")] if path not in tree else []
+                    )
                     for p in inside:
                         del tree[p]
                     if tree.pop(path, None) is None and not inside:

@@ -109,9 +109,7 @@ def check_repo_path(path: object) -> str:
     if not isinstance(path, str) or not path or len(path) > MAX_PATH:
         raise StorageError(400, "Invalid path: it must be a non-empty string of at most 1024 chars")
     if path.startswith("/") or "\\" in path:
-        raise StorageError(
-            400, f"Invalid path {safe_text(path)}: no absolute paths or backslashes"
-        )
+        raise StorageError(400, f"Invalid path {safe_text(path)}: no absolute paths or backslashes")
     if any(unicodedata.category(c) in BAD_PATH_CATEGORIES for c in path):
         raise StorageError(
             400,
