@@ -79,3 +79,52 @@ def test_every_answer_has_a_request_id(local_hub):
         r = httpx.get(local_hub.endpoint + path)
         ids.add(r.headers["x-request-id"])
     assert len(ids) == 3
+
+
+def test_upload_folder_follows_the_repos_gitignore_and_gitattributes(local_hub, tmp_path):
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/m")
+    api.upload_file(
+        path_or_fileobj=b"*.log\n!keep.log\nbuild/\n", path_in_repo=".gitignore", repo_id="alice/m"
+    )
+    attrs = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.json filter=lfs -text\n"
+    api.upload_file(path_or_fileobj=attrs, path_in_repo=".gitattributes", repo_id="alice/m")
+    folder = tmp_path / "up"
+    for rel, data in {
+        "a.log": b"noise",
+        "keep.log": b"kept",
+        "build/out.txt": b"built",
+        "config.json": b"{}",
+        "notes.txt": b"text",
+    }.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    api.upload_folder(folder_path=folder, repo_id="alice/m")
+    files = {f.path: f for f in api.list_repo_tree("alice/m", recursive=True) if hasattr(f, "size")}
+    assert set(files) == {".gitignore", ".gitattributes", "keep.log", "config.json", "notes.txt"}
+    assert files["config.json"].lfs is not None and files["notes.txt"].lfs is None
+
+
+def test_formatted_commits_super_squash_and_underscore_users(tmp_path):
+    from hub_merge.localhub import LocalHub
+
+    with LocalHub(tmp_path / "d", tokens={"t": ("__dummy_user__", "write")}) as hub:
+        api = HfApi(endpoint=hub.endpoint, token="t")
+        assert api.whoami()["name"] == "__dummy_user__"
+        api.create_repo("__dummy_user__/m")
+        api.upload_file(
+            path_or_fileobj=b"1", path_in_repo="a.txt", repo_id="__dummy_user__/m",
+            commit_message="<b>one</b>", commit_description="line & more",
+        )  # fmt: skip
+        api.upload_file(path_or_fileobj=b"2", path_in_repo="b.txt", repo_id="__dummy_user__/m")
+        top = api.list_repo_commits("__dummy_user__/m", formatted=True)[1]
+        assert top.formatted_title == "&lt;b&gt;one&lt;/b&gt;"
+        assert top.formatted_message == "<p>line &amp; more</p>"
+        api.super_squash_history("__dummy_user__/m", commit_message="squashed")
+        commits = api.list_repo_commits("__dummy_user__/m")
+        assert [c.title for c in commits] == ["squashed"]
+        assert sorted(api.list_repo_files("__dummy_user__/m")) == [
+            ".gitattributes",
+            "a.txt",
+            "b.txt",
+        ]

@@ -131,6 +131,11 @@ class HubApp:
             ),
             Route(api + "/tag/{tag:path}", self._repo(write.tag, True), methods=["POST", "DELETE"]),
             Route(api + "/settings", self._repo(write.settings, True), methods=["PUT"]),
+            Route(
+                api + "/super-squash/{branch:path}",
+                self._repo(write.super_squash, True),
+                methods=["POST"],
+            ),
             Route("/lfs-upload/{rtype}/{ns}/{name}/{oid}", self._lfs_put, methods=["PUT"]),
         ]
         # Git-style URLs: no prefix for models, ``datasets/`` or ``spaces/`` for the others.

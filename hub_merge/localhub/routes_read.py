@@ -7,6 +7,7 @@ disk reads and JSON parsing never hold the event loop. None of them writes anyth
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,18 +187,24 @@ def commits(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
     rev = check_revision(decode_segment(raw)) if raw else "main"
     st = hub.store
     cid = st.resolve(repo.rtype, repo.repo_id, rev)
-    return JSONResponse(
-        [
-            {
-                "id": c_id,
-                "title": c["title"],
-                "message": c["message"],
-                "date": c["date"],
-                "authors": [{"user": c["author"]}],
+    expand = request.query_params.getlist("expand[]") + request.query_params.getlist("expand")
+    formatted = "formatted" in expand or _flag(request, "formatted")
+    out = []
+    for c_id, c in st.history(repo.rtype, repo.repo_id, cid):
+        item = {
+            "id": c_id,
+            "title": c["title"],
+            "message": c["message"],
+            "date": c["date"],
+            "authors": [{"user": c["author"]}],
+        }
+        if formatted:  # the Hub renders Markdown; escaped text in a paragraph is its plain case
+            item["formatted"] = {
+                "title": html.escape(c["title"]),
+                "message": f"<p>{html.escape(c['message'])}</p>" if c["message"] else "",
             }
-            for c_id, c in st.history(repo.rtype, repo.repo_id, cid)
-        ]
-    )
+        out.append(item)
+    return JSONResponse(out)
 
 
 def resolve(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:

@@ -20,8 +20,9 @@ from starlette.responses import JSONResponse, Response
 from ..card_rules import check_readme
 from .auth import Identity
 from .commits import CommitBody
+from .gitrules import GitAttributes, GitIgnore
 from .limits import COMMIT_BODY, COMMIT_LINE, LIST_BODY, YAML_BODY, read_lines
-from .storage import LFS_SUFFIXES, OID_RE, StorageError
+from .storage import GITATTRIBUTES, OID_RE, StorageError
 from .validation import (
     PREFIX,
     RepoRef,
@@ -117,6 +118,9 @@ async def preupload(
 
 
 def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Response:
+    """Upload modes as the Hub chooses them: LFS where the repo's ``.gitattributes`` says
+    ``filter=lfs`` (or for binary or large files), ignored where its ``.gitignore`` (or the
+    ``gitIgnore`` the client sends) excludes the path."""
     files = body.get("files")
     if not isinstance(files, list):
         raise StorageError(400, "Expected {files: [{path, sample, size}]}")
@@ -124,8 +128,12 @@ def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Re
     try:
         tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))
         entries = tree["tree"]
+        attributes = _text_in(hub, entries, ".gitattributes")
     except StorageError:
-        entries = {}  # a new branch / PR: nothing to compare against
+        entries, attributes = {}, GITATTRIBUTES  # a new branch / PR: the default rules
+    sent = body.get("gitIgnore")
+    ignore = GitIgnore(sent if isinstance(sent, str) else _text_in(hub, entries, ".gitignore"))
+    attrs = GitAttributes(attributes)
     out = []
     for f in files:
         path = check_repo_path(f.get("path") if isinstance(f, dict) else None)
@@ -134,17 +142,27 @@ def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Re
         except (ValueError, TypeError) as e:
             raise StorageError(400, f"Invalid base64 sample for {path}") from e
         size = f.get("size", 0)
-        lfs = (
-            path.endswith(LFS_SUFFIXES)
-            or (isinstance(size, int) and size >= LFS_SIZE)
-            or b"\0" in sample
-        )
+        lfs = attrs.lfs(path)
+        if lfs is None:
+            lfs = (isinstance(size, int) and size >= LFS_SIZE) or b"\0" in sample
         existing = entries.get(path)
-        item = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+        item = {
+            "path": path,
+            "uploadMode": "lfs" if lfs else "regular",
+            "shouldIgnore": ignore.ignored(path),
+        }
         if existing is not None:
             item["oid"] = existing["sha256"] if existing["lfs"] else existing["oid"]
         out.append(item)
     return JSONResponse({"files": out, "commitOid": None})
+
+
+def _text_in(hub: HubApp, entries: dict[str, Any], name: str) -> str:
+    """A small text file of the tree (``.gitignore``, ``.gitattributes``); '' when absent."""
+    entry = entries.get(name)
+    if entry is None or entry["size"] > 1024 * 1024:
+        return ""
+    return hub.store.blob_path(entry["sha256"]).read_bytes().decode("utf-8", "replace")
 
 
 async def lfs_batch(
@@ -325,3 +343,19 @@ async def tag(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | No
 
     await run_in_threadpool(delete)
     return JSONResponse({})
+
+
+async def super_squash(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    """One commit on ``branch`` holding its head's files, with no parent (history dropped)."""
+    assert ident is not None  # the app checked write rights
+    name = check_revision(decode_segment(request.path_params["branch"]))
+    body = await hub.read_json(request)
+    message = body.get("message") or f"Super-squash branch '{name}'"
+    if not isinstance(message, str):
+        raise StorageError(400, "message must be a string")
+    cid = await run_in_threadpool(
+        hub.store.squash, repo.rtype, repo.repo_id, name, message, ident.user
+    )
+    return JSONResponse({"commitOid": cid})

@@ -409,6 +409,23 @@ class Store:
             self._write_json(d / "refs.json", refs)
             return cid, pr_num
 
+    def squash(self, repo_type: str, repo_id: str, branch: str, title: str, author: str) -> str:
+        """Replace ``branch``'s history by one parentless commit of its head's tree."""
+        d = self.repo_dir(repo_type, repo_id)
+        with self.lock(repo_type, repo_id):
+            self._require(repo_type, repo_id)
+            refs = self.refs(repo_type, repo_id)
+            kind, name = branch_of(branch)
+            if name not in refs[kind]:
+                raise StorageError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+            head = self.commit(repo_type, repo_id, refs[kind][name])
+            cid = self._write_commit(
+                d, [], head["tree"], title, "", author, head.get("card", KEEP_CARD)
+            )
+            refs[kind][name] = cid
+            self._write_json(d / "refs.json", refs)
+            return cid
+
     def history(self, repo_type: str, repo_id: str, cid: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
         while True:
