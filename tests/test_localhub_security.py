@@ -187,6 +187,8 @@ def test_every_route_refuses_every_hostile_id(hub):
             for token in ("hf_alice", "hf_carol", None):
                 if method in ("GET", "HEAD") and repo == "bob/pub":
                     continue  # public: reading is allowed
+                if ".git/info/lfs" in target and repo == "bob/pub" and token == "hf_alice":
+                    continue  # a contributor may upload LFS objects for a pull request
                 status, headers, out = raw(method, target, token, body)
                 _refused(status, headers, out, f"{method} {target} as {token}")
                 if method in ("GET", "HEAD"):
@@ -741,3 +743,39 @@ def test_move_duplicate_and_list_respect_ownership(hub):
         "alice/copy-of-pub",
     }
     assert _victim(data) == before
+
+
+def test_a_contributor_opens_a_pull_request_and_changes_nothing_else(hub):
+    """As on the Hub, anyone with a write token may open a PR on a public repo (LFS files
+    included); only the PR ref is new. A read token, a private repo or a commit to a branch
+    are still refused."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    server, raw, data = hub
+    alice = HfApi(endpoint=server.endpoint, token="hf_alice")
+    bob = HfApi(endpoint=server.endpoint, token="hf_bob")
+    main = bob.model_info("bob/pub").sha
+
+    def ops():
+        return [
+            CommitOperationAdd("fix.txt", b"a fix"),
+            CommitOperationAdd("w2.safetensors", b"\0" * 64),
+        ]
+
+    pr = alice.create_commit("bob/pub", ops(), commit_message="proposal", create_pr=True)
+    assert pr.pr_num == 1
+    assert bob.model_info("bob/pub").sha == main
+    files = bob.list_repo_files("bob/pub", revision="refs/pr/1")
+    assert {"fix.txt", "w2.safetensors", "secret.txt"} <= set(files)
+    with pytest.raises(HfHubHTTPError) as err:
+        alice.create_commit("bob/pub", ops(), commit_message="direct")
+    assert err.value.response.status_code == 403
+    carol = HfApi(endpoint=server.endpoint, token="hf_carol")
+    with pytest.raises(HfHubHTTPError) as err:
+        carol.create_commit("bob/pub", ops()[:1], commit_message="x", create_pr=True)
+    assert err.value.response.status_code == 403
+    with pytest.raises(RepositoryNotFoundError):
+        alice.create_commit("bob/secret", ops()[:1], commit_message="x", create_pr=True)
+    assert bob.model_info("bob/pub").sha == main
+    assert {b.name for b in bob.list_repo_refs("bob/pub").branches} == {"main", "dev"}

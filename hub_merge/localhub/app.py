@@ -32,6 +32,7 @@ from .validation import TYPES, RepoRef, decode_segment, header_text, repo_ref_fr
 
 Handler = Callable[..., Any]
 WRITE_METHODS = ("POST", "PUT", "DELETE")
+PR_ONLY, ALWAYS = "pr", "always"  # who else may use a write route: see HubApp._repo
 
 
 def error_response(
@@ -121,9 +122,15 @@ class HubApp:
             Route(api + "/commits", self._repo(read.commits), methods=["GET"]),
             Route(api + "/commits/{rev:path}", self._repo(read.commits), methods=["GET"]),
             Route(
-                api + "/preupload/{rev:path}", self._repo(write.preupload, True), methods=["POST"]
+                api + "/preupload/{rev:path}",
+                self._repo(write.preupload, True, contribute=PR_ONLY),
+                methods=["POST"],
             ),
-            Route(api + "/commit/{rev:path}", self._repo(write.commit, True), methods=["POST"]),
+            Route(
+                api + "/commit/{rev:path}",
+                self._repo(write.commit, True, contribute=PR_ONLY),
+                methods=["POST"],
+            ),
             Route(
                 api + "/branch/{branch:path}",
                 self._repo(write.branch, True),
@@ -141,7 +148,8 @@ class HubApp:
         # Git-style URLs: no prefix for models, ``datasets/`` or ``spaces/`` for the others.
         for prefix, rtype in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
             batch = prefix + "/{ns}/{name}.git/info/lfs/objects/batch"
-            routes.append(Route(batch, self._repo(write.lfs_batch, True, rtype), methods=["POST"]))
+            lfs = self._repo(write.lfs_batch, True, rtype, contribute=ALWAYS)
+            routes.append(Route(batch, lfs, methods=["POST"]))
             resolve = prefix + "/{ns}/{name}/resolve/{rest:path}"
             routes.append(
                 Route(resolve, self._repo(read.resolve, False, rtype), methods=["GET", "HEAD"])
@@ -158,9 +166,18 @@ class HubApp:
         return endpoint
 
     def _repo(
-        self, handler: Handler, write: bool = False, rtype: str | None = None
+        self,
+        handler: Handler,
+        write: bool = False,
+        rtype: str | None = None,
+        contribute: str | None = None,
     ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler: validate the repo id, check the caller's rights on it, then run.
+
+        ``contribute`` lets a contributor (a write token, on a repo they can read) through a
+        write route, as the Hub lets anyone open a pull request: ``PR_ONLY`` when the request
+        asks for one (``create_pr=1``), ``ALWAYS`` for the LFS batch (an upload changes no ref;
+        the commit that would use it is checked on its own).
 
         Synchronous handlers (every read) run in the thread pool.
         """
@@ -173,7 +190,11 @@ class HubApp:
                 raise StorageError(404, f"Unknown repo type {decode_segment(p['rtypes'])!r}")
             repo = repo_ref_from_path(kind, p["ns"], p["name"])
             ident = self._ident(request)
-            await run_in_threadpool(self.access.check, ident, repo, write)
+            wants_pr = request.query_params.get("create_pr") in ("1", "true")
+            if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
+                await run_in_threadpool(self.access.check_contributor, ident, repo)
+            else:
+                await run_in_threadpool(self.access.check, ident, repo, write)
             if is_async:
                 return await handler(self, request, repo, ident)
             return await run_in_threadpool(handler, self, request, repo, ident)

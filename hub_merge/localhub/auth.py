@@ -118,6 +118,18 @@ class Access:
         if write:
             self.check_namespace_write(ident, repo.namespace)
 
+    def check_contributor(self, ident: Identity | None, repo: RepoRef) -> Identity:
+        """A contributor: anyone with a write token who can read the repo (a pull request)."""
+        if not self.can_read(ident, repo):
+            raise StorageError(
+                404, f"Repository Not Found for {repo.rtype} {repo.repo_id}", "RepoNotFound"
+            )
+        if ident is None:
+            raise StorageError(401, "You must be authenticated to open a pull request")
+        if not ident.can_write:
+            raise StorageError(403, "A read token cannot open a pull request")
+        return ident
+
     def check_namespace_write(self, ident: Identity | None, namespace: str) -> Identity:
         if ident is None:
             raise StorageError(401, "You must be authenticated to write")
