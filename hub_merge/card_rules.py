@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from huggingface_hub.repocard import REGEX_YAML_BLOCK
 
 __all__ = [
     "BASE_MODEL_RELATIONS",
     "KNOWN_LICENSES",
     "CardCheck",
+    "FRONT_MATTER_MAX_BYTES",
     "FrontMatterError",
     "base_model_links",
     "check_card_metadata",
@@ -53,7 +55,10 @@ KNOWN_LICENSES: frozenset[str] = frozenset(
 _REPO_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?"
 _REPO_ID_RE = re.compile(rf"^(?:{_REPO_PART}/)?{_REPO_PART}$")
 
-_FRONT_MATTER_RE = re.compile(r"\A\ufeff?---[ \t]*\r?\n(.*?)(?:\r?\n)?^---[ \t]*$", re.S | re.M)
+# The Hub reads at most 1 MiB of front matter; a bigger block is refused, never parsed.
+FRONT_MATTER_MAX_BYTES = 1024 * 1024
+# Nesting deeper than this is refused before the YAML is built (no card needs more than a few).
+FRONT_MATTER_MAX_DEPTH = 64
 
 
 class FrontMatterError(ValueError):
@@ -86,16 +91,42 @@ def is_valid_repo_id(value: object) -> bool:
 def parse_front_matter(readme: str) -> dict[str, Any] | None:
     """Return the README's YAML front matter as a dict, or None when it has none.
 
+    The block is found as huggingface_hub finds it (``repocard.REGEX_YAML_BLOCK``: leading blank
+    lines allowed). Parsing is bounded, because a README comes from anyone: at most
+    ``FRONT_MATTER_MAX_BYTES`` of YAML, nesting at most ``FRONT_MATTER_MAX_DEPTH`` deep, and no
+    aliases (``*name``), whose expansion turns a few hundred bytes into gigabytes.
+
     Raises:
-        FrontMatterError: the YAML is malformed or is not a mapping.
+        FrontMatterError: the YAML is malformed, too big, too deep, uses aliases, or is not a
+            mapping.
     """
-    match = _FRONT_MATTER_RE.match(readme)
+    text = readme.removeprefix("\ufeff")
+    # Look for the closing line only within the cap, so a huge README costs no more than that.
+    window = text[: FRONT_MATTER_MAX_BYTES + 4096]
+    match = REGEX_YAML_BLOCK.search(window)
     if match is None:
+        if len(text) > len(window) and window.lstrip().startswith("---"):
+            raise FrontMatterError(
+                f"README.md front matter is longer than {FRONT_MATTER_MAX_BYTES} bytes (or not "
+                "closed by a '---' line): the Hub reads at most 1 MiB of card metadata"
+            )
         return None
+    block = match.group(2)
+    size = len(block.encode("utf-8", "surrogatepass"))
+    if size > FRONT_MATTER_MAX_BYTES:
+        raise FrontMatterError(
+            f"README.md front matter is {size} bytes: the Hub reads at most "
+            f"{FRONT_MATTER_MAX_BYTES} bytes (1 MiB) of card metadata"
+        )
     try:
-        data = yaml.safe_load(match.group(1))
+        _check_yaml_events(block)
+        data = yaml.load(block, Loader=_LOADER)  # noqa: S506 - a safe loader, checked above
+    except FrontMatterError:
+        raise
     except yaml.YAMLError as err:
         raise FrontMatterError(f"README.md front matter is not valid YAML: {err}") from err
+    except (RecursionError, ValueError, OverflowError) as err:
+        raise FrontMatterError(f"README.md front matter cannot be read: {err}") from err
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -103,6 +134,28 @@ def parse_front_matter(readme: str) -> dict[str, Any] | None:
             f"README.md front matter must be a YAML mapping (key: value), got {type(data).__name__}"
         )
     return data
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _check_yaml_events(block: str) -> None:
+    """Refuse aliases and deep nesting from the parser's events, before anything is built."""
+    depth = 0
+    for event in yaml.parse(block, Loader=_LOADER):
+        if isinstance(event, yaml.AliasEvent):
+            raise FrontMatterError(
+                "README.md front matter uses a YAML alias (*name): the Hub's card metadata "
+                "must spell every value out"
+            )
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > FRONT_MATTER_MAX_DEPTH:
+                raise FrontMatterError(
+                    f"README.md front matter nests deeper than {FRONT_MATTER_MAX_DEPTH} levels"
+                )
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def _as_list(value: Any) -> list[Any]:

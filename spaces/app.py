@@ -2,7 +2,8 @@
 
 A thin UI over the hub-merge Python API (``hub_merge.hub``, ``.kinship``, ``.search``, ``.card``,
 ``.publish``): this file lays out the page and starts the server; the event handlers live in
-``handlers.py`` and session bookkeeping in ``workflow.py``, both beside this file.
+``handlers.py``, session bookkeeping in ``workflow.py`` and the caps on each visitor's work in
+``space_limits.py`` (``HUB_MERGE_SPACE_*`` variables), all beside this file.
 
 Run it:
     python spaces/app.py                 # against HF_ENDPOINT, or the public Hub
@@ -26,12 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `handlers`, `workflo
 
 from handlers import RELATIONS, build_handlers  # noqa: E402
 from handlers import user_token as user_token  # noqa: E402 - the tests check it here
+from space_limits import SpaceLimits  # noqa: E402
 from workflow import close_session, strategy_defaults  # noqa: E402
 
 from hub_merge.search.strategy import strategy_names  # noqa: E402
 
 METHODS = ["slerp", "linear", "task_arithmetic", "ties", "dare_ties", "dare_linear"]
-SESSION_TTL = 12 * 3600  # an abandoned tab's folder is deleted after this long idle
+SESSION_TTL = SpaceLimits.session_ttl_seconds  # default idle time before a tab's folder goes
 # Token of the user that owns the tiny zoo on a `--local-hub` demo, and of the demo user.
 ZOO_TOKEN = "hf_hubmergezoo_local_write"
 DEMO_USER, DEMO_TOKEN = "demo", "hf_demo_local_write"
@@ -46,20 +48,29 @@ def on_oauth_space() -> bool:
 
 
 def build_demo(
-    endpoint: str | None = None, *, default_base: str = "", work_dir: str | Path | None = None
+    endpoint: str | None = None,
+    *,
+    default_base: str = "",
+    work_dir: str | Path | None = None,
+    limits: SpaceLimits | None = None,
 ) -> gr.Blocks:
     """The Space's Blocks, talking to ``endpoint`` (default: HF_ENDPOINT or the public Hub).
 
     Each browser tab gets its own folder under ``work_dir`` (default: the system temp dir),
-    deleted when the tab closes or after ``SESSION_TTL`` seconds without activity.
+    deleted when the tab closes or after ``limits.session_ttl_seconds`` without activity.
+    ``limits`` caps each visitor's work (default: ``SpaceLimits.from_env()``, i.e. the safe
+    defaults, each overridable by a ``HUB_MERGE_SPACE_<NAME>`` environment variable).
     """
     from hub_merge.hub import resolve_endpoint
     from hub_merge.zoo import TASKS
 
-    h = build_handlers(endpoint, work_dir)
+    limits = limits or SpaceLimits.from_env()
+    h = build_handlers(endpoint, work_dir, limits)
     oauth = on_oauth_space()
     with gr.Blocks(title="hub-merge") as demo:
-        state = gr.State(None, time_to_live=SESSION_TTL, delete_callback=close_session)
+        state = gr.State(
+            None, time_to_live=limits.session_ttl_seconds, delete_callback=close_session
+        )
         gr.Markdown(
             "# hub-merge\nMerge models of one family: find a base model's fine-tunes and "
             "adapters, see how related they are, let a kinship-guided greedy search merge them, "

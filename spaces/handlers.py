@@ -6,13 +6,16 @@ the disk. ``app.py`` lays these out in Gradio Blocks; it puts this folder on ``s
 ``workflow`` (session bookkeeping) imports as a sibling both on a Space and under the tests.
 """
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from space_limits import SpaceLimits
 from workflow import (
     SearchRun,
     Session,
@@ -31,7 +34,8 @@ from hub_merge.refs import ModelRef, parse_hub_ref
 logger = logging.getLogger("hub_merge.space")
 
 RELATIONS = ["finetune", "adapter", "merge"]
-POLL_SECONDS = 1.0
+POLL_SECONDS = 1.0  # the search handler yields this often, so a cancel or a closed tab lands
+IDLE_SECONDS = 60.0  # a search nobody has polled for this long is cancelled
 
 
 def user_token(typed: str | None, oauth: gr.OAuthToken | None) -> str | bool:
@@ -47,14 +51,22 @@ def user_token(typed: str | None, oauth: gr.OAuthToken | None) -> str | bool:
     return False
 
 
-def _user_error(err: BaseException, token: str | bool) -> gr.Error:
+def _user_error(
+    err: BaseException, token: str | bool, folders: Sequence[str | Path | None] = ()
+) -> gr.Error:
+    """One line for the visitor: no token, and no server folder (each becomes '...')."""
     from hub_merge.hub import scrub
 
     secret = token if isinstance(token, str) else None
     if isinstance(err, HubMergeError):
-        return gr.Error(scrub(str(err), secret))
-    logger.exception("unexpected error in the Space")
-    return gr.Error(scrub(f"Unexpected error ({type(err).__name__}): {err}", secret))
+        text = str(err)
+    else:
+        logger.exception("unexpected error in the Space")
+        text = f"Unexpected error ({type(err).__name__}): {err}"
+    roots = [str(Path(f).resolve()) for f in folders if f] + [tempfile.gettempdir()]
+    for root in sorted(set(roots), key=len, reverse=True):
+        text = text.replace(root, "...")
+    return gr.Error(scrub(text, secret))
 
 
 def _experts(chosen: list[str] | None, pasted: str | None) -> list[str]:
@@ -101,13 +113,44 @@ def _size(n: int | None) -> str:
 # --- handlers (one per button; each gets only its own session and token) --------------------
 
 
-def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> dict[str, Any]:
+def build_handlers(
+    endpoint: str | None, work_dir: str | Path | None = None, limits: SpaceLimits | None = None
+) -> dict[str, Any]:
     """Event handlers bound to the server's Hub endpoint (not a user input: a user-chosen
-    endpoint would make the server send requests, and tokens, wherever a visitor asked)."""
+    endpoint would make the server send requests, and tokens, wherever a visitor asked).
+
+    ``limits`` caps each visitor's work (default: ``SpaceLimits.from_env()``).
+    """
     from hub_merge import hub
 
-    def _session(state: Session | None) -> Session:
-        return state if isinstance(state, Session) else Session.create(work_dir)
+    limits = limits or SpaceLimits.from_env()
+
+    def _session(state: Session | None) -> tuple[Session, bool]:
+        """The tab's session, or a new one (registered before anything is downloaded into it);
+        True when it is new: a call that fails then deletes it, since Gradio never got it."""
+        if isinstance(state, Session):
+            state.touch()
+            return state, False
+        try:
+            session = Session.create(
+                work_dir, max_open=limits.max_sessions, ttl=limits.session_ttl_seconds
+            )
+        except HubMergeError as err:
+            raise gr.Error(str(err)) from None
+        return session, True
+
+    @contextlib.contextmanager
+    def _owned(session: Session, new: bool) -> Iterator[None]:
+        """Delete a new session's folder (pulled models included) if the call fails."""
+        try:
+            yield
+        except BaseException:
+            if new:
+                session.close()
+            raise
+
+    def _error(err: BaseException, token: str | bool, session: Session) -> gr.Error:
+        return _user_error(err, token, [session.root, work_dir])
 
     def discover(
         state: Session | None,
@@ -117,7 +160,11 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
         token_text: str,
         oauth_token: gr.OAuthToken | None,
     ):
-        session = _session(state)
+        session, new = _session(state)
+        with _owned(session, new):
+            return _discover(session, base, relations, limit, token_text, oauth_token)
+
+    def _discover(session, base, relations, limit, token_text, oauth_token):
         token = user_token(token_text, oauth_token)
         if not (base or "").strip():
             raise gr.Error("Enter a base model id, e.g. org/name.")
@@ -127,12 +174,12 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             found = hub.discover(
                 base,
                 relations or RELATIONS,
-                limit=int(limit or 20),
+                limit=max(1, min(int(limit or 20), 100)),
                 endpoint=endpoint,
                 token=token,
             )
         except Exception as err:
-            raise _user_error(err, token) from None
+            raise _error(err, token, session) from None
         session.base = base
         rows = [
             [c.id, c.relation, c.downloads, c.likes, c.license or "", _size(c.size)] for c in found
@@ -154,14 +201,22 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
         oauth_token: gr.OAuthToken | None,
         progress: gr.Progress = gr.Progress(track_tqdm=True),  # noqa: B008 - Gradio's idiom
     ):
+        session, new = _session(state)
+        with _owned(session, new):
+            return _kinship(session, base, chosen, pasted, token_text, oauth_token, progress)
+
+    def _kinship(session, base, chosen, pasted, token_text, oauth_token, progress):
         from hub_merge.kinship import kinship_matrix
         from hub_merge.plots import plot_kinship
 
-        session = _session(state)
         token = user_token(token_text, oauth_token)
         base_ref, refs = _models(
             base, chosen, pasted, "Pick or paste at least two candidate models to compare."
         )
+        if len(refs) > limits.max_candidates:
+            raise gr.Error(
+                f"{len(refs)} candidates is over this Space's limit of {limits.max_candidates}."
+            )
         try:
             progress(0, desc="pulling models")
             kw = {"endpoint": endpoint, "token": token, "cache_dir": session.cache_dir}
@@ -175,7 +230,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             png.parent.mkdir(parents=True, exist_ok=True)
             plot_kinship(result, png)
         except Exception as err:
-            raise _user_error(err, token) from None
+            raise _error(err, token, session) from None
         session.base, session.experts = str(base_ref), [str(r) for r in refs]
         table = [
             [name, *(round(float(v), 4) for v in row)]
@@ -206,58 +261,75 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
     ):
         from hub_merge.search import SearchConfig
 
-        session = _session(state)
+        session, new = _session(state)
         token = user_token(token_text, oauth_token)
-        base_ref, refs = _models(
-            base, chosen, pasted, "A search merges at least two candidates; pick or paste more."
-        )
-        if session.search is not None and session.search.running:
-            raise gr.Error("A search is already running in this tab; cancel it first.")
-        try:
-            strategy = strategy or "greedy"
-            greedy = {"k": int(k), "generations": int(generations), "method": method}
-            settings = strategy_settings(strategy, settings_json, greedy)
-            SearchConfig(  # the strategy and its settings are checked before anything is made
-                base=base_ref, experts=refs, tasks=[], out="", strategy=strategy, settings=settings
-            ).strategy_settings()
-            tasks = task_files(session, builtin, int(n_examples or 32), uploads)
-            run_dir = session.new_run_dir()
-            config = SearchConfig(
-                base=base_ref,  # Hub references: the search never reads them as folders
-                experts=refs,
-                tasks=tasks,
-                out=str(run_dir),
-                strategy=strategy,
-                settings=settings,
-                budget=int(budget) if budget else None,
-                limit=int(limit) if limit else None,
-                progress=True,
-                endpoint=endpoint,
-                token=token,
-                cache_dir=str(session.cache_dir),
+        with _owned(session, new):  # until the first yield hands the session to Gradio
+            base_ref, refs = _models(
+                base, chosen, pasted, "A search merges at least two candidates; pick or paste more."
             )
-        except Exception as err:
-            raise _user_error(err, token) from None
-        run = session.search = SearchRun(config).start()
-        progress(0, desc="pulling models and scoring the experts")
-        shown = None
+            if session.search is not None and session.search.running:
+                raise gr.Error("A search is already running in this tab; cancel it first.")
+            try:
+                strategy = strategy or "greedy"
+                greedy = {"k": int(k), "generations": int(generations), "method": method}
+                settings = strategy_settings(strategy, settings_json, greedy)
+                budget = limits.check_search(settings, int(budget or 0), len(refs))
+                if limit:
+                    limits.check_rows(int(limit), "Examples per task")
+                SearchConfig(  # the strategy and its settings are checked before anything is made
+                    base=base_ref,
+                    experts=refs,
+                    tasks=[],
+                    out="",
+                    strategy=strategy,
+                    settings=settings,
+                ).strategy_settings()
+                tasks = task_files(session, builtin, int(n_examples or 32), uploads, limits)
+                run_dir = session.new_run_dir()
+                config = SearchConfig(
+                    base=base_ref,  # Hub references: the search never reads them as folders
+                    experts=refs,
+                    tasks=tasks,
+                    out=str(run_dir),
+                    strategy=strategy,
+                    settings=settings,
+                    budget=budget,
+                    limit=int(limit) if limit else None,
+                    progress=True,
+                    endpoint=endpoint,
+                    token=token,
+                    cache_dir=str(session.cache_dir),
+                )
+            except Exception as err:
+                raise _error(err, token, session) from None
+            run = session.search = SearchRun(
+                config,
+                max_seconds=limits.max_search_seconds,
+                idle_seconds=IDLE_SECONDS,
+                runner=_token_checked_search,
+            ).start()
+            progress(0, desc="pulling models and scoring the experts")
+        shown, delivered = None, False
         try:
+            # Yield at every poll, not only on news: Gradio can stop a generator only between
+            # two yields, so this is what lets a cancel or a closed tab land within a second.
             while not run.wait(POLL_SECONDS):
-                plot = live_fitness_plot(session, run_dir)
-                if plot != shown and plot is not None:
-                    shown = plot
-                    rows = generation_table(run_dir)
-                    done = f"generation {rows[-1][0]} done" if rows else "scoring"
-                    yield session, f"Running: {done}.", rows, plot, None, "", []
+                run.heartbeat()
+                shown = live_fitness_plot(session, run_dir) or shown
+                rows = generation_table(run_dir)
+                done = f"generation {rows[-1][0]} done" if rows else "scoring"
+                yield session, f"Running: {done}.", rows, shown, None, "", []
+                delivered = True  # Gradio holds the session now, and deletes it with the tab
         finally:
             # Gradio closes this generator when the user cancels or leaves: stop the search too.
             if run.running:
-                run.cancel()
+                run.cancel("the request was cancelled or its page closed")
         if run.cancelled:
             rows = generation_table(run_dir)
             yield (
                 session,
-                "Cancelled. The run folder kept every finished generation.",
+                f"Cancelled ({run.reason}). The run is saved as interrupted: the run folder "
+                "kept every finished generation.",
                 rows,
                 live_fitness_plot(session, run_dir),
                 None,
@@ -266,7 +338,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             )
             return
         if run.error is not None:
-            raise _user_error(run.error, token)
+            if new and not delivered:
+                session.close()  # the first call failed: no tab will ever end this session
+            raise _error(run.error, token, session)
         result = run.result
         node = result.winner_node
         status = (
@@ -286,6 +360,25 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
             baselines_table(run_dir),
         )
 
+    def _token_checked_search(config: Any) -> Any:
+        """The search, after every prompt and answer is checked against the token caps with
+        the base model's tokenizer (their characters were capped before; the base is pulled
+        into the session's cache, where the search finds it)."""
+        from transformers import AutoTokenizer
+
+        from hub_merge.evaluate.tasks import load_task
+        from hub_merge.search import search as run_search
+
+        base = hub.pull(
+            config.base, endpoint=endpoint, token=config.token, cache_dir=config.cache_dir
+        )
+        tokenizer = AutoTokenizer.from_pretrained(base.path)
+        tasks = [load_task(p) for p in config.tasks]
+        limits.check_tokens(
+            tokenizer, [(t.name, [(e.prompt, e.answer) for e in t.examples]) for t in tasks]
+        )
+        return run_search(config)
+
     def cancel(state: Session | None):
         if isinstance(state, Session) and state.search is not None and state.search.running:
             state.search.cancel()
@@ -293,7 +386,9 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
         return "Nothing is running."
 
     def preview(state: Session | None, repo_id: str, license: str):
-        session = _session(state)
+        if not isinstance(state, Session):
+            raise gr.Error("Run a search first; the card describes its winner.")
+        session, _ = _session(state)
         if session.run_dir is None or not (session.run_dir / "family_tree.json").is_file():
             raise gr.Error("Run a search first; the card describes its winner.")
         return _card_text(session.run_dir, repo_id, license)
@@ -308,12 +403,19 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
     ):
         from hub_merge.publish import publish
 
-        session = _session(state)
+        if not isinstance(state, Session):
+            raise gr.Error("Run a search first; pushing publishes its winner.")
+        session, _ = _session(state)
         token = user_token(token_text, oauth_token)
         if session.run_dir is None or not (session.run_dir / "family_tree.json").is_file():
             raise gr.Error("Run a search first; pushing publishes its winner.")
         if session.search is not None and session.search.running:
             raise gr.Error("The search is still running; wait for it or cancel it.")
+        if session.search is not None and session.search.cancelled:
+            raise gr.Error(
+                "Run a search first: the last one was cancelled before it finished, so it has "
+                "no winner to publish."
+            )
         if not token:
             raise gr.Error(
                 "Pushing needs your Hugging Face account: sign in (on the Space) or paste a "
@@ -335,7 +437,7 @@ def build_handlers(endpoint: str | None, work_dir: str | Path | None = None) -> 
                 token=token,
             )
         except Exception as err:
-            raise _user_error(err, token) from None
+            raise _error(err, token, session) from None
         url = f"{hub.resolve_endpoint(endpoint).rstrip('/')}/{result.push.repo_id}"
         return (
             session,

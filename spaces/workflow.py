@@ -8,14 +8,16 @@ user's :class:`Session` folder, which Gradio hands back only to the browser tab 
 from __future__ import annotations
 
 import contextvars
-import ctypes
 import re
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from space_limits import SpaceLimits
 
 from hub_merge.errors import ConfigError, TaskFileError
 
@@ -45,15 +47,34 @@ def merge_ids(*groups: list[str] | None) -> list[str]:
 class SearchRun:
     """``hub_merge.search.search`` in a worker thread, so the UI can poll it for live plots and cancel it.
 
+    Cancelling is cooperative and deterministic: :meth:`cancel` sets an event the search core
+    checks before and after each candidate is scored (``SearchConfig.cancel``), so a cancel that
+    arrives before the last candidate is scored always ends the run ``interrupted`` (resumable),
+    and the worker is free as soon as the candidate being scored is done. A watchdog cancels the
+    run when its wall time is spent, or when the page polling it stops (a closed tab).
+
     The search runs in a copy of the caller's context so that Gradio's ``track_tqdm`` progress
     (bound to the calling event through a context variable) follows the search's tqdm bars.
     """
 
-    def __init__(self, config: Any) -> None:
+    def __init__(
+        self,
+        config: Any,
+        *,
+        max_seconds: float | None = None,
+        idle_seconds: float | None = None,
+        runner: Any = None,
+    ) -> None:
         self.config = config
+        self.stop = threading.Event()
+        config.cancel = self.stop
         self.result: Any = None
         self.error: BaseException | None = None
-        self.cancelled = False
+        self.cancelled = False  # the search stopped on a cancel (state saved as interrupted)
+        self.reason: str | None = None  # why it was asked to stop
+        self.max_seconds, self.idle_seconds = max_seconds, idle_seconds
+        self._runner = runner
+        self._beat = time.monotonic()
         ctx = contextvars.copy_context()
         self._thread = threading.Thread(target=ctx.run, args=(self._target,), daemon=True)
 
@@ -61,7 +82,7 @@ class SearchRun:
         from hub_merge.search import search
 
         try:
-            self.result = search(self.config)
+            self.result = (self._runner or search)(self.config)
         except KeyboardInterrupt:
             self.cancelled = True  # search saved its state before re-raising
         except BaseException as err:  # noqa: BLE001 - reported to the user by the UI thread
@@ -69,7 +90,22 @@ class SearchRun:
 
     def start(self) -> SearchRun:
         self._thread.start()
+        if self.max_seconds or self.idle_seconds:
+            threading.Thread(target=self._watch, daemon=True).start()
         return self
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        while not self.wait(0.5):
+            now = time.monotonic()
+            if self.max_seconds and now - started > self.max_seconds:
+                self.cancel(f"the Space's limit of {self.max_seconds:.0f} s per search was reached")
+            elif self.idle_seconds and now - self._beat > self.idle_seconds:
+                self.cancel("the page stopped following it")
+
+    def heartbeat(self) -> None:
+        """The page is still following the run (called at each poll)."""
+        self._beat = time.monotonic()
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True once the search has ended (any way)."""
@@ -80,20 +116,51 @@ class SearchRun:
     def running(self) -> bool:
         return self._thread.is_alive()
 
-    def cancel(self) -> None:
-        """Stop the search the way Ctrl-C does: ``search`` saves its state and returns.
+    def cancel(self, reason: str = "cancelled") -> None:
+        """Ask the search to stop at its next candidate boundary; the first reason is kept."""
+        if not self.stop.is_set():
+            self.reason = reason
+            self.stop.set()
 
-        Python offers no other way to interrupt a thread from outside, and a search has no stop
-        hook; raising ``KeyboardInterrupt`` asynchronously in the worker uses the path the search
-        already documents and tests (it checkpoints the run folder, then re-raises).
-        """
-        ident = self._thread.ident
-        if ident is None or not self._thread.is_alive():
+
+class Sessions:
+    """Every open session's folder, registered when the folder is made (before any download).
+
+    At most ``max_open`` at once; a session idle for ``ttl`` seconds is closed (its folder
+    deleted) the next time a session is made, which catches any folder Gradio never saw.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[Path, Session] = {}
+
+    def register(self, session: Session, max_open: int | None, ttl: float | None) -> None:
+        self.reap(ttl)
+        with self._lock:
+            if max_open is not None and len(self._open) >= max_open:
+                raise ConfigError(
+                    f"This Space has {len(self._open)} sessions open, its limit; try again later."
+                )
+            self._open[session.root] = session
+
+    def forget(self, session: Session) -> None:
+        with self._lock:
+            self._open.pop(session.root, None)
+
+    def reap(self, ttl: float | None) -> None:
+        if not ttl:
             return
-        self.cancelled = True
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt)
-        )
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s in self._open.values() if now - s.last_used > ttl]
+        for session in stale:
+            session.close()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+SESSIONS = Sessions()
 
 
 @dataclass
@@ -106,13 +173,35 @@ class Session:
     run_dir: Path | None = None
     runs: int = 0
     search: SearchRun | None = field(default=None, repr=False)
+    last_used: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def create(cls, parent: str | Path | None = None) -> Session:
-        """A session in a fresh private folder under ``parent`` (default: the system temp dir)."""
+    def create(
+        cls,
+        parent: str | Path | None = None,
+        *,
+        max_open: int | None = None,
+        ttl: float | None = None,
+    ) -> Session:
+        """A session in a fresh private folder under ``parent`` (default: the system temp dir),
+        registered in ``SESSIONS`` before anything is put in it."""
+        SESSIONS.reap(ttl)
+        if max_open is not None and len(SESSIONS) >= max_open:
+            raise ConfigError(
+                f"This Space has {len(SESSIONS)} sessions open, its limit; try again later."
+            )
         if parent is not None:
             Path(parent).mkdir(parents=True, exist_ok=True)
-        return cls(root=Path(tempfile.mkdtemp(prefix="hub-merge-space-", dir=parent)))
+        session = cls(root=Path(tempfile.mkdtemp(prefix="hub-merge-space-", dir=parent)))
+        try:
+            SESSIONS.register(session, max_open, None)
+        except ConfigError:
+            shutil.rmtree(session.root, ignore_errors=True)
+            raise
+        return session
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
 
     @property
     def cache_dir(self) -> Path:
@@ -128,9 +217,10 @@ class Session:
     def close(self) -> None:
         """Stop a running search and delete the session's folder (the tab was closed)."""
         if self.search is not None and self.search.running:
-            self.search.cancel()
+            self.search.cancel("the session ended")
             self.search.wait(30)
         shutil.rmtree(self.root, ignore_errors=True)
+        SESSIONS.forget(self)
 
 
 def close_session(session: Session | None) -> None:
@@ -139,14 +229,25 @@ def close_session(session: Session | None) -> None:
 
 
 def task_files(
-    session: Session, builtin: list[str] | None, n_examples: int, uploads: list[Any] | None
+    session: Session,
+    builtin: list[str] | None,
+    n_examples: int,
+    uploads: list[Any] | None,
+    limits: SpaceLimits | None = None,
 ) -> list[str]:
     """JSONL task files for a search: generated built-in tasks plus the user's uploads.
 
-    Uploads keep their file name, since the task name is the file stem.
+    Uploads keep their file name, since the task name is the file stem. Each upload is checked
+    against ``limits`` (size, rows, prompt and answer length) and parsed before the search
+    starts; every error names the uploaded file's base name, never a server path.
     """
+    from hub_merge.evaluate.tasks import load_task
     from hub_merge.zoo import TASKS, make_examples
 
+    limits = limits or SpaceLimits()
+    if len(builtin or []) + len(uploads or []) > limits.max_task_files:
+        raise TaskFileError(f"This Space takes at most {limits.max_task_files} tasks per search.")
+    limits.check_rows(int(n_examples), "Examples per built-in task")
     folder = session.root / f"tasks-{session.runs + 1}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -168,7 +269,12 @@ def task_files(
         dst = folder / src.name
         if dst.exists():
             raise TaskFileError(f"Two tasks are named {src.stem!r}; rename one of the files.")
+        limits.check_task_file(src, src.name)
         shutil.copyfile(src, dst)
+        try:
+            load_task(dst)  # every line's shape, checked now: the search would stop on it later
+        except TaskFileError as err:
+            raise TaskFileError(str(err).replace(str(dst), src.name)) from None
         paths.append(str(dst))
     if not paths:
         raise TaskFileError("Pick at least one built-in task or upload a JSONL task file.")

@@ -267,9 +267,21 @@ def test_validate_yaml_endpoint(local_hub):
     assert ok.status_code == 200 and ok.json()["errors"] == []
 
 
-def test_cli_rejects_bad_token_spec(tmp_path, capsys):
-    assert main(["hub", "serve", "--data", str(tmp_path), "--token", "nocolon"]) == 2
+def test_cli_rejects_bad_token_spec(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HUB_MERGE_HUB_TOKENS", "nocolon")
+    assert main(["hub", "serve", "--data", str(tmp_path)]) == 2
     assert "USER:TOKEN" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_token_in_argv(tmp_path, capsys):
+    """A token in argv is readable by every local user (`ps`): refused in one line that says
+    what to use instead, and never echoed."""
+    argv = ["hub", "serve", "--data", str(tmp_path / "d"), "--token", "user:hf_argv_secret"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--token-file" in err and "HUB_MERGE_HUB_TOKENS" in err
+    assert "hf_argv_secret" not in err
+    assert not (tmp_path / "d").exists()  # refused before anything was served or made
 
 
 def test_cli_serve_prints_url_and_serves(tmp_path):
@@ -285,12 +297,11 @@ def test_cli_serve_prints_url_and_serves(tmp_path):
             "serve",
             "--data",
             str(tmp_path / "d"),
-            "--token",
-            "alice:tok:write",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env={**os.environ, "HUB_MERGE_HUB_TOKENS": "alice:tok:write"},
     )
     try:
         url = proc.stdout.readline().strip()

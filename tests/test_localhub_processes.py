@@ -46,8 +46,7 @@ def _stop(*procs: subprocess.Popen) -> None:
 
 
 def _serve_alice(data: Path) -> tuple[subprocess.Popen, str]:
-    # A throw-away test token: argv is acceptable here (the token test below checks the others).
-    return _serve(data, "--token", f"alice:{TOKEN}:write")
+    return _serve(data, env={"HUB_MERGE_HUB_TOKENS": f"alice:{TOKEN}:write"})
 
 
 def test_two_servers_on_one_folder_lose_no_commit(tmp_path):

@@ -151,51 +151,159 @@ def test_token_helpers_never_fall_back_to_the_server_token(space_app, monkeypatc
     assert space_app.app.user_token("", signed_in) == "hf_oauth_user"
 
 
-def test_cancel_stops_a_running_search(space_app):
-    """Cancel ends the search early (its state saved), so there is no finished winner to push."""
-    import time
+@pytest.fixture
+def gated_scoring(monkeypatch):
+    """The Space's next search blocks when it scores its first candidate, until released: a
+    cancel then always lands while a candidate is being scored, whatever the machine's load."""
+    import threading
 
+    from hub_merge.search.core import SearchCore
+
+    started, release = threading.Event(), threading.Event()
+    original = SearchCore._score
+
+    def gated(self, node):
+        if not started.is_set():
+            started.set()
+            assert release.wait(120), "the test never released the search"
+        return original(self, node)
+
+    monkeypatch.setattr(SearchCore, "_score", gated)
+    yield started, release
+    release.set()
+
+
+def _session_states(space_app) -> dict[Path, str]:
+    return {
+        p: json.loads(p.read_text()).get("status")
+        for p in space_app.sessions.glob("*/run-*/state.json")
+    }
+
+
+def test_cancel_stops_a_running_search(space_app, gated_scoring):
+    """Cancel ends the search (its state saved as interrupted, resumable), so there is no
+    finished winner to push. Deterministic: the search is held inside its first scoring until
+    the cancel has been sent."""
+    started, release = gated_scoring
     client = Client(space_app.url, verbose=False)
     experts = [space_app.repo_ids[f"expert/{t}"] for t in ("add", "reverse", "sort", "uppercase")]
+    before = _session_states(space_app)
     job = client.submit(
-        space_app.base,
-        [],
-        "\n".join(experts),
-        ["reverse", "sort", "add", "uppercase"],
-        64,
-        None,
-        3,
-        5,
-        "slerp",
-        64,
-        "",
-        "",
-        "",
-        api_name="/search",
+        space_app.base, [], "\n".join(experts), ["reverse", "sort", "add", "uppercase"], 64,
+        None, 3, 5, "slerp", 64, "", "", "", api_name="/search",
+    )  # fmt: skip
+    assert started.wait(180), "the search never started scoring"
+    assert client.predict(api_name="/cancel").startswith("Cancelling")
+    release.set()
+    with contextlib.suppress(Exception):  # Gradio may end the cancelled job with its own error
+        job.result(timeout=120)
+    # the search saved its state as interrupted (resumable), as Ctrl-C does...
+    assert _wait_for(lambda: "interrupted" in _new_states(space_app, before))
+    # ...and stopped before a winner was written: nothing finished to publish
+    with pytest.raises(AppError) as err:
+        client.predict("cancelled", "", False, space_app.token, api_name="/push")
+    message = str(err.value)
+    assert re.search(r"Run a search first|original experts|not written as a model", message)
+
+
+def _new_states(space_app, before: dict[Path, str]) -> set[str]:
+    return {s for p, s in _session_states(space_app).items() if p not in before}
+
+
+def _wait_for(condition, seconds: float = 5.0) -> bool:
+    """Poll ``condition`` for up to ``seconds`` (the issue's bound for a freed worker)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return bool(condition())
+
+
+def test_a_huge_search_is_capped_and_a_cancel_frees_the_worker(space_app):
+    client = Client(space_app.url, verbose=False)
+    pasted = "\n".join(_experts(space_app))
+    common = [space_app.base, [], pasted, TASKS, 8, None, 2, 1, "slerp", 4, "", "", ""]
+    # Over the caps: refused in one line before anything runs.
+    huge = '{"generations": 100000000, "population": 100000}'
+    with pytest.raises(AppError, match="over this Space's limit") as err:
+        client.predict(*common, "evolve", huge, 0, api_name="/search")
+    assert "\n" not in str(err.value).strip()
+    with pytest.raises(AppError, match="budget of 1000000000 evaluations is over"):
+        client.predict(*common, "evolve", "{}", 10**9, api_name="/search")
+    # At the caps, it runs until cancelled; the worker is free within 5 s of the cancel.
+    before = _session_states(space_app)
+    job = client.submit(
+        *common, "evolve", '{"population": 32, "generations": 50}', 200, api_name="/search"
     )
-    deadline = time.monotonic() + 60
-    answer = "Nothing is running."
-    while answer == "Nothing is running." and time.monotonic() < deadline:
-        time.sleep(0.5)
-        answer = client.predict(api_name="/cancel")
-    assert answer.startswith("Cancelling"), "the search never started"
-    with contextlib.suppress(Exception):  # a cancelled job may end with an error of its own
+    assert _wait_for(lambda: set(_session_states(space_app)) - set(before), 300)
+    assert client.predict(api_name="/cancel").startswith("Cancelling")
+    with contextlib.suppress(Exception):
         job.result(timeout=60)
-    message = ""
-    while time.monotonic() < deadline + 60:
-        with pytest.raises(AppError) as err:
-            client.predict("cancelled", "", False, space_app.token, api_name="/push")
-        message = str(err.value)
-        if "still running" not in message:
-            break
-        time.sleep(0.5)
-    # stopped before a winner was written: nothing finished to publish
-    assert re.search(r"Run a search first|original experts|not written as a model", message), (
-        message
+    other = Client(space_app.url, verbose=False)  # another visitor, queued behind the search
+    quick = other.submit(
+        "", [], "", TASKS, 8, None, 2, 1, "slerp", 4, "", "", "", api_name="/search"
     )
-    # and the search saved its state as interrupted (resumable), as Ctrl-C does
-    states = [json.loads(p.read_text()) for p in space_app.sessions.glob("*/run-*/state.json")]
-    assert "interrupted" in {s.get("status") for s in states}
+    with pytest.raises(AppError, match="base model"):
+        quick.result(timeout=5)
+    assert _wait_for(
+        lambda: (
+            "interrupted" in {s for p, s in _session_states(space_app).items() if p not in before}
+        )
+    )
+
+
+def _upload(tmp_path: Path, name: str, lines: list[str]):
+    from gradio_client import handle_file
+
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return handle_file(str(path))
+
+
+def _sessions(space_app) -> set[Path]:
+    return set(space_app.sessions.iterdir()) if space_app.sessions.exists() else set()
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([json.dumps({"prompt": "x" * 400_000, "answer": "a"})], "the prompt is 400000 characters"),
+        (['{"prompt": "p", "answer": "a"}', '{"prompt": broken'], "bad.jsonl, line 2: not valid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_task_files_are_refused_by_name_without_server_paths(
+    space_app, tmp_path, lines, message
+):
+    """An oversized prompt or a malformed line is refused before any model is pulled; the
+    error names the uploaded file, never a server folder, and the new session's folder goes."""
+    client = Client(space_app.url, verbose=False)  # a fresh tab: its first call fails
+    before = _sessions(space_app)
+    pasted = "\n".join(_experts(space_app))
+    upload = _upload(tmp_path, "bad.jsonl", lines)
+    with pytest.raises(AppError) as err:
+        client.predict(
+            space_app.base, [], pasted, [], 8, [upload], 2, 1, "linear", 4, "", "", "",
+            api_name="/search",
+        )  # fmt: skip
+    text = str(err.value)
+    assert message in text and "bad.jsonl" in text, text
+    for path in [*_server_paths(space_app), str(tmp_path), "/tmp"]:
+        assert path not in text
+    assert _sessions(space_app) == before
+
+
+def test_a_failing_first_call_leaves_no_session_folder(space_app):
+    """Kinship pulls the base and the first candidate, then fails on a missing second one: the
+    session's folder, with the pulled models, is deleted (it never reached the tab's state)."""
+    client = Client(space_app.url, verbose=False)
+    before = _sessions(space_app)
+    good = _experts(space_app)[0]
+    with pytest.raises(AppError, match="not found|does not exist"):
+        client.predict(space_app.base, [], f"{good}\nnobody/missing-model", "", api_name="/kinship")
+    assert _sessions(space_app) == before
 
 
 def test_space_front_matter_matches_the_app():

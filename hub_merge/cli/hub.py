@@ -47,17 +47,16 @@ def command() -> None:
     "--token",
     "tokens",
     multiple=True,
-    metavar="USER:TOKEN[:read|write]",
-    help="A token on the command line (repeatable; role defaults to write). Avoid it outside "
-    f"throw-away tests: every local user sees argv with `ps`. Prefer --token-file or "
-    f"${TOKENS_ENV}. Without any token only anonymous reads work.",
+    hidden=True,
+    help="Refused: a token in argv is visible to every local user (`ps`).",
 )
 def serve(
     data_dir: str, host: str, port: int, token_file: str | None, tokens: tuple[str, ...]
 ) -> None:
     """Serve the Hub protocol from DATA until interrupted; prints the URL.
 
-    Tokens come from $HUB_MERGE_HUB_TOKENS, then --token-file, then --token.
+    Tokens come from $HUB_MERGE_HUB_TOKENS, then --token-file; without any, only anonymous
+    reads work. A token in argv (``--token``) is refused: every local user can read argv.
 
     \b
     Example:
@@ -67,8 +66,13 @@ def serve(
     """
     from ..localhub import LocalHub, load_tokens
 
+    if tokens:  # the option exists only to say what to use instead
+        raise ConfigError(
+            f"--token is refused: argv is visible to every local user; put USER:TOKEN[:read|write] "
+            f"lines in a file for --token-file, or in ${TOKENS_ENV}."
+        )
     try:
-        table = load_tokens(tokens, token_file)
+        table = load_tokens((), token_file)
     except ValueError as err:
         raise ConfigError(str(err)) from err
     if token_file is not None and os.stat(token_file).st_mode & (stat.S_IRWXG | stat.S_IRWXO):

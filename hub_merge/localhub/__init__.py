@@ -19,6 +19,7 @@ import uvicorn
 
 from .app import HubApp
 from .auth import TOKENS_ENV, Identity, load_tokens, parse_token_spec
+from .limits import COMMIT_BODY
 from .storage import Store
 
 __all__ = ["TOKENS_ENV", "LocalHub", "load_tokens", "parse_token_spec"]
@@ -33,7 +34,7 @@ class LocalHub:
         host: str = "127.0.0.1",
         port: int = 0,
         tokens: dict[str, tuple[str, str] | Identity] | None = None,
-        max_request_bytes: int = 64 * 1024 * 1024,
+        max_request_bytes: int = COMMIT_BODY,
     ) -> None:
         idents = {
             tok: v if isinstance(v, Identity) else Identity(*v) for tok, v in (tokens or {}).items()

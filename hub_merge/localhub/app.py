@@ -12,7 +12,7 @@ namespace the rights check uses. The routes follow the endpoints ``huggingface_h
 from __future__ import annotations
 
 import inspect
-import json
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,7 +23,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from . import limits
 from . import routes_read as read
+from . import routes_repos as repos
 from . import routes_write as write
 from .auth import Access, Identity, Signer
 from .storage import StorageError, Store
@@ -31,6 +33,7 @@ from .validation import TYPES, RepoRef, decode_segment, header_text, repo_ref_fr
 
 Handler = Callable[..., Any]
 WRITE_METHODS = ("POST", "PUT", "DELETE")
+PR_ONLY, ALWAYS = "pr", "always"  # who else may use a write route: see HubApp._repo
 
 
 def error_response(
@@ -50,7 +53,7 @@ class HubApp:
         self,
         store: Store,
         tokens: dict[str, Identity],
-        max_request_bytes: int = 64 * 1024 * 1024,
+        max_request_bytes: int = limits.COMMIT_BODY,
         max_lfs_bytes: int = 20 * 1024**3,
     ) -> None:
         self.store, self.signer = store, Signer()
@@ -74,9 +77,21 @@ class HubApp:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             """Route on the raw path (still percent-encoded); see the module docstring."""
-            if scope["type"] == "http" and scope.get("raw_path") is not None:
+            if scope["type"] != "http":
+                await starlette(scope, receive, send)
+                return
+            if scope.get("raw_path") is not None:
                 scope = dict(scope, path=scope["raw_path"].decode("latin-1"), root_path="")
-            await starlette(scope, receive, send)
+
+            request_id = secrets.token_hex(16).encode()
+
+            async def clean_send(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [_clean_header(*h) for h in message["headers"]]
+                    message = dict(message, headers=[*headers, (b"x-request-id", request_id)])
+                await send(message)
+
+            await starlette(scope, receive, clean_send)
 
         # A plain function, so uvicorn sees an ASGI 3 app (it takes bound methods for ASGI 2).
         self.app = app
@@ -94,17 +109,29 @@ class HubApp:
             Route("/api/repos/create", self._plain(write.create_repo), methods=["POST"]),
             Route("/api/repos/delete", self._plain(write.delete_repo), methods=["DELETE"]),
             Route("/api/validate-yaml", self._plain(write.validate_yaml), methods=["POST"]),
+            Route("/api/repos/move", self._plain(repos.move_repo), methods=["POST"]),
+            Route("/api/settings/repositories", self._plain(repos.user_repos), methods=["GET"]),
             Route("/api/{rtypes}", self._listing, methods=["GET"]),
             Route(api, self._repo(read.info), methods=["GET"]),
             Route(api + "/revision/{rev:path}", self._repo(read.info), methods=["GET"]),
             Route(api + "/tree/{rest:path}", self._repo(read.tree), methods=["GET"]),
             Route(api + "/refs", self._repo(read.refs), methods=["GET"]),
+            Route(api + "/paths-info/{rev:path}", self._repo(repos.paths_info), methods=["POST"]),
+            Route(api + "/auth-check", self._repo(repos.auth_check), methods=["GET"]),
+            Route(api + "/auth-check/write", self._repo(repos.auth_check, True), methods=["GET"]),
+            Route(api + "/duplicate", self._repo(repos.duplicate_repo), methods=["POST"]),
             Route(api + "/commits", self._repo(read.commits), methods=["GET"]),
             Route(api + "/commits/{rev:path}", self._repo(read.commits), methods=["GET"]),
             Route(
-                api + "/preupload/{rev:path}", self._repo(write.preupload, True), methods=["POST"]
+                api + "/preupload/{rev:path}",
+                self._repo(write.preupload, True, contribute=PR_ONLY),
+                methods=["POST"],
             ),
-            Route(api + "/commit/{rev:path}", self._repo(write.commit, True), methods=["POST"]),
+            Route(
+                api + "/commit/{rev:path}",
+                self._repo(write.commit, True, contribute=PR_ONLY),
+                methods=["POST"],
+            ),
             Route(
                 api + "/branch/{branch:path}",
                 self._repo(write.branch, True),
@@ -112,12 +139,18 @@ class HubApp:
             ),
             Route(api + "/tag/{tag:path}", self._repo(write.tag, True), methods=["POST", "DELETE"]),
             Route(api + "/settings", self._repo(write.settings, True), methods=["PUT"]),
+            Route(
+                api + "/super-squash/{branch:path}",
+                self._repo(write.super_squash, True),
+                methods=["POST"],
+            ),
             Route("/lfs-upload/{rtype}/{ns}/{name}/{oid}", self._lfs_put, methods=["PUT"]),
         ]
         # Git-style URLs: no prefix for models, ``datasets/`` or ``spaces/`` for the others.
         for prefix, rtype in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
             batch = prefix + "/{ns}/{name}.git/info/lfs/objects/batch"
-            routes.append(Route(batch, self._repo(write.lfs_batch, True, rtype), methods=["POST"]))
+            lfs = self._repo(write.lfs_batch, True, rtype, contribute=ALWAYS)
+            routes.append(Route(batch, lfs, methods=["POST"]))
             resolve = prefix + "/{ns}/{name}/resolve/{rest:path}"
             routes.append(
                 Route(resolve, self._repo(read.resolve, False, rtype), methods=["GET", "HEAD"])
@@ -134,9 +167,18 @@ class HubApp:
         return endpoint
 
     def _repo(
-        self, handler: Handler, write: bool = False, rtype: str | None = None
+        self,
+        handler: Handler,
+        write: bool = False,
+        rtype: str | None = None,
+        contribute: str | None = None,
     ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler: validate the repo id, check the caller's rights on it, then run.
+
+        ``contribute`` lets a contributor (a write token, on a repo they can read) through a
+        write route, as the Hub lets anyone open a pull request: ``PR_ONLY`` when the request
+        asks for one (``create_pr=1``), ``ALWAYS`` for the LFS batch (an upload changes no ref;
+        the commit that would use it is checked on its own).
 
         Synchronous handlers (every read) run in the thread pool.
         """
@@ -149,7 +191,11 @@ class HubApp:
                 raise StorageError(404, f"Unknown repo type {decode_segment(p['rtypes'])!r}")
             repo = repo_ref_from_path(kind, p["ns"], p["name"])
             ident = self._ident(request)
-            await run_in_threadpool(self.access.check, ident, repo, write)
+            wants_pr = request.query_params.get("create_pr") in ("1", "true")
+            if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
+                await run_in_threadpool(self.access.check_contributor, ident, repo)
+            else:
+                await run_in_threadpool(self.access.check, ident, repo, write)
             if is_async:
                 return await handler(self, request, repo, ident)
             return await run_in_threadpool(handler, self, request, repo, ident)
@@ -170,29 +216,25 @@ class HubApp:
         repo: RepoRef = repo_ref_from_path(p["rtype"], p["ns"], p["name"])
         return await write.lfs_put(self, request, repo, decode_segment(p["oid"]))
 
-    # --- bodies -----------------------------------------------------------------------------
-    async def read_body(self, request: Request, limit: int | None = None) -> bytes:
-        cap = min(limit or self.max_request_bytes, self.max_request_bytes)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise StorageError(413, f"Request too large: over {cap} bytes")
-        chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > cap:
-                raise StorageError(413, f"Request too large: over {cap} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    # --- bodies ---------------------------------------------------------------------------
+    async def read_body(self, request: Request, limit: int) -> bytes:
+        """The body, at most ``limit`` bytes (and never over the server's own cap)."""
+        return await limits.read_body(request, min(limit, self.max_request_bytes))
 
-    async def read_json(self, request: Request, limit: int | None = None) -> dict[str, Any]:
+    async def read_json(self, request: Request, limit: int = limits.SMALL_BODY) -> dict[str, Any]:
+        """A JSON object body of at most ``limit`` bytes, its shape bounded (``limits``)."""
         raw = await self.read_body(request, limit)
-        try:
-            body = await run_in_threadpool(json.loads, raw or b"{}")
-        except ValueError as e:
-            raise StorageError(400, f"Malformed JSON body: {e}") from e
-        if not isinstance(body, dict):
-            raise StorageError(400, "JSON body must be an object")
-        return body
+        return await run_in_threadpool(limits.parse_object, raw)
+
+
+MAX_HEADER = 1024
+
+
+def _clean_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:
+    """Every header value leaves as printable ASCII, trimmed and at most ``MAX_HEADER`` bytes:
+    h11 drops the connection rather than send one with control characters or a trailing space."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in value.decode("latin-1"))
+    return name, text[:MAX_HEADER].strip().encode("ascii")
 
 
 def _is_async(fn: Handler) -> bool:

@@ -46,7 +46,8 @@ def parse_token_spec(spec: str) -> tuple[str, Identity]:
         parts.append("write")
     if len(parts) != 3 or not parts[0] or not parts[1] or parts[2] not in ROLES:
         raise ValueError(f"A token must be given as {_SPEC_HELP}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}", parts[0]):
+    # As the Hub's user names (huggingface_hub's own tests use "__DUMMY_TRANSFORMERS_USER__").
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}", parts[0]):
         raise ValueError(f"A token's user must be a valid Hub namespace ({_SPEC_HELP})")
     if not re.fullmatch(r"[\x21-\x7e]+", parts[1]):
         raise ValueError(f"A token must be printable ASCII without spaces ({_SPEC_HELP})")
@@ -116,6 +117,18 @@ class Access:
             )
         if write:
             self.check_namespace_write(ident, repo.namespace)
+
+    def check_contributor(self, ident: Identity | None, repo: RepoRef) -> Identity:
+        """A contributor: anyone with a write token who can read the repo (a pull request)."""
+        if not self.can_read(ident, repo):
+            raise StorageError(
+                404, f"Repository Not Found for {repo.rtype} {repo.repo_id}", "RepoNotFound"
+            )
+        if ident is None:
+            raise StorageError(401, "You must be authenticated to open a pull request")
+        if not ident.can_write:
+            raise StorageError(403, "A read token cannot open a pull request")
+        return ident
 
     def check_namespace_write(self, ident: Identity | None, namespace: str) -> Identity:
         if ident is None:

@@ -7,6 +7,7 @@ disk reads and JSON parsing never hold the event loop. None of them writes anyth
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from ..card_rules import base_model_links, parse_front_matter
+from ..card_rules import FRONT_MATTER_MAX_BYTES, base_model_links, parse_front_matter
 from .auth import Identity
 from .storage import StorageError
 from .validation import RepoRef, check_revision, decode_segment, split_rev
@@ -30,13 +31,22 @@ def _flag(request: Request, name: str) -> bool:
     return request.query_params.get(name, "").lower() in ("1", "true")
 
 
-def _card(hub: HubApp, tree: dict[str, Any]) -> dict[str, Any] | None:
-    entry = tree.get("README.md")
-    if entry is None:
+def _card(hub: HubApp, commit: dict[str, Any]) -> dict[str, Any] | None:
+    """The README's metadata, parsed once when the commit was made (``commits.CommitBody``).
+
+    Only a commit written before metadata was kept lacks the key; its README is parsed with the
+    same bounds (1 MiB of front matter, no aliases) a commit's check applies.
+    """
+    if "card" in commit:
+        card = commit["card"]
+        return card if isinstance(card, dict) else None
+    entry = commit["tree"].get("README.md")
+    if entry is None or entry["size"] > 16 * 1024 * 1024:
         return None
     try:
-        return parse_front_matter(hub.store.blob_path(entry["sha256"]).read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError):
+        with open(hub.store.blob_path(entry["sha256"]), "rb") as f:
+            return parse_front_matter(f.read(FRONT_MATTER_MAX_BYTES + 8192).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError):
         return None
 
 
@@ -47,7 +57,7 @@ def repo_json(
     cid = st.resolve(rtype, repo_id, rev)
     commit = st.commit(rtype, repo_id, cid)
     tree, meta = commit["tree"], st.repo_meta(rtype, repo_id) or {}
-    card = _card(hub, tree) or {}
+    card = _card(hub, commit) or {}
     tags = [str(t) for t in (card.get("tags") or []) if isinstance(t, (str, int))]
     if isinstance(card.get("library_name"), str):
         tags.append(card["library_name"])
@@ -177,18 +187,24 @@ def commits(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
     rev = check_revision(decode_segment(raw)) if raw else "main"
     st = hub.store
     cid = st.resolve(repo.rtype, repo.repo_id, rev)
-    return JSONResponse(
-        [
-            {
-                "id": c_id,
-                "title": c["title"],
-                "message": c["message"],
-                "date": c["date"],
-                "authors": [{"user": c["author"]}],
+    expand = request.query_params.getlist("expand[]") + request.query_params.getlist("expand")
+    formatted = "formatted" in expand or _flag(request, "formatted")
+    out = []
+    for c_id, c in st.history(repo.rtype, repo.repo_id, cid):
+        item = {
+            "id": c_id,
+            "title": c["title"],
+            "message": c["message"],
+            "date": c["date"],
+            "authors": [{"user": c["author"]}],
+        }
+        if formatted:  # the Hub renders Markdown; escaped text in a paragraph is its plain case
+            item["formatted"] = {
+                "title": html.escape(c["title"]),
+                "message": f"<p>{html.escape(c['message'])}</p>" if c["message"] else "",
             }
-            for c_id, c in st.history(repo.rtype, repo.repo_id, cid)
-        ]
-    )
+        out.append(item)
+    return JSONResponse(out)
 
 
 def resolve(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +19,10 @@ from starlette.responses import JSONResponse, Response
 
 from ..card_rules import check_readme
 from .auth import Identity
-from .storage import LFS_SUFFIXES, OID_RE, StorageError
+from .commits import CommitBody
+from .gitrules import GitAttributes, GitIgnore
+from .limits import COMMIT_BODY, COMMIT_LINE, LIST_BODY, YAML_BODY, read_lines
+from .storage import GITATTRIBUTES, OID_RE, StorageError
 from .validation import (
     PREFIX,
     RepoRef,
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
     from .app import HubApp
 
 LFS_SIZE = 10 * 1024 * 1024
-YAML_MAX_BYTES = 1024 * 1024  # a model card's metadata is a few KB; refuse megabytes of YAML
 FLUSH_BYTES = 1024 * 1024  # LFS bytes are hashed and written off the loop in chunks this big
 
 
@@ -51,9 +52,9 @@ def _url(request: Request, repo: RepoRef) -> str:
 
 # --- account and repos ------------------------------------------------------------------------
 async def create_repo(hub: HubApp, request: Request, ident: Identity | None) -> Response:
-    body = await hub.read_json(request)
-    if ident is None:
+    if ident is None:  # before a byte of the body is read
         raise StorageError(401, "You must be authenticated to create a repo")
+    body = await hub.read_json(request)
     repo = repo_ref(
         body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
     )
@@ -73,9 +74,9 @@ async def create_repo(hub: HubApp, request: Request, ident: Identity | None) -> 
 
 
 async def delete_repo(hub: HubApp, request: Request, ident: Identity | None) -> Response:
-    body = await hub.read_json(request)
-    if ident is None:
+    if ident is None:  # before a byte of the body is read
         raise StorageError(401, "You must be authenticated to delete a repo")
+    body = await hub.read_json(request)
     repo = repo_ref(
         body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
     )
@@ -95,7 +96,7 @@ async def settings(
 
 
 async def validate_yaml(hub: HubApp, request: Request, ident: Identity | None) -> Response:
-    body = await hub.read_json(request, limit=YAML_MAX_BYTES)
+    body = await hub.read_json(request, limit=YAML_BODY)
     content = body.get("content", "")
     if not isinstance(content, str):
         raise StorageError(400, "Expected {content: str, repoType?}")
@@ -111,12 +112,15 @@ async def validate_yaml(hub: HubApp, request: Request, ident: Identity | None) -
 async def preupload(
     hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
 ) -> Response:
-    body = await hub.read_json(request)
     rev = _rev(request)
+    body = await hub.read_json(request, limit=LIST_BODY)
     return await run_in_threadpool(_preupload, hub, repo, rev, body)
 
 
 def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Response:
+    """Upload modes as the Hub chooses them: LFS where the repo's ``.gitattributes`` says
+    ``filter=lfs`` (or for binary or large files), ignored where its ``.gitignore`` (or the
+    ``gitIgnore`` the client sends) excludes the path."""
     files = body.get("files")
     if not isinstance(files, list):
         raise StorageError(400, "Expected {files: [{path, sample, size}]}")
@@ -124,8 +128,12 @@ def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Re
     try:
         tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))
         entries = tree["tree"]
+        attributes = _text_in(hub, entries, ".gitattributes")
     except StorageError:
-        entries = {}  # a new branch / PR: nothing to compare against
+        entries, attributes = {}, GITATTRIBUTES  # a new branch / PR: the default rules
+    sent = body.get("gitIgnore")
+    ignore = GitIgnore(sent if isinstance(sent, str) else _text_in(hub, entries, ".gitignore"))
+    attrs = GitAttributes(attributes)
     out = []
     for f in files:
         path = check_repo_path(f.get("path") if isinstance(f, dict) else None)
@@ -134,23 +142,33 @@ def _preupload(hub: HubApp, repo: RepoRef, rev: str, body: dict[str, Any]) -> Re
         except (ValueError, TypeError) as e:
             raise StorageError(400, f"Invalid base64 sample for {path}") from e
         size = f.get("size", 0)
-        lfs = (
-            path.endswith(LFS_SUFFIXES)
-            or (isinstance(size, int) and size >= LFS_SIZE)
-            or b"\0" in sample
-        )
+        lfs = attrs.lfs(path)
+        if lfs is None:
+            lfs = (isinstance(size, int) and size >= LFS_SIZE) or b"\0" in sample
         existing = entries.get(path)
-        item = {"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+        item = {
+            "path": path,
+            "uploadMode": "lfs" if lfs else "regular",
+            "shouldIgnore": ignore.ignored(path),
+        }
         if existing is not None:
             item["oid"] = existing["sha256"] if existing["lfs"] else existing["oid"]
         out.append(item)
     return JSONResponse({"files": out, "commitOid": None})
 
 
+def _text_in(hub: HubApp, entries: dict[str, Any], name: str) -> str:
+    """A small text file of the tree (``.gitignore``, ``.gitattributes``); '' when absent."""
+    entry = entries.get(name)
+    if entry is None or entry["size"] > 1024 * 1024:
+        return ""
+    return hub.store.blob_path(entry["sha256"]).read_bytes().decode("utf-8", "replace")
+
+
 async def lfs_batch(
     hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
 ) -> Response:
-    body = await hub.read_json(request)
+    body = await hub.read_json(request, limit=LIST_BODY)
     if body.get("operation") != "upload" or not isinstance(body.get("objects"), list):
         raise StorageError(400, "Only the 'upload' operation with a list of objects is served")
     base = str(request.base_url).rstrip("/")
@@ -230,11 +248,15 @@ def _hash_and_write(f: Any, digest: Any, data: bytes) -> None:
 
 # --- commits and refs -------------------------------------------------------------------------
 async def commit(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
+    """Lines are parsed and their files stored as they arrive (see ``commits``)."""
     assert ident is not None  # the app checked write rights
-    raw = await hub.read_body(request)
     rev = _rev(request)
     create_pr = request.query_params.get("create_pr") in ("1", "true")
-    cid, pr = await run_in_threadpool(_commit, hub, repo, ident, rev, raw, create_pr)
+    body = CommitBody(hub.store, repo)
+    cap = min(COMMIT_BODY, hub.max_request_bytes)
+    async for lines in read_lines(request, COMMIT_LINE, cap):
+        await run_in_threadpool(body.feed, lines)
+    cid, pr = await run_in_threadpool(_commit, hub, repo, ident, rev, body, create_pr)
     base = _url(request, repo)
     return JSONResponse(
         {
@@ -247,59 +269,20 @@ async def commit(hub: HubApp, request: Request, repo: RepoRef, ident: Identity |
 
 
 def _commit(
-    hub: HubApp, repo: RepoRef, ident: Identity, rev: str, raw: bytes, create_pr: bool
+    hub: HubApp, repo: RepoRef, ident: Identity, rev: str, body: CommitBody, create_pr: bool
 ) -> tuple[str, str | None]:
-    header: dict[str, Any] | None = None
-    ops: list[tuple[str, dict[str, Any]]] = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-            key, value = item["key"], item["value"]
-            if not isinstance(value, dict):
-                raise TypeError
-        except (ValueError, KeyError, TypeError) as e:
-            raise StorageError(400, f"Malformed ndjson at line {n}: expected {{key, value}}") from e
-        if key == "header":
-            header = value
-            continue
-        if key not in ("file", "lfsFile", "deletedFile", "deletedFolder"):
-            raise StorageError(400, f"Unknown operation at line {n}")
-        path = check_repo_path(value.get("path"))
-        if key == "file":
-            try:
-                data = base64.b64decode(value.get("content", ""), validate=True)
-            except (ValueError, TypeError) as e:
-                raise StorageError(400, f"Invalid base64 content for {path}") from e
-            ops.append((key, {"path": path, "data": data}))
-        elif key == "lfsFile":
-            oid, size = value.get("oid"), value.get("size")
-            if not isinstance(oid, str) or not OID_RE.match(oid):
-                raise StorageError(400, f"Invalid LFS oid for {path}")
-            if size is not None and (not isinstance(size, int) or size < 0):
-                raise StorageError(400, f"Invalid LFS size for {path}")
-            ops.append((key, {"path": path, "oid": oid, "size": size}))
-        else:
-            ops.append((key, {"path": path}))
-    if header is None or not isinstance(header.get("summary", ""), str):
-        raise StorageError(400, "Malformed ndjson: the first line must be a header")
-    for key, value in ops:
-        if key == "file" and value["path"] == "README.md":
-            check = check_readme(value["data"].decode("utf-8", "replace"), repo.rtype)
-            if check.errors:
-                raise StorageError(400, "Invalid metadata in README.md: " + "; ".join(check.errors))
-    parent = header.get("parentCommit")
+    title, description, parent = body.summary()
     return hub.store.apply_commit(
         repo.rtype,
         repo.repo_id,
         rev,
-        ops,
-        str(header.get("summary") or "Upload files"),
-        str(header.get("description") or ""),
+        body.ops,
+        title,
+        description,
         ident.user,
-        parent if isinstance(parent, str) else None,
+        parent,
         create_pr,
+        card=body.card(),
     )
 
 
@@ -360,3 +343,19 @@ async def tag(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | No
 
     await run_in_threadpool(delete)
     return JSONResponse({})
+
+
+async def super_squash(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    """One commit on ``branch`` holding its head's files, with no parent (history dropped)."""
+    assert ident is not None  # the app checked write rights
+    name = check_revision(decode_segment(request.path_params["branch"]))
+    body = await hub.read_json(request)
+    message = body.get("message") or f"Super-squash branch '{name}'"
+    if not isinstance(message, str):
+        raise StorageError(400, "message must be a string")
+    cid = await run_in_threadpool(
+        hub.store.squash, repo.rtype, repo.repo_id, name, message, ident.user
+    )
+    return JSONResponse({"commitOid": cid})

@@ -47,7 +47,14 @@ LFS_SUFFIXES = tuple(
     "." + line.split()[0][2:] for line in GITATTRIBUTES.splitlines() if line.startswith("*.")
 )
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+# A revision of 40 hex digits (either case) names a commit and nothing else; 7 to 39 lowercase
+# hex digits are a commit's short sha when no branch or tag has that name (git's rule).
+SHA_LIKE_RE = re.compile(r"^[0-9a-fA-F]{40}$")
+SHORT_SHA_RE = re.compile(r"^[0-9a-f]{7,39}$")
 OID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+KEEP_CARD = object()  # apply_commit: README.md untouched, the card metadata carries over
 
 
 class StorageError(Exception):
@@ -295,6 +302,7 @@ class Store:
         title: str,
         message: str,
         author: str,
+        card: Any = None,
     ) -> str:
         body = {
             "parents": parents,
@@ -304,6 +312,8 @@ class Store:
             "author": author,
             "date": _now(),
         }
+        if card is not KEEP_CARD:  # only a commit made before cards were kept lacks the key
+            body["card"] = card
         raw = json.dumps(body, sort_keys=True).encode()
         cid = hashlib.sha1(raw).hexdigest()
         self._write_json(d / "commits" / f"{cid}.json", body)
@@ -320,12 +330,15 @@ class Store:
         author: str,
         parent_commit: str | None = None,
         create_pr: bool = False,
+        card: Any = KEEP_CARD,
     ) -> tuple[str, str | None]:
         """Apply validated operations as one commit; returns (commit id, PR number or None).
 
-        ops are ("file", {path, data}), ("lfsFile", {path, oid, size}), ("deletedFile", {path})
-        or ("deletedFolder", {path}). An LFS object must be one this repo uploaded or already
-        holds. The branch moves only at the final refs write.
+        ops are ("file", {path, data} or {path, sha256, size, oid} of a stored blob),
+        ("lfsFile", {path, oid, size}), ("deletedFile", {path}) or ("deletedFolder", {path}).
+        An LFS object must be one this repo uploaded or already holds. ``card`` is the README's
+        metadata parsed at commit time (``KEEP_CARD``: the parent's). The branch moves only at
+        the final refs write.
         """
         d = self.repo_dir(repo_type, repo_id)
         with self.lock(repo_type, repo_id):
@@ -334,11 +347,16 @@ class Store:
             kind, name = branch_of(rev)
             pr_num = None
             if create_pr:
-                head = self.resolve(repo_type, repo_id, rev)
+                # A pull request starts from a branch, as on the Hub: not a sha, tag or PR.
+                if kind != "heads" or name not in refs["heads"]:
+                    raise StorageError(
+                        404, f"Invalid rev id: {rev} is not a branch", "RevisionNotFound"
+                    )
+                head = refs["heads"][name]
                 pr_num = str(max((int(n) for n in refs["prs"]), default=0) + 1)
                 kind, name = "prs", pr_num
             elif name not in refs[kind]:
-                if rev in refs["tags"] or SHA_RE.match(rev):
+                if rev in refs["tags"] or SHA_LIKE_RE.match(rev):
                     raise StorageError(400, f"Cannot commit to {rev!r}: not a branch")
                 raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
             else:
@@ -349,10 +367,16 @@ class Store:
                     f"A commit has happened since {parent_commit}: the branch is now at {head}. "
                     "Pull and retry.",
                 )
-            tree = dict(self.commit(repo_type, repo_id, head)["tree"])
+            parent = self.commit(repo_type, repo_id, head)
+            tree = dict(parent["tree"])
+            if card is KEEP_CARD:
+                card = parent.get("card", KEEP_CARD)
             for key, value in ops:
                 path = value["path"]
-                if key == "file":
+                if key == "file" and "sha256" in value:
+                    entry = Entry(value["sha256"], value["size"], False, value["oid"])
+                    tree[path] = entry.to_json()
+                elif key == "file":
                     sha = self.put_bytes(value["data"])
                     tree[path] = self._entry(sha, value["data"], False).to_json()
                 elif key == "lfsFile":
@@ -367,16 +391,40 @@ class Store:
                         )
                     tree[path] = self._entry(oid, None, True, size).to_json()
                 elif key == "deletedFile":
-                    if tree.pop(path, None) is None:
+                    # A folder named without its trailing '/' is deleted as a folder, as the Hub does.
+                    inside = (
+                        [p for p in tree if p.startswith(path + "/")] if path not in tree else []
+                    )
+                    for p in inside:
+                        del tree[p]
+                    if tree.pop(path, None) is None and not inside:
                         raise StorageError(404, f"File {path} does not exist", "EntryNotFound")
                 elif key == "deletedFolder":
                     prefix = path.rstrip("/") + "/"
                     for p in [p for p in tree if p.startswith(prefix)]:
                         del tree[p]
-            cid = self._write_commit(d, [head], tree, title, message, author)
+            check_no_clash(tree, [v["path"] for k, v in ops if k in ("file", "lfsFile")])
+            cid = self._write_commit(d, [head], tree, title, message, author, card)
             refs[kind][name] = cid
             self._write_json(d / "refs.json", refs)
             return cid, pr_num
+
+    def squash(self, repo_type: str, repo_id: str, branch: str, title: str, author: str) -> str:
+        """Replace ``branch``'s history by one parentless commit of its head's tree."""
+        d = self.repo_dir(repo_type, repo_id)
+        with self.lock(repo_type, repo_id):
+            self._require(repo_type, repo_id)
+            refs = self.refs(repo_type, repo_id)
+            kind, name = branch_of(branch)
+            if name not in refs[kind]:
+                raise StorageError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+            head = self.commit(repo_type, repo_id, refs[kind][name])
+            cid = self._write_commit(
+                d, [], head["tree"], title, "", author, head.get("card", KEEP_CARD)
+            )
+            refs[kind][name] = cid
+            self._write_json(d / "refs.json", refs)
+            return cid
 
     def history(self, repo_type: str, repo_id: str, cid: str) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -389,7 +437,17 @@ class Store:
 
 
 def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str:
-    """``rev`` looked up in ``refs`` (refs/... prefixes, branches, tags, then a full sha)."""
+    """``rev`` -> commit sha, as the Hub resolves it.
+
+    40 hex digits are a commit sha and only a sha: no branch or tag can stand in for one, so a
+    revision pinned by sha always serves the same bytes. Otherwise ``refs/...`` names, branches,
+    tags, then a unique short sha (7 to 39 hex digits).
+    """
+    commits = repo_dir / "commits"
+    if SHA_LIKE_RE.match(rev):
+        if (commits / f"{rev.lower()}.json").is_file():
+            return rev.lower()
+        raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
     for prefix, kind in (("refs/heads/", "heads"), ("refs/tags/", "tags"), ("refs/pr/", "prs")):
         if rev.startswith(prefix) and rev[len(prefix) :] in refs[kind]:
             return refs[kind][rev[len(prefix) :]]
@@ -397,9 +455,33 @@ def resolve_in(refs: dict[str, dict[str, str]], rev: str, repo_dir: Path) -> str
         return refs["heads"][rev]
     if rev in refs["tags"]:
         return refs["tags"][rev]
-    if SHA_RE.match(rev) and (repo_dir / "commits" / f"{rev}.json").is_file():
-        return rev
+    if SHORT_SHA_RE.match(rev):
+        found = [p.stem for p in commits.glob(f"{rev}*.json")]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise StorageError(
+                400, f"Short sha {rev} is ambiguous: give more digits", "RevisionNotFound"
+            )
     raise StorageError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+
+
+def check_no_clash(tree: dict[str, Any], added: list[str]) -> None:
+    """Refuse a tree where a path is both a file and a folder (``x`` and ``x/y``): a snapshot
+    of it could not be written to any disk. Linear in the tree's size."""
+    if not added:
+        return
+    folders = {p[:i] for p in tree for i, c in enumerate(p) if c == "/"}
+    for path in added:
+        if path in folders:
+            raise StorageError(
+                400, f"Cannot add the file {path!r}: a folder of that name holds files"
+            )
+        for i, c in enumerate(path):
+            if c == "/" and path[:i] in tree:
+                raise StorageError(
+                    400, f"Cannot add {path!r}: {path[:i]!r} is a file, not a folder"
+                )
 
 
 def branch_of(rev: str) -> tuple[str, str]:

@@ -10,9 +10,11 @@ server accepts exactly the ids the client would send. Anything else is a 400, ne
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from huggingface_hub import CommitOperationDelete
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
@@ -27,6 +29,9 @@ MAX_PATH = 1024
 BRANCH_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,95})*")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A branch or tag named like a commit sha (full, or a prefix the server resolves) could stand
+# in for the commit it names: refused, so a sha pin cannot be re-pointed.
+SHA_NAME_RE = re.compile(r"[0-9a-fA-F]{7,40}")
 
 
 @dataclass(frozen=True)
@@ -87,19 +92,41 @@ def repo_ref_from_path(rtype: str, raw_ns: str, raw_name: str) -> RepoRef:
     return repo_ref(rtype, decode_segment(raw_ns), decode_segment(raw_name))
 
 
+# Unicode categories refused in a path: controls (C0 and C1, e.g. U+0085), format characters
+# (U+202E right-to-left override, zero-width spaces), line and paragraph separators, and lone
+# surrogates (which cannot even be written as UTF-8).
+BAD_PATH_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
 def check_repo_path(path: object) -> str:
-    """A file path inside a repo: nothing that could escape it or mean different things."""
+    """A file path inside a repo, as huggingface_hub's own rules have it, and nothing that could
+    escape the repo, hide its real name or mean different things to different readers.
+
+    The client's rules are applied by the client's own code (``CommitOperationDelete`` runs its
+    path check: no ``..``, no ``.git`` or ``.cache`` folder, whose files a ``local_dir`` download
+    would write into git's or huggingface_hub's own metadata); the rest is checked here.
+    """
     if not isinstance(path, str) or not path or len(path) > MAX_PATH:
         raise StorageError(400, "Invalid path: it must be a non-empty string of at most 1024 chars")
-    if path.startswith("/") or "\\" in path or _CONTROL.search(path):
+    if path.startswith("/") or "\\" in path:
+        raise StorageError(400, f"Invalid path {safe_text(path)}: no absolute paths or backslashes")
+    if any(unicodedata.category(c) in BAD_PATH_CATEGORIES for c in path):
         raise StorageError(
-            400, f"Invalid path {safe_text(path)}: no absolute paths, backslashes or control chars"
+            400,
+            f"Invalid path {safe_text(path)}: no control, format (e.g. U+202E) or line "
+            "separator characters",
         )
     parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts) or parts[0] == ".git":
+    if any(p in ("", ".", "..") for p in parts):
+        raise StorageError(400, f"Invalid path {safe_text(path)}: no empty, '.' or '..' segments")
+    try:
+        CommitOperationDelete(path_in_repo=path)
+    except ValueError as e:
         raise StorageError(
-            400, f"Invalid path {safe_text(path)}: no empty, '.', '..' or .git segments"
-        )
+            400,
+            f"Invalid path {safe_text(path)}: huggingface_hub forbids it (no '.git' or '.cache' "
+            "folders)",
+        ) from e
     return path
 
 
@@ -112,15 +139,26 @@ def check_revision(rev: str) -> str:
     return rev
 
 
+def _not_sha_like(name: str, what: str) -> None:
+    if SHA_NAME_RE.fullmatch(name):
+        raise StorageError(
+            400,
+            f"Invalid {what} name {safe_text(name)}: 7 to 40 hex digits read as a commit sha; "
+            "pick a name with other characters",
+        )
+
+
 def check_branch(name: str) -> str:
     if not BRANCH_RE.fullmatch(name) or name.startswith("refs/") or ".." in name:
         raise StorageError(400, f"Invalid branch name {safe_text(name)}")
+    _not_sha_like(name, "branch")
     return name
 
 
 def check_tag(tag: object) -> str:
     if not isinstance(tag, str) or not TAG_RE.fullmatch(tag) or ".." in tag:
         raise StorageError(400, f"Invalid tag name {safe_text(str(tag))}")
+    _not_sha_like(tag, "tag")
     return tag
 
 
@@ -144,7 +182,9 @@ def safe_text(value: str, limit: int = 120) -> str:
     return f"'{text[:limit]}...'" if len(text) > limit else f"'{text}'"
 
 
-def header_text(message: str) -> str:
-    """One line of printable ASCII, safe for an HTTP header (h11 refuses control chars)."""
+def header_text(message: str, limit: int = 200) -> str:
+    """One line of printable ASCII, at most ``limit`` characters, without leading or trailing
+    spaces: h11 refuses a header value with control characters or surrounding whitespace, and
+    drops the connection instead of answering."""
     line = message.splitlines()[0] if message else ""
-    return "".join(c if 32 <= ord(c) < 127 else "?" for c in line)[:200]
+    return "".join(c if 32 <= ord(c) < 127 else "?" for c in line)[:limit].strip()

@@ -102,6 +102,7 @@ def run_checked(
         layers=layer_filters(session.names),
         fingerprints=models.fingerprints,
         progress=config.progress,
+        cancel=config.cancel,
         workspace=Workspace(  # read-only inputs: strategies check their experts' files here
             device=str(session.device),
             base_folder=Path(models.base.path),

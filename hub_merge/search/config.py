@@ -66,6 +66,9 @@ class SearchConfig:
     endpoint: str | None = None  # Hub URL (default: HF_ENDPOINT / the public Hub)
     cache_dir: str | None = None  # Hub download cache (default: huggingface_hub's)
     token: str | None = field(default=None, repr=False)  # never stored in the run folder
+    # A threading.Event that stops the search, saved as interrupted, at the next candidate
+    # boundary (the Space's cancel button); never part of the run's fingerprint.
+    cancel: Any = field(default=None, repr=False, compare=False)
 
     def strategy_settings(self) -> Any:
         """The strategy's typed settings (refuses a setting another strategy owns)."""

@@ -67,6 +67,9 @@ class SearchCore:
         base: the common base (its ``source`` is the recipes' base string, its node ``base``).
         run: the run folder (caches and checkpoints); None keeps everything in memory.
         tasks: the dev tasks' names, in order; ``layers``: per-layer tensor-name filters.
+        cancel: an event (``threading.Event``) that stops the search as Ctrl-C does, but at a
+            known point: it is checked before and after each candidate is scored, so a cancel
+            that arrives before the last candidate is scored always ends ``interrupted``.
         fingerprints: model string -> content fingerprint (local folders); part of cache keys.
         split: how dev and test rows were chosen (``FamilyTree.split``, for the card).
         facts: facts about the run recorded beside the settings (the merge dtype).
@@ -89,6 +92,7 @@ class SearchCore:
         progress: bool = True,
         split: Mapping[str, Any] | None = None,
         facts: Mapping[str, Any] | None = None,
+        cancel: Any = None,
     ) -> None:
         check_expert_count(len(experts))
         names = [e.name for e in experts]
@@ -112,6 +116,7 @@ class SearchCore:
         self.base = base
         self.run = run
         self.progress = progress
+        self.cancel = cancel  # a threading.Event: once set, the search stops at the next check
         base_source = base.source if base is not None else "@base"
         self.scorer = Scorer(
             backend,
@@ -208,13 +213,22 @@ class SearchCore:
         recipes = {node_id: self.recipes[node_id] for node_id in dict.fromkeys(node_ids)}
         self.tree.test_scores.update(self.scorer.score_test(recipes))
 
+    def _check_cancel(self) -> None:
+        """Stop here if asked (see ``cancel``): the run is then saved as interrupted."""
+        if self.cancel is not None and self.cancel.is_set():
+            raise KeyboardInterrupt("search cancelled")
+
     def _score(self, node: LineageNode) -> float:
+        self._check_cancel()
         node.scores = self.scorer.score(self.recipes[node.id])
+        self._check_cancel()  # a cancel during the scoring wins over its result
         node.fitness = self.fitness(node.scores)
         return node.fitness
 
     def _evaluate_batch(self, node_ids: Sequence[str]) -> None:
+        self._check_cancel()
         self.scorer.evaluate_batch([self.recipes[i] for i in node_ids])
+        self._check_cancel()
 
     def _record_merge(self, node: LineageNode) -> None:
         parents = [self.tree.nodes[p] for p in node.parents]
@@ -327,6 +341,7 @@ class SearchCore:
         """
         generation = 0
         try:
+            self._check_cancel()
             self._baselines()
             self._checkpoint(0, "running")
             self.strategy.prepare()
@@ -343,6 +358,9 @@ class SearchCore:
                     break
                 generation += 1
                 self._generation(generation, recipes)
+            self.tree.validate()
+            self.tree.winner = self.best().id
+            self.score_test([self.tree.winner, *(n.id for n in self.tree.baselines())])
         except KeyboardInterrupt:
             self._checkpoint(generation, "interrupted", "interrupted")
             raise

@@ -1,0 +1,207 @@
+"""Routes of the local Hub for whole repos and path lookups, as the ``hf`` CLI calls them.
+
+- ``POST /api/{type}s/{repo}/paths-info/{rev}``: what ``get_paths_info``, ``HfFileSystem`` and
+  ``local_dir`` downloads ask (a form or JSON body with ``paths``);
+- ``GET /api/{type}s/{repo}/auth-check[/write]``: may the caller read (write) this repo;
+- ``POST /api/repos/move``: rename a repo within the caller's own namespace (``hf repos move``);
+- ``POST /api/{type}s/{repo}/duplicate``: copy a repo the caller can read into their namespace
+  (``hf repos duplicate``); commits and refs are copied, blobs are shared (content addressed);
+- ``GET /api/settings/repositories``: the caller's own repos (``hf repos list``).
+
+Rights are those of the rest of the server: a caller writes only under their own namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .auth import Identity
+from .limits import LIST_BODY, SMALL_BODY, parse_json
+from .storage import StorageError
+from .validation import PREFIX, TYPES, RepoRef, check_revision, decode_segment, repo_ref
+
+if TYPE_CHECKING:
+    from .app import HubApp
+
+MAX_PATHS = 1000
+
+
+def _entry_json(path: str, e: dict[str, Any]) -> dict[str, Any]:
+    item = {"type": "file", "path": path, "size": e["size"], "oid": e["oid"]}
+    if e["lfs"]:
+        item["lfs"] = {"oid": e["sha256"], "size": e["size"], "pointerSize": 134}
+    return item
+
+
+async def paths_info(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    raw_rev = request.path_params.get("rev") or ""
+    rev = check_revision(decode_segment(raw_rev)) if raw_rev else "main"
+    raw = await hub.read_body(request, LIST_BODY)
+    if request.headers.get("content-type", "").startswith("application/json"):
+        body = parse_json(raw or b"{}")
+        paths = body.get("paths") if isinstance(body, dict) else None
+    else:
+        paths = parse_qs(raw.decode("latin-1"), max_num_fields=MAX_PATHS + 10).get("paths")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise StorageError(400, "Expected 'paths': a list of paths in the repo")
+    if len(paths) > MAX_PATHS:
+        raise StorageError(400, f"At most {MAX_PATHS} paths per request")
+    return await run_in_threadpool(_paths_info, hub, repo, rev, paths)
+
+
+def _paths_info(hub: HubApp, repo: RepoRef, rev: str, paths: list[str]) -> Response:
+    st = hub.store
+    tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))["tree"]
+    folders = {p[:i] for p in tree for i, c in enumerate(p) if c == "/"}
+    out = []
+    for path in dict.fromkeys(p.strip("/") for p in paths):
+        if path in tree:
+            out.append(_entry_json(path, tree[path]))
+        elif path in folders:
+            oid = hashlib.sha1(path.encode()).hexdigest()
+            out.append({"type": "directory", "path": path, "oid": oid})
+    return JSONResponse(out)
+
+
+def auth_check(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
+    """Reached only when the app's rights check passed (read, or write for ``/write``)."""
+    return JSONResponse({"access": "write" if request.url.path.endswith("/write") else "read"})
+
+
+def _repo_id(rtype: str, value: object, key: str) -> RepoRef:
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise StorageError(400, f"Expected '{key}' as namespace/name")
+    return repo_ref(rtype, *value.split("/"))
+
+
+async def move_repo(hub: HubApp, request: Request, ident: Identity | None) -> Response:
+    if ident is None:  # before a byte of the body is read
+        raise StorageError(401, "You must be authenticated to move a repo")
+    body = await hub.read_json(request, SMALL_BODY)
+    rtype = body.get("type") or "model"
+    rtype = TYPES.get(rtype, rtype)
+    src = _repo_id(rtype, body.get("fromRepo"), "fromRepo")
+    dst = _repo_id(rtype, body.get("toRepo"), "toRepo")
+    await run_in_threadpool(hub.access.check, ident, src, True)
+    hub.access.check_namespace_write(ident, dst.namespace)
+    await run_in_threadpool(_move, hub, src, dst)
+    return JSONResponse({"url": _url(request, dst)})
+
+
+def _both_locked(hub: HubApp, a: RepoRef, b: RepoRef) -> Any:
+    """Both repos' writer locks, always taken in one order (no deadlock between two calls)."""
+    st = hub.store
+    first, second = sorted([a, b], key=lambda r: r.key)
+    stack = contextlib.ExitStack()
+    stack.enter_context(st.lock(first.rtype, first.repo_id))
+    if second.key != first.key:
+        stack.enter_context(st.lock(second.rtype, second.repo_id))
+    return stack
+
+
+def _move(hub: HubApp, src: RepoRef, dst: RepoRef) -> None:
+    st = hub.store
+    with _both_locked(hub, src, dst):
+        if src.key == dst.key:
+            raise StorageError(400, "The repo already has that name")
+        if st.repo_meta(src.rtype, src.repo_id) is None:
+            raise StorageError(404, f"Repository Not Found: {src.repo_id}", "RepoNotFound")
+        target = st.repo_dir(dst.rtype, dst.repo_id)
+        if (target / "repo.json").is_file():
+            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+        if target.exists():  # left by a create that crashed: start clean
+            os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(st.repo_dir(src.rtype, src.repo_id), target)
+
+
+async def duplicate_repo(
+    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
+) -> Response:
+    """The app checked that the caller may read ``repo``; the target must be theirs."""
+    if ident is None:
+        raise StorageError(401, "You must be authenticated to duplicate a repo")
+    body = await hub.read_json(request, SMALL_BODY)
+    target = body.get("repository")
+    if not isinstance(target, str) or target.count("/") != 1:
+        raise StorageError(400, "Expected 'repository' as namespace/name")
+    dst = repo_ref(repo.rtype, *target.split("/"))
+    hub.access.check_namespace_write(ident, dst.namespace)
+    private = body.get("private")
+    if body.get("visibility") in ("private", "public"):
+        private = body["visibility"] == "private"
+    await run_in_threadpool(_duplicate, hub, repo, dst, private)
+    return JSONResponse({"url": _url(request, dst), "filesCopyPending": False})
+
+
+def _duplicate(hub: HubApp, src: RepoRef, dst: RepoRef, private: bool | None) -> None:
+    st = hub.store
+    with _both_locked(hub, src, dst):  # a consistent copy: no commit lands meanwhile
+        target = st.repo_dir(dst.rtype, dst.repo_id)
+        if (target / "repo.json").is_file():
+            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+        meta = st.repo_meta(src.rtype, src.repo_id)
+        if meta is None:
+            raise StorageError(404, f"Repository Not Found: {src.repo_id}", "RepoNotFound")
+        staging = st.tmp_dir / f"dup-{secrets.token_hex(4)}"
+        shutil.copytree(st.repo_dir(src.rtype, src.repo_id), staging)
+        refs = json.loads((staging / "refs.json").read_text())
+        refs["prs"] = {}  # pull requests stay with the original
+        (staging / "refs.json").write_text(json.dumps(refs, indent=1, sort_keys=True))
+        meta["private"] = bool(meta.get("private")) if private is None else bool(private)
+        (staging / "repo.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
+        if target.exists():
+            os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, target)
+
+
+async def user_repos(hub: HubApp, request: Request, ident: Identity | None) -> Response:
+    """The caller's repos of every type, with visibility and the bytes their main branch holds."""
+    if ident is None:
+        raise StorageError(401, "You must be authenticated to list your repos")
+    return JSONResponse(await run_in_threadpool(_user_repos, hub, ident))
+
+
+def _user_repos(hub: HubApp, ident: Identity) -> list[dict[str, Any]]:
+    st, out = hub.store, []
+    for rtype in PREFIX:
+        for repo_id in st.list_repos(rtype):
+            ns = repo_id.split("/", 1)[0]
+            if ns != ident.user:
+                continue
+            try:
+                meta = st.repo_meta(rtype, repo_id) or {}
+                head = st.commit(rtype, repo_id, st.resolve(rtype, repo_id, "main"))
+            except (StorageError, OSError, ValueError):
+                continue  # being created or deleted by another process right now
+            out.append(
+                {
+                    "id": repo_id,
+                    "type": rtype,
+                    "updatedAt": head["date"],
+                    "visibility": "private" if meta.get("private") else "public",
+                    "storage": sum(e["size"] for e in head["tree"].values()),
+                    "storagePercent": 0,
+                }
+            )
+    return out
+
+
+def _url(request: Request, repo: RepoRef) -> str:
+    return f"{str(request.base_url).rstrip('/')}/{PREFIX[repo.rtype]}{repo.repo_id}"
