@@ -162,8 +162,9 @@ def _share_caches_into(runs: Path, run_dir: Path) -> None:
     """Seed a new run folder with the baselines' cached scores and kinships from earlier runs.
 
     Every run scores the same baselines (each expert and the uniform average) on the same dev and
-    test rows first; cache keys cover the recipe, the models' content and the rows, so the shared
-    entries are exactly what the run would compute. Only baseline entries are shared: a search's
+    test rows first; cache keys cover the recipe, the models' content and the rows (issue 23:
+    ``Scorer.key`` includes ``Evaluator.key``), so a shared entry is only ever found by a run on
+    the same rows, and is exactly what that run would compute. Only baseline entries are shared: a search's
     own candidates are computed in its own run, so its wall time is its own (the first run of a
     zoo also pays for the baselines). The evaluation count includes the baselines either way.
     """
@@ -178,8 +179,12 @@ def _share_caches_into(runs: Path, run_dir: Path) -> None:
         caches = {n: json.loads((other / n).read_text()) for n in CACHES if (other / n).is_file()}
         keys = {k for k, v in caches.get("scores.json", {}).items() if v in wanted}
         shared["scores.json"].update({k: caches["scores.json"][k] for k in keys})
+        # held-out scores are keyed by the test rows (their own key): share the baselines' by value
+        data = json.loads(tree.read_text())
+        baseline_ids = {n.get("id") for n in nodes if n.get("baseline")}
+        wanted_test = [v for k, v in (data.get("test_scores") or {}).items() if k in baseline_ids]
         tests = caches.get("test_scores.json", {})
-        shared["test_scores.json"].update({k: v for k, v in tests.items() if k in keys})
+        shared["test_scores.json"].update({k: v for k, v in tests.items() if v in wanted_test})
         kin = caches.get("kinship.json", {})
         shared["kinship.json"].update(
             {k: v for k, v in kin.items() if all(part in keys for part in k.split("|"))}
