@@ -36,9 +36,7 @@ class SearchBackend(Protocol):
     # and ``evaluate_test(recipe) -> dict[str, float]`` (held-out rows, never the fitness).
 
 
-def evaluation_key(
-    evaluator: Any, metric: str, weights: Mapping[str, float], combine: str
-) -> str:
+def evaluation_key(evaluator: Any, metric: str, weights: Mapping[str, float], combine: str) -> str:
     """What a cached score depends on besides the models: the rows, the metric, weights, combine.
 
     ``evaluator`` is the backend's (its ``key`` covers the rows' digest, the metric, the task
