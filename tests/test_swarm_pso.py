@@ -137,7 +137,7 @@ def _paper_swarm(experts, fitness, settings, seed, steps):
     Returns the positions evaluated at each step.
     """
     rng = np.random.default_rng(seed)
-    n, size = len(experts), settings.population
+    size = settings.population
     lin = lambda *terms: {  # noqa: E731 - Σ c·position, tensor by tensor
         k: sum(c * p[k] for c, p in terms) for k in experts[0]
     }
