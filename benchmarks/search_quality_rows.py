@@ -84,7 +84,7 @@ search_row(
     "evolve",
     "evolve (global genes)",
     "evolve",
-    lambda b: {"method": b.evolve_method},
+    lambda b: {"method": b.evolve_method, "layer_groups": 1},  # the default is per layer group
     stochastic=True,
     budget=True,
 )
