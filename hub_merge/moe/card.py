@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from ..atomic import atomic_write
 from ..errors import LicenseConflictError
-from .router import PromptSet
+from .router import ROUTER_NOTES, PromptSet
 from .routing import measure_routing, plot_routing
 
 MANIFEST = "hub_merge.json"
@@ -137,7 +137,7 @@ A router in every layer sends each token to its top-{manifest["top_k"]} experts.
 - Parameters: **{_fmt_params(p["total"])} total, {_fmt_params(p["active"])} active per token**
   (top-{manifest["top_k"]} of {len(experts)} experts).
 - Router: `{manifest["router_mode"]}` initialisation from each expert's positive prompts
-  (no router training).
+  (no router training): {ROUTER_NOTES.get(manifest["router_mode"], "")}.
 
 ## Use
 
