@@ -200,10 +200,13 @@ def test_moa_runs_from_the_cli_and_reports_its_cost(tiny_zoo, tmp_path, capsys):
     argv += ["--expert", str(tiny_zoo.adapters["add"]), "--expert", str(tiny_zoo.experts["sort"])]
     argv += ["--tasks", str(tiny_zoo.tasks["add"]), "--tasks", str(tiny_zoo.tasks["sort"])]
     argv += ["--aggregator", "sort", "--out", str(report), "--device", "cpu"]
+    argv += ["--max-new-tokens", "6"]  # the reference's 2048 is slow on CPU
     assert main(argv) == 0
     assert "model calls" in capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["queries"] == 6 and set(data["exact_match"]) == {"add", "sort"}
+    assert set(data["answer_loss"]) == {"add", "sort"} and data["mean_answer_loss"] > 0
+    assert data["settings"]["temperature"] == 0.7 and data["settings"]["budget"] == 6
     assert data["calls_per_query"] == 2 * 2 + 1  # proposers x layers + the aggregator
     assert 0 < data["generated_tokens_per_query"] <= 5 * data["settings"]["budget"]
     assert len(data["samples"][0]["proposals"]) == 2
