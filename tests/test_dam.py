@@ -307,6 +307,17 @@ def test_mofo_moves_only_the_top_alpha_entries_by_momentum_as_adamw_would():
         full.step()
         plain.step()
     torch.testing.assert_close(one.detach(), ref.detach())  # alpha 1 is AdamW
+    # DAM's filter is per expert (row), as the reference's one parameter per expert and layer
+    rows = torch.nn.Parameter(start.clone())
+    per_row = MoFOAdamW([rows], lr=0.1, alpha=0.3, rows_are_blocks=True)
+    rows.grad = grads[0].clone()
+    per_row.step()
+    moved = (rows.detach() - start).abs() > 1e-9
+    assert moved.sum(1).tolist() == [3, 3, 3, 3]  # ceil(0.3 · 10) in every row
+    top = grads[0].abs().topk(3, dim=1).indices  # the first momentum is (1 − β1)·g
+    assert all(
+        set(moved[i].nonzero().reshape(-1).tolist()) == set(top[i].tolist()) for i in range(4)
+    )
     with pytest.raises(ConfigError, match="mofo_alpha"):
         DamSettings(mofo_alpha=0)
 

@@ -13,8 +13,10 @@ the paper's Algorithm 1, on torch's own AdamW arithmetic:
     mask = top-⌈α·n⌉ entries of |m_t| in the block (n its size; at least one)
     θ ← θ − lr · wd · θ (decoupled weight decay, AdamW's);  θ ← θ − lr · mask ⊙ m̂ / (√v̂ + ε)
 
-One block is one parameter tensor (in DAM: one layer's coefficients for all experts), as in the
-paper's per-partition filter. The state uses AdamW's names (``step``, ``exp_avg``,
+One block is one parameter tensor, as in the paper's per-partition filter, or with
+``rows_are_blocks`` each slice along its first axis: DAM holds a layer's coefficients for all N
+experts in one (N, columns) tensor, where the reference has one parameter per expert and layer,
+so DAM filters per row to select as the reference does. The state uses AdamW's names (``step``, ``exp_avg``,
 ``exp_avg_sq``), so DAM checkpoints store and resume either optimizer the same way.
 """
 
@@ -32,7 +34,9 @@ class MoFOAdamW(torch.optim.Optimizer):
     Args:
         params: the tensors to train.
         lr, betas, eps, weight_decay: as ``torch.optim.AdamW``.
-        alpha: fraction of each tensor's entries updated per step, in (0, 1]; 1 is AdamW.
+        alpha: fraction of each block's entries updated per step, in (0, 1]; 1 is AdamW.
+        rows_are_blocks: filter each slice along the first axis on its own (a 1-D tensor's
+            entries are then blocks of one, always updated).
     """
 
     def __init__(
@@ -43,12 +47,20 @@ class MoFOAdamW(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         alpha: float = 0.3,
+        rows_are_blocks: bool = False,
     ) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ValueError(f"MoFO alpha must be in (0, 1]; got {alpha}.")
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError("lr, eps and weight_decay must be >= 0.")
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, alpha=alpha)
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            alpha=alpha,
+            rows_are_blocks=rows_are_blocks,
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -78,12 +90,12 @@ class MoFOAdamW(torch.optim.Optimizer):
                     p.mul_(1 - lr * wd)
                 denom = (v / (1 - beta2**t)).sqrt_().add_(eps)
                 update = (m / (1 - beta1**t)) / denom
-                n = m.numel()
+                blocks = m.abs().reshape(m.shape[0] if group["rows_are_blocks"] else 1, -1)
+                n = blocks.shape[1]
                 keep = max(1, math.ceil(alpha * n))
                 if keep < n:
-                    chosen = m.abs().reshape(-1).topk(keep).indices
-                    mask = torch.zeros(n, dtype=torch.bool, device=p.device)
-                    mask[chosen] = True
+                    mask = torch.zeros_like(blocks, dtype=torch.bool)
+                    mask.scatter_(1, blocks.topk(keep, dim=1).indices, True)
                     update = update * mask.reshape(m.shape)
                 p.add_(update, alpha=-lr)
         return loss

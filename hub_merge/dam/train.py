@@ -112,6 +112,7 @@ class DamTrainer:
                 lr=settings.lr,
                 weight_decay=settings.weight_decay,
                 alpha=settings.mofo_alpha,
+                rows_are_blocks=True,  # one block per expert and layer, as the reference's
             )
         else:
             self.optimizer = torch.optim.AdamW(
