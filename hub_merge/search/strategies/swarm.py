@@ -148,7 +148,8 @@ class SwarmStrategy(Strategy):
             "weights drawn per step and a step length decaying ×0.95 to 0.1. Every position is an "
             "affine combination of the experts, so hub-merge runs the swarm on each particle's "
             "mixing coefficients α (Σα = 1) and the winner is exactly `Σ α_j · expert_j`: in "
-            "dense space the task-arithmetic merge with weights α, in adapter space the LoRA "
+            "dense space the task-arithmetic merge with weights α, in adapter space (the "
+            "paper's, and the default when every expert is a LoRA adapter) the LoRA "
             "adapter with A = Σ α_j A_j and B = Σ α_j B_j. The winner's α is in its recipe; "
             "coefficients may be negative or above 1 (the swarm extrapolates)."
         )
