@@ -305,8 +305,9 @@ def search_quality_outcome(bench: Any, kind: str, outcome: Callable[..., Any]) -
     ``bench`` is search_quality's ``Bench`` (experts, expert_tasks, dev_files, test_files, out,
     device); ``outcome`` its ``Outcome`` class, passed in so this module never imports the script.
     The MoE's positive prompts are each expert's task's DEV rows (what every search sees); its
-    scores are answer-token loss on dev and test, like the search rows. MoA is exact match on the
-    test rows (in ``test``; ``extra['metric']`` says so) with its cost per query.
+    scores are answer-token loss on dev and test, like the search rows. MoA's ``test`` is the
+    aggregator's answer-token loss given the proposals on the test rows (a loss column like every
+    row's); its exact match and cost per query are in the note and ``extra``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -321,13 +322,17 @@ def search_quality_outcome(bench: Any, kind: str, outcome: Callable[..., Any]) -
     if kind == "moa":
         pool = ModelPool(Path(bench.base), {n: Path(bench.experts[n]) for n in names}, bench.device)
         rep = run_moa(pool, test, names, "base", MoaSettings(layers=1))
+        # the loss column: the aggregator's answer-token loss given the proposals (issue 23),
+        # on the same test rows as every other row; exact match in the note
         return outcome(
             dev={},
-            test=rep.exact_match,
+            test=rep.answer_loss,
             evaluations=0,
             seconds=time.perf_counter() - t0,
-            note=f"{rep.calls_per_query:g} calls, {rep.generated_tokens_per_query:.1f} tokens/query",
-            extra={"metric": "exact_match", **rep.to_json()},
+            note=f"EM {rep.mean_exact_match:.3f} (strict "
+            f"{sum(rep.exact_match_strict.values()) / len(rep.exact_match_strict):.3f}), "
+            f"{rep.calls_per_query:g} calls, {rep.generated_tokens_per_query:.1f} tokens/query",
+            extra={"metric": "answer_loss", **rep.to_json()},
         )
     top_k = {"moe-top1": 1, "moe-top2": 2}[kind]
     folder = Path(bench.out) / f"{kind}-model"
