@@ -214,6 +214,10 @@ def moe_rows(
                 "row": f"MoA ({n} proposers x {moa_layers} layer + base aggregator)",
                 "exact_match": rep.mean_exact_match,
                 "exact_match_per_task": rep.exact_match,
+                "exact_match_strict": rep.exact_match_strict,
+                # the aggregator's answer-token loss given the proposals, on the same (EM) rows
+                "aggregator_answer_loss": rep.mean_answer_loss,
+                "aggregator_answer_loss_per_task": rep.answer_loss,
                 "active_params": dense,
                 "calls_per_query": rep.calls_per_query,
                 "generated_tokens_per_query": rep.generated_tokens_per_query,
@@ -221,7 +225,11 @@ def moe_rows(
                 "samples": rep.samples,
             }
         )
-        print(f"done: MoA: exact match {rep.mean_exact_match:.3f}", flush=True)
+        print(
+            f"done: MoA: exact match {rep.mean_exact_match:.3f}, aggregator answer loss "
+            f"{rep.mean_answer_loss:.4f} (on the {rep.queries} exact-match rows)",
+            flush=True,
+        )
     oracle = next((r["mean_loss"] for r in rows if r["row"].startswith("oracle router")), None)
     for r in rows:
         if "mean_loss" in r and oracle:

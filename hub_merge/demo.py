@@ -214,6 +214,10 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         echo(f"[bold]6. {title}[/bold] on the experts' dev rows (test rows held out)")
         if config.strategy == "greedy":
             settings: dict[str, Any] = {"k": config.k, "generations": config.generations or 2}
+        elif config.strategy == "evolve":
+            # global genes: the per-layer-group default (64 genes on the smol zoo, 16 per
+            # generation) needs more than the demo's budget of 15-40 evaluations
+            settings = {"layer_groups": 1}
         else:
             settings = {}
         budget = config.budget or (40 if config.strategy == "evolve" else None)

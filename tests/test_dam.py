@@ -77,11 +77,21 @@ def test_untrained_dam_is_the_uniform_average(tiny_zoo, kind, tmp_path):
 def test_lora_experts_are_held_factored_over_one_base(tiny_zoo, adapters):
     dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu")
     assert dam.params, "the adapters differ, so something must be merged"
+    untouched = []
     for p in dam.params.values():
         assert p.kind == "linear" and p.trainable
         assert all(d is None for d in p.dense)  # no dense copy per expert
-        assert all(lora is not None and lora.left.shape[1] == 8 for lora in p.lora)
         assert dam.coefficients[p.name].shape == (4, p.base.shape[1])  # one per input column
+        if all(lora is None for lora in p.lora):
+            untouched.append(p.name)
+        else:
+            assert all(lora is not None and lora.left.shape[1] == 8 for lora in p.lora)
+    # as the reference: every linear layer has coefficients, lm_head included, although no
+    # adapter touches it (the tiny zoo's lm_head is untied): it is the base times Σ_k c_k
+    assert untouched == ["lm_head.weight"]
+    head = dam.params["lm_head.weight"]
+    c = torch.rand(4, head.base.shape[1])
+    torch.testing.assert_close(head.merged(c), head.base * c.sum(0))
 
 
 def test_select_expert_runs_the_expert_itself(tiny_zoo):
@@ -229,3 +239,119 @@ def test_bad_input_is_refused_before_training(tiny_zoo, tiny_models, adapters, t
     with pytest.raises(IncompatibleModelsError, match="another base"):
         train_dam(arch, rows, tmp_path / "d", base=tiny_models.base, device="cpu")
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def test_training_objective_is_the_references_t2_kl_plus_similarity(tiny_zoo, adapters):
+    # reference dam_trainer.py: KL(teacher/T ‖ student/T) · T², plus 0.01 × mean cosine similarity
+    dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu")
+    trainer = DamTrainer(dam, _prompts(tiny_zoo, adapters), DamSettings(steps=1, **FAST))
+    kl = torch.tensor(0.5)
+    sim = float(dam.similarity())
+    assert sim > 0
+    assert float(trainer.objective(kl)) == pytest.approx(2.0**2 * 0.5 + 0.01 * sim)
+    at_three = DamTrainer(
+        dam, _prompts(tiny_zoo, adapters), DamSettings(steps=1, temperature=3.0, **FAST)
+    )
+    assert float(at_three.objective(kl)) == pytest.approx(9 * 0.5 + 0.01 * sim)
+
+
+def test_the_gradient_norm_is_clipped_at_one_by_default(tiny_zoo, adapters):
+    dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu")
+    # a similarity weight this large makes the raw gradient far larger than 1
+    settings = DamSettings(steps=1, similarity_weight=1e3, optimizer="adamw", **FAST)
+    assert settings.max_grad_norm == 1.0 and DamSettings().optimizer == "mofo"
+    trainer = DamTrainer(dam, _prompts(tiny_zoo, adapters), settings)
+    trainer.train_step()
+    grads = [p.grad for p in dam.trainable()]
+    assert trainer.grad_norm > 2
+    assert float(torch.nn.utils.get_total_norm(grads)) == pytest.approx(1.0, rel=1e-4)
+    unclipped = DamModel(
+        list(adapters.values()), base=tiny_zoo.base, names=list(adapters), device="cpu"
+    )
+    off = DamTrainer(
+        unclipped,
+        _prompts(tiny_zoo, adapters),
+        DamSettings(steps=1, similarity_weight=1e3, optimizer="adamw", max_grad_norm=0, **FAST),
+    )
+    off.train_step()
+    assert float(torch.nn.utils.get_total_norm([p.grad for p in unclipped.trainable()])) > 2
+
+
+def test_mofo_moves_only_the_top_alpha_entries_by_momentum_as_adamw_would():
+    from hub_merge.dam.mofo import MoFOAdamW
+
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(4, 10, generator=g)
+    grads = [torch.randn(4, 10, generator=g) for _ in range(3)]
+    mofo_p = torch.nn.Parameter(start.clone())
+    adam_p = torch.nn.Parameter(start.clone())
+    mofo = MoFOAdamW([mofo_p], lr=0.1, alpha=0.3, weight_decay=0.01)
+    adam = torch.optim.AdamW([adam_p], lr=0.1, weight_decay=0.01)
+    for grad in grads:
+        before = mofo_p.detach().clone()
+        mofo_p.grad, adam_p.grad = grad.clone(), grad.clone()
+        mofo.step()
+        adam.step()
+        momentum = mofo.state[mofo_p]["exp_avg"]
+        top = set(momentum.abs().reshape(-1).topk(12).indices.tolist())  # ceil(0.3 · 40)
+        moved = (mofo_p.detach() - before * (1 - 0.1 * 0.01)).abs().reshape(-1) > 1e-9
+        assert set(moved.nonzero().reshape(-1).tolist()) == top
+    # the moments are Adam's for every entry (the filter only masks the update)
+    torch.testing.assert_close(mofo.state[mofo_p]["exp_avg"], adam.state[adam_p]["exp_avg"])
+    one = torch.nn.Parameter(start.clone())
+    full = MoFOAdamW([one], lr=0.1, alpha=1.0, weight_decay=0.01)
+    ref = torch.nn.Parameter(start.clone())
+    plain = torch.optim.AdamW([ref], lr=0.1, weight_decay=0.01)
+    for grad in grads:
+        one.grad, ref.grad = grad.clone(), grad.clone()
+        full.step()
+        plain.step()
+    torch.testing.assert_close(one.detach(), ref.detach())  # alpha 1 is AdamW
+    # DAM's filter is per expert (row), as the reference's one parameter per expert and layer
+    rows = torch.nn.Parameter(start.clone())
+    per_row = MoFOAdamW([rows], lr=0.1, alpha=0.3, rows_are_blocks=True)
+    rows.grad = grads[0].clone()
+    per_row.step()
+    moved = (rows.detach() - start).abs() > 1e-9
+    assert moved.sum(1).tolist() == [3, 3, 3, 3]  # ceil(0.3 · 10) in every row
+    top = grads[0].abs().topk(3, dim=1).indices  # the first momentum is (1 − β1)·g
+    assert all(
+        set(moved[i].nonzero().reshape(-1).tolist()) == set(top[i].tolist()) for i in range(4)
+    )
+    with pytest.raises(ConfigError, match="mofo_alpha"):
+        DamSettings(mofo_alpha=0)
+
+
+def test_bias_coefficients_start_at_one_as_in_the_reference(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, attention_bias=True,
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    folders = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n.endswith("bias"):
+                    p.normal_()
+        model.save_pretrained(tmp_path / f"m{seed}")
+        folders.append(tmp_path / f"m{seed}")
+    states = [_load(f) for f in folders]
+    dam = DamModel(folders, names=["a", "b"], device="cpu")
+    name = "model.layers.0.self_attn.q_proj.bias"
+    assert dam.params[name].kind == "bias"
+    torch.testing.assert_close(dam.coefficients[name], torch.ones(2))
+    merged = dam.merged_state_dict()[name]
+    torch.testing.assert_close(merged, states[0][name] + states[1][name])  # the reference: Σ b_k
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    torch.testing.assert_close(
+        dam.merged_state_dict()[weight], (states[0][weight] + states[1][weight]) / 2
+    )
+    uniform = DamModel(folders, names=["a", "b"], device="cpu", bias_init="uniform")
+    torch.testing.assert_close(
+        uniform.merged_state_dict()[name], (states[0][name] + states[1][name]) / 2
+    )

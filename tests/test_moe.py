@@ -200,10 +200,92 @@ def test_moa_runs_from_the_cli_and_reports_its_cost(tiny_zoo, tmp_path, capsys):
     argv += ["--expert", str(tiny_zoo.adapters["add"]), "--expert", str(tiny_zoo.experts["sort"])]
     argv += ["--tasks", str(tiny_zoo.tasks["add"]), "--tasks", str(tiny_zoo.tasks["sort"])]
     argv += ["--aggregator", "sort", "--out", str(report), "--device", "cpu"]
+    argv += ["--max-new-tokens", "6"]  # the reference's 2048 is slow on CPU
     assert main(argv) == 0
     assert "model calls" in capsys.readouterr().out
     data = json.loads(report.read_text())
     assert data["queries"] == 6 and set(data["exact_match"]) == {"add", "sort"}
+    assert set(data["answer_loss"]) == {"add", "sort"} and data["mean_answer_loss"] > 0
+    assert data["settings"]["temperature"] == 0.7 and data["settings"]["budget"] == 6
     assert data["calls_per_query"] == 2 * 2 + 1  # proposers x layers + the aggregator
     assert 0 < data["generated_tokens_per_query"] <= 5 * data["settings"]["budget"]
     assert len(data["samples"][0]["proposals"]) == 2
+
+
+@pytest.mark.parametrize(
+    "mode, gate_mode", [("mergekit", "hidden"), ("mergekit-mean", "hidden_avg")]
+)
+def test_mergekit_router_is_mergekit_moes_own_gate(tiny_zoo, tmp_path, mode, gate_mode):
+    # build the same MoE with mergekit-moe itself and compare the router weights it writes
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    experts = {
+        "add": (["12+7=", "3+4=", "100+1="], ["sort: cba"]),
+        "sort": (["sort: dcba", "sort: zyx with a longer prompt"], None),
+        "reverse": (["reverse: abc"], ["12+7=", "reverse"]),
+    }
+    config = {
+        "base_model": str(tiny_zoo.base),
+        "gate_mode": gate_mode,
+        "dtype": "float32",
+        "experts_per_token": 2,
+        "experts": [
+            {
+                "source_model": str(tiny_zoo.experts[n]),
+                "positive_prompts": pos,
+                **({"negative_prompts": neg} if neg else {}),
+            }
+            for n, (pos, neg) in experts.items()
+        ],
+    }
+    (tmp_path / "moe.yml").write_text(yaml.safe_dump(config))
+    cli = Path(sys.executable).with_name("mergekit-moe")
+    subprocess.run(
+        [str(cli), str(tmp_path / "moe.yml"), str(tmp_path / "mk"), "--device", "cpu"],
+        check=True,
+        capture_output=True,
+    )
+    theirs = {}
+    for f in (tmp_path / "mk").glob("*.safetensors"):
+        theirs.update({k: v for k, v in load_file(f).items() if k.endswith("gate.weight")})
+    specs = [
+        ExpertSpec(tiny_zoo.experts[n], pos, n, negative_prompts=neg)
+        for n, (pos, neg) in experts.items()
+    ]
+    out = build_moe(
+        tiny_zoo.base, specs, tmp_path / "ours", MoeSettings(router=mode), device="cpu"
+    ).folder
+    ours = {}
+    for f in out.glob("*.safetensors"):
+        ours.update({k: v for k, v in load_file(f).items() if k.endswith("gate.weight")})
+    layers = len(ours)
+    assert layers == len(theirs) == 2
+    for i in range(layers):
+        mine = ours[f"model.layers.{i}.block_sparse_moe.gate.weight"]
+        mk = next(v for k, v in theirs.items() if k.startswith(f"model.layers.{i}."))
+        assert mine.shape == mk.shape == (3, 64)
+        torch.testing.assert_close(mine, mk, rtol=0, atol=0)
+    card = (out / "README.md").read_text()
+    assert f"Router: `{mode}`" in card and "mergekit-moe's" in card
+    with pytest.raises(ConfigError, match="Negative prompts are mergekit-moe's"):
+        build_moe(
+            tiny_zoo.base,
+            specs,
+            tmp_path / "hidden",
+            MoeSettings(router="hidden"),
+            device="cpu",
+        )
+
+
+def test_negative_prompts_from_the_cli_need_one_per_expert(tiny_zoo, tmp_path, capsys):
+    argv = ["moe", "--base", str(tiny_zoo.base), "--out", str(tmp_path / "m"), "--device", "cpu"]
+    argv += ["--router", "mergekit", "--negative-prompts", "x"]
+    for n in ("add", "sort"):
+        argv += ["--expert", str(tiny_zoo.experts[n]), "--prompts", "a;;b"]
+    assert main(argv) == ConfigError.exit_code
+    assert "one per --expert (2), '' for none" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

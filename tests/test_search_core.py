@@ -139,3 +139,60 @@ def test_a_nan_kinship_is_unknown_and_never_the_exploration_partner():
         if g.note == "exploitation + exploration"
     ]
     assert explored and all("eb" not in parents for parents in explored)
+
+
+class RowsBackend(VectorBackend):
+    """A vector backend scored through a real :class:`Evaluator` over given rows (its ``key``)."""
+
+    def __init__(self, vectors, evaluator):
+        super().__init__(vectors)
+        self.evaluator = evaluator
+
+
+def _evaluator(tokenizer, rows: list[tuple[str, str]]):
+    from hub_merge.evaluate import Evaluator
+    from hub_merge.evaluate.tasks import Example, Task
+
+    return Evaluator([Task("a", tuple(Example(p, a) for p, a in rows))], tokenizer)
+
+
+def test_a_cache_copied_into_a_run_on_other_rows_is_never_reused(tiny_zoo, tmp_path):
+    # issue 23: the benchmark copies caches between run folders; a score is of some rows, so a
+    # copied entry may only answer for a run on the same rows, metric and weights
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from hub_merge.search import RunFolder
+
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
+    rows = [("1+1=", "2"), ("2+2=", "4")]
+    settings = GreedySettings(k=2, generations=2, kinship_stop=None)
+
+    def run(folder, ev_rows, **kw):
+        backend = RowsBackend(VECTORS, _evaluator(tok, ev_rows))
+        run_greedy(
+            originals(), backend, settings, run=RunFolder(folder, {"s": 1}), progress=False, **kw
+        )
+        return backend
+
+    first = run(tmp_path / "first", rows)
+    assert len(first.evaluated) > 5
+    for name, other_rows, kw, reused in [
+        ("same", rows, {}, True),
+        ("other_rows", [("1+1=", "2"), ("3+3=", "6")], {}, False),
+        ("fewer_rows", rows[:1], {}, False),
+        ("other_weights", rows, {"weights": {"a": 2.0}}, False),
+        ("other_combine", rows, {"combine": "harmonic"}, False),
+    ]:
+        folder = tmp_path / name
+        folder.mkdir()
+        for cache in ("scores.json", "kinship.json"):
+            shutil.copy(tmp_path / "first" / cache, folder / cache)
+        again = run(folder, other_rows, **kw)
+        if reused:
+            assert again.evaluated == [], name
+        else:  # every baseline scored again, none answered from the copied cache
+            assert again.evaluated[:5] == first.evaluated[:5], name
+            if not kw:  # same decisions (the vector scores ignore rows): the whole run again
+                assert again.evaluated == first.evaluated, name

@@ -182,7 +182,8 @@ def test_evolve_from_the_cli_on_the_tiny_zoo_resumes_with_zero_evaluations(
 
     text = build_card(tree, repo_id="me/evolved").text
     assert "--strategy evolve" in text and "--layer-groups 2" in text and "--budget 26" in text
-    assert "--method dare_ties" in text and "--k " not in text and "--kinship-stop" not in text
+    # dare_ties is the default method: the command needs no --method to rerun it
+    assert "--method" not in text and "--k " not in text and "--kinship-stop" not in text
     assert "Evolutionary merging" in text and "2403.13187" in text
     assert all({"mean", "std", "min", "max"} <= set(g.stats) for g in tree.generations[1:])
     assert main([*args, "--json", "--resume"]) == 0
@@ -195,3 +196,41 @@ def test_evolve_from_the_cli_on_the_tiny_zoo_resumes_with_zero_evaluations(
     # a greedy setting is refused for evolve, in one line, before anything runs
     assert main([*args, "--resume", "--k", "3"]) == 2
     assert "--k is a setting of strategy greedy" in capsys.readouterr().err
+
+
+def test_default_is_dare_ties_with_genes_per_group_of_four_layers_at_most_eight():
+    # Akiba et al.: DARE-TIES, weight and density genes per layer (here per block of 4 layers)
+    assert EvolveSettings().method == "dare_ties" and EvolveSettings().bounds == "clip"
+    layers = [f".layers.{i}." for i in range(12)]
+    result = run(WeightBackend(), {"generations": 1}, layers=layers)
+    children = [result.tree.nodes[c] for c in result.tree.generations[1].children]
+    assert len(children) == 4 + math.floor(3 * math.log(3 * 4 * 2))  # 3 groups x 4 x 2 genes
+    recipe = MergeRecipe.from_dict(children[0].recipe)
+    assert recipe.method == "dare_ties" and recipe.seed == 3
+    for entry in recipe.models:
+        for name in ("weight", "density"):
+            setting = entry.parameters[name]
+            assert [c.filter for c in setting] == [*layers, None]
+            values = [c.value for c in setting[:-1]]
+            assert values[0:4] == [values[0]] * 4 and values[8:12] == [values[8]] * 4
+    assert EvolveSettings().groups(30) == 8 and EvolveSettings().groups(40) == 8
+    assert EvolveSettings().groups(2) == 1 and EvolveSettings(layer_groups=1).groups(30) == 1
+
+
+def test_abs_bounds_read_unbounded_genes_as_mergekit_evolve_does():
+    from hub_merge.search.strategies.evolve import EvolveStrategy
+    from hub_merge.search.strategy import StrategyContext
+
+    ctx = StrategyContext(base="@base", experts=experts(), seed=0)
+    clip = EvolveStrategy(EvolveSettings(method="ties", layer_groups=1), ctx)
+    absolute = EvolveStrategy(EvolveSettings(method="ties", layer_groups=1, bounds="abs"), ctx)
+    genes = [-0.3, -0.2, 1.7, 1.4, 0.5, 0.5, 0.1, 0.9]
+    weights = lambda r: [e.parameters["weight"] for e in r.models]  # noqa: E731
+    densities = lambda r: [e.parameters["density"] for e in r.models]  # noqa: E731
+    assert weights(clip.recipe(genes)) == [0.0, 1.0, 0.5, 0.1]
+    assert weights(absolute.recipe(genes)) == [0.3, 1.7, 0.5, 0.1]  # |g|, uncapped
+    assert densities(absolute.recipe(genes)) == pytest.approx([0.1 + 0.2 * 0.9, 1.0, 0.55, 0.91])
+    absolute.prepare()
+    assert absolute.es.opts["bounds"] == [None, None]
+    with pytest.raises(ConfigError, match="bounds must be one of clip, abs"):
+        EvolveSettings(bounds="reflect")

@@ -206,3 +206,33 @@ def test_swarm_particles_are_scored_in_place_with_the_merge_paths_scores(tiny_zo
         )
     )
     assert backend.evaluate(position_recipe("dense", "B", TASKS, [1 / 3] * 3)) == before  # restored
+
+
+def test_auto_space_is_the_papers_adapter_space_when_every_expert_is_an_adapter(tiny_zoo, tmp_path):
+    from types import SimpleNamespace
+
+    from hub_merge.search.pso import SwarmSettings
+    from hub_merge.search.strategy import Expert, StrategyContext
+    from tests.fixtures.merge import save_lora
+
+    swarm = get_strategy("swarm")
+    assert SwarmSettings().space == "auto"
+
+    def strategy(models, adapters):
+        experts = [
+            Expert(name=n, source=str(f), is_adapter=a)
+            for (n, f), a in zip(models.items(), adapters, strict=True)
+        ]
+        ws = SimpleNamespace(expert_folders=dict(models))
+        ctx = StrategyContext(base=str(tiny_zoo.base), experts=experts, workspace=ws)
+        return swarm(SwarmSettings(), ctx)
+
+    adapters = {t: tiny_zoo.adapters[t] for t in TASKS}
+    s = strategy(adapters, [True] * 3)
+    assert s.space == "adapter"
+    assert s.recipe([0.2, 0.3, 0.5]).method == "lora_factor_sum"
+    mixed = dict(adapters, sort=tiny_zoo.experts["sort"])
+    assert strategy(mixed, [True, False, True]).space == "dense"
+    save_lora(tiny_zoo.base, tmp_path / "r2", None, seed=1, r=2)
+    ranks = dict(adapters, sort=tmp_path / "r2")
+    assert strategy(ranks, [True] * 3).space == "dense"  # ranks differ: A = Σ α A_j has no shape

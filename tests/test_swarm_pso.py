@@ -30,9 +30,18 @@ def test_particles_start_at_experts_and_stay_affine():
     asked = _run(s, _quadratic(np.array([0.2, 0.5, 0.3])))
     first = asked[0]
     np.testing.assert_allclose(first[:3], np.eye(3))
-    for row in first[3:]:  # crossover children t·e_a + (1−t)·e_b: two entries, t in (0, 2)
-        nz = np.flatnonzero(np.abs(row) > 1e-12)
-        assert len(nz) <= 2 and -1 < row.min() and row.max() < 2
+    for k in range(3, len(first)):  # crossover children t·x_a + (1−t)·x_b, t in [0, 2), of
+        # two earlier particles (the reference's growing list: children can be parents)
+        found = False
+        for i in range(k):
+            for j in range(k):
+                d = first[i] - first[j]
+                if i == j or not d.any():
+                    continue
+                t = float(d @ (first[k] - first[j]) / (d @ d))
+                if 0 <= t < 2 and np.allclose(t * first[i] + (1 - t) * first[j], first[k]):
+                    found = True
+        assert found, first[k]
     for x in asked:
         np.testing.assert_allclose(x.sum(axis=1), 1.0, atol=1e-9)
     assert len(asked) == 6 and s.stop_reason() == "max steps (5) reached"
@@ -73,8 +82,20 @@ def test_same_seed_same_questions_and_another_seed_differs():
 def test_patience_budget_and_restarts():
     flat = ParticleSwarm(3, SwarmSettings(patience=3), seed=0)
     asked = _run(flat, lambda a: 1.0)  # never a new best after step 0
+    # the reference: stop once the last 3 values of g's history (one per step) are equal and
+    # more than 3 are recorded, i.e. after 3 moves here
     assert len(asked) == 4 and flat.stop_reason() == "no new global best for 3 steps"
     assert flat.restarts > 0  # stale particles (0.5·3 steps) went back to their best
+    # a new best at move 3: stop after patience − 1 = 3 more moves (the reference's count)
+    late = ParticleSwarm(3, SwarmSettings(patience=4), seed=0)
+    calls = []
+
+    def late_best(a):
+        calls.append(1)
+        return 2.0 if len(calls) == 3 * 3 + 1 else 1.0  # the first particle of move 3
+
+    asked = _run(late, late_best)
+    assert len(asked) == 1 + 3 + 3
     budget = ParticleSwarm(3, SwarmSettings(population=4), seed=0, budget=10)
     asked = _run(budget, _quadratic(np.array([0.2, 0.2, 0.6])))
     assert len(asked) == 2 and budget.evaluations == 8
@@ -95,7 +116,7 @@ def test_step_length_decays_to_floor():
     [
         (SwarmSettings(), 1, "at least 2 experts"),
         (SwarmSettings(population=2), 3, "population 2 is smaller than the 3 experts"),
-        (SwarmSettings(space="weights"), 3, "not one of dense, adapter"),
+        (SwarmSettings(space="weights"), 3, "not one of auto, dense, adapter"),
     ],
 )
 def test_bad_settings_are_typed_errors(settings, n, match):
@@ -109,29 +130,37 @@ def test_bad_settings_are_typed_errors(settings, n, match):
 def _paper_swarm(experts, fitness, settings, seed, steps):
     """Model Swarms as the authors run it: positions and velocities are the weights themselves.
 
-    ``experts`` are dicts of float64 tensors; the same numpy draws as the coefficient form.
+    ``experts`` are dicts of float64 tensors; the same numpy draws as the coefficient form. The
+    loop is the reference's (BunsenFeng/model_swarm search.py): crossover parents from the
+    growing list, a stray particle restarts at its best *before* its move in the same iteration
+    and keeps restarting until its best improves, the last worst is the global worst.
     Returns the positions evaluated at each step.
     """
     rng = np.random.default_rng(seed)
-    n, size = len(experts), settings.population
+    size = settings.population
     lin = lambda *terms: {  # noqa: E731 - Σ c·position, tensor by tensor
         k: sum(c * p[k] for c, p in terms) for k in experts[0]
     }
     x = [dict(e) for e in experts]
     while len(x) < size:
-        a, b = rng.choice(n, size=2, replace=False)
+        a, b = rng.choice(len(x), size=2, replace=False)
         t = rng.uniform(0.0, 2.0)
-        x.append(lin((t, experts[a]), (1.0 - t, experts[b])))
+        x.append(lin((t, x[a]), (1.0 - t, x[b])))
     j = rng.integers(0, size - 1, size=size)
     j = j + (j >= np.arange(size))
     v = [lin((1.0, x[j[i]]), (-1.0, x[i])) for i in range(size)]
-    p, p_fit, stale = list(x), [-np.inf] * size, [0] * size
+    p, p_fit, hist = list(x), [-np.inf] * size, [[] for _ in range(size)]
     g = g_w = None
     g_fit, gw_fit, lam = -np.inf, np.inf, settings.step_length
     phi = np.array([settings.phi_v, settings.phi_p, settings.phi_g, settings.phi_w])
     history = []
     for step in range(steps):
         if step > 0:
+            for i in range(size):  # restart flags first, from the histories
+                if len(hist[i]) - hist[i].index(p_fit[i]) >= (
+                    settings.restart_patience * settings.patience
+                ):
+                    x[i], v[i] = p[i], lin((0.0, x[i]))
             r = rng.uniform(0.0, 1.0, size=(size, 4)) * phi
             w = r / r.sum(axis=1, keepdims=True)
             for i in range(size):
@@ -140,22 +169,147 @@ def _paper_swarm(experts, fitness, settings, seed, steps):
                     (a, v[i]), (b, p[i]), (-b, x[i]), (c, g), (-c, x[i]), (d, x[i]), (-d, g_w)
                 )
                 x[i] = lin((1.0, x[i]), (lam, v[i]))
-                if stale[i] >= settings.restart_patience * settings.patience:
-                    x[i], v[i], stale[i] = p[i], lin((0.0, x[i])), 0
         history.append(list(x))
         f = [fitness(xi) for xi in x]
         for i in range(size):
+            hist[i].append(f[i])
             if f[i] > p_fit[i]:
-                p[i], p_fit[i], stale[i] = x[i], f[i], 0
-            else:
-                stale[i] += 1
+                p[i], p_fit[i] = x[i], f[i]
         if max(f) > g_fit:
             g, g_fit = x[int(np.argmax(f))], max(f)
         if min(f) < gw_fit:
-            g_w, gw_fit = x[int(np.argmin(f))], min(f)
+            g_w, gw_fit = x[len(f) - 1 - int(np.argmin(f[::-1]))], min(f)
         if step > 0:
             lam = max(lam * settings.step_decay, settings.min_step)
     return history
+
+
+def _reference_loop(n, settings, seed, fitness):
+    """The reference's search loop on coefficient vectors, written from its code and the paper.
+
+    Mirrors BunsenFeng/model_swarm ``search.py`` statement by statement (its utility
+    scratchpad: per-particle histories, ``g_history``; the patience test at the top of each
+    iteration; restart flags from ``history.index(best)``; ``particle_update``'s restart then
+    move), with positions as α vectors over the experts and the draws in our documented order.
+    Returns the positions evaluated per iteration, the number of restarts and why it stopped.
+    """
+    rng = np.random.default_rng(seed)
+    size = settings.population or n
+    paths = [np.eye(n)[i] for i in range(n)]
+    while len(paths) < size:  # populate_initial_experts: parents from the growing list
+        a, b = rng.choice(len(paths), size=2, replace=False)
+        w_1 = rng.uniform(0.0, 2.0)
+        paths.append(w_1 * paths[a] + (1 - w_1) * paths[b])
+    now = [x.copy() for x in paths]
+    best = [x.copy() for x in paths]
+    lover = rng.integers(0, size - 1, size=size)
+    lover = lover + (lover >= np.arange(size))
+    velocity = [now[lover[i]] - now[i] for i in range(size)]
+    results = [fitness(x) for x in now]
+    pad = {"g": max(results), "g_worst": min(results), "g_history": [max(results)]}
+    for i in range(size):
+        pad[f"{i}_now"] = pad[f"{i}_best"] = results[i]
+        pad[f"{i}_history"] = [results[i]]
+    global_best = now[results.index(max(results))].copy()
+    global_worst = now[results.index(min(results))].copy()
+    evaluated = [np.array(now)]
+    restarts, step_length, iteration, why = 0, settings.step_length, 0, "max steps"
+    while iteration < settings.max_steps:
+        iteration += 1
+        g_history = pad["g_history"]
+        if len(g_history) > settings.patience:
+            g_history = g_history[-settings.patience :]
+            if max(g_history) == min(g_history):
+                why = "patience"
+                break
+        flags = []
+        for i in range(size):
+            history = pad[f"{i}_history"]
+            first_time_best_idx = history.index(pad[f"{i}_best"])
+            flags.append(
+                len(history) - first_time_best_idx >= settings.restart_patience * settings.patience
+            )
+        draws = rng.uniform(0.0, 1.0, size=(size, 4))
+        for i in range(size):  # particle_update
+            if flags[i]:
+                now[i] = best[i].copy()
+                velocity[i] = 0 * now[i]
+                restarts += 1
+            r_w, r_p, r_s, r_b = draws[i]
+            weights = np.array(
+                [
+                    r_w * settings.phi_v,
+                    r_p * settings.phi_p,
+                    r_s * settings.phi_g,
+                    r_b * settings.phi_w,
+                ]
+            )
+            sw, cw, scw, rw = weights / weights.sum()
+            p_x, g_x, x_w = best[i] - now[i], global_best - now[i], now[i] - global_worst
+            velocity[i] = sw * velocity[i] + cw * p_x + scw * g_x + rw * x_w
+            now[i] = now[i] + step_length * velocity[i]
+        evaluated.append(np.array(now))
+        results = [fitness(x) for x in now]
+        for i in range(size):
+            pad[f"{i}_now"] = results[i]
+            pad[f"{i}_history"].append(results[i])
+            if results[i] > pad[f"{i}_best"]:
+                pad[f"{i}_best"] = results[i]
+                best[i] = now[i].copy()
+        if max(results) > pad["g"]:
+            pad["g"] = max(results)
+            pad["g_history"].append(max(results))
+            global_best = now[results.index(pad["g"])].copy()
+        else:
+            pad["g_history"].append(pad["g"])
+        if min(results) < pad["g_worst"]:
+            pad["g_worst"] = min(results)
+            for i in range(size):
+                if results[i] == pad["g_worst"]:
+                    global_worst = now[i].copy()
+        step_length = max(step_length * settings.step_decay, settings.min_step)
+    return evaluated, restarts, why
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_replays_the_reference_loop_on_coefficient_vectors(seed):
+    # a coarse fitness (rounded): plateaus make particles stray (restarts) and the patience stop
+    # come late, after new global bests: the cases where the rule's details matter
+    target = np.array([0.5, 0.8, -0.3])
+
+    def fitness(a):
+        return round(-float(((np.asarray(a) - target) ** 2).sum()), 1)
+
+    settings = SwarmSettings(population=7, patience=5, restart_patience=0.5, max_steps=40)
+    expected, restarts, why = _reference_loop(3, settings, seed, fitness)
+    swarm = ParticleSwarm(3, settings, seed=seed)
+    asked = _run(swarm, fitness)
+    assert len(asked) == len(expected)
+    for ours, theirs in zip(asked, expected, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert swarm.restarts == restarts and restarts > 0
+    assert why == "patience" and swarm.stop_reason() == "no new global best for 5 steps"
+
+
+def test_velocity_modes_and_switches():
+    fit = _quadratic(np.array([0.3, 0.3, 0.4]))
+    zero = ParticleSwarm(3, SwarmSettings(starting_velocity="zero"), seed=0)
+    np.testing.assert_array_equal(zero.v, 0.0)
+    best = ParticleSwarm(3, SwarmSettings(starting_velocity="best"), seed=0)
+    x = best.ask()
+    best.tell([fit(a) for a in x])
+    np.testing.assert_allclose(best.v, best.g - x)
+    # without weight randomness or repel the move is deterministic: a = φ_v / Σφ, ... and d = 0
+    s = ParticleSwarm(3, SwarmSettings(weight_randomness=False, repel=False, restart=False), seed=0)
+    x0 = s.ask()
+    s.tell([fit(a) for a in x0])
+    v0, g = s.v.copy(), s.g.copy()
+    x1 = s.ask()
+    a, b, c = 0.4 / 1.0, 0.3 / 1.0, 0.3 / 1.0
+    np.testing.assert_allclose(x1, x0 + (a * v0 + b * (x0 - x0) + c * (g - x0)))
+    assert not s.settings.restart
+    with pytest.raises(ConfigError, match="starting velocity 'fast'"):
+        ParticleSwarm(3, SwarmSettings(starting_velocity="fast"), seed=0)
 
 
 def _state(folder):

@@ -1,4 +1,4 @@
-"""``hub-merge moa``: mixture-of-agents over the experts, scored by exact match with its cost."""
+"""``hub-merge moa``: mixture-of-agents over the experts, scored by exact match and loss, with cost."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from ._hubopts import endpoint_option, token_option
     multiple=True,
     required=True,
     type=click.Path(exists=True, dir_okay=False),
-    help="Task .jsonl files whose rows are answered and scored by exact match.",
+    help="Task .jsonl files whose rows are answered and scored (exact match of the extracted "
+    "answer, and the aggregator's answer-token loss).",
 )
 @click.option("--proposers", default=None, help="Comma-separated expert names (default: all).")
 @click.option(
@@ -34,7 +35,21 @@ from ._hubopts import endpoint_option, token_option
 )
 @click.option("--layers", type=int, default=1, show_default=True, help="Proposer rounds.")
 @click.option("--limit", type=int, default=None, help="Score only the first N rows per task.")
-@click.option("--max-new-tokens", type=int, default=None, help="Default: longest answer + 2.")
+@click.option(
+    "--max-new-tokens",
+    type=int,
+    default=2048,
+    show_default=True,
+    help="New tokens per model call (the reference's 2048); 0: the longest answer + 2 (cheap).",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=0.7,
+    show_default=True,
+    help="Sampling temperature of every call (the reference's 0.7); 0: greedy.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sampling.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report JSON."
@@ -51,7 +66,9 @@ def command(
     aggregator: str,
     layers: int,
     limit: int | None,
-    max_new_tokens: int | None,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
     device: str,
     out: Path | None,
     as_json: bool,
@@ -60,7 +77,11 @@ def command(
 ) -> None:
     """Answer each task row with the experts, then aggregate their answers (Wang et al. 2024).
 
-    Reports exact match per task with the cost per query (model calls, generated tokens).
+    As the reference (togethercomputer/MoA): later rounds and the aggregator get the previous
+    answers in the system message, every call samples at temperature 0.7 with up to 2048 new
+    tokens. Reports, per task, exact match of the answer extracted from the final text (after
+    "Answer:", else its first line), the strict whole-text match, and the aggregator's
+    answer-token loss given the proposals, with the cost per query (model calls, tokens).
 
     \b
     Example:
@@ -84,7 +105,12 @@ def command(
         tasks,
         proposers=chosen,
         aggregator=aggregator,
-        settings=MoaSettings(layers=layers, max_new_tokens=max_new_tokens),
+        settings=MoaSettings(
+            layers=layers,
+            max_new_tokens=max_new_tokens or None,
+            temperature=temperature,
+            seed=seed,
+        ),
         device=device,
         endpoint=endpoint,
         token=token,
@@ -101,6 +127,7 @@ def command(
     click.echo(
         f"MoA ({len(report.proposers)} proposers x {layers} layer(s) + aggregator "
         f"{report.aggregator}) on {report.queries} rows: exact match {report.mean_exact_match:.3f} "
-        f"({scores}); {report.calls_per_query:.1f} model calls and "
+        f"({scores}), aggregator answer loss {report.mean_answer_loss:.3f}; "
+        f"{report.calls_per_query:.1f} model calls and "
         f"{report.generated_tokens_per_query:.1f} generated tokens per query."
     )

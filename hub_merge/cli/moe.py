@@ -39,15 +39,27 @@ def _prompts(value: str) -> str | list[str]:
     help="Positive prompts of the expert at the same position: a task .jsonl file, or prompts "
     "separated by ';;'. Repeat once per --expert.",
 )
+@click.option(
+    "--negative-prompts",
+    "negatives",
+    multiple=True,
+    help="mergekit-moe's negative prompts (with --router mergekit or mergekit-mean): give none, "
+    "or one per --expert in order ('' for an expert without): a task .jsonl file, or prompts "
+    "separated by ';;'. Their hidden-state vector is subtracted from the expert's gate.",
+)
 @click.option("--name", "names", multiple=True, help="Expert names (default: repo/folder names).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--router",
-    type=click.Choice(["hidden", "hidden-mean", "embed", "random"]),
+    type=click.Choice(["hidden", "hidden-mean", "mergekit", "mergekit-mean", "embed", "random"]),
     default="hidden",
     show_default=True,
-    help="Router initialisation: fitted on hidden states of the positive prompts (hidden), their "
-    "normalised means as mergekit-moe does (hidden-mean), token embeddings (embed), or random.",
+    help="Router initialisation. hidden (ours, the default because it routes better: see "
+    "benchmarks/RESULTS.md): a logistic regression on the MLP inputs of each expert's own model "
+    "over its prompts and answers; hidden-mean: their normalised means; mergekit / "
+    "mergekit-mean: exactly mergekit-moe's gate_mode hidden / hidden_avg (the base's residual "
+    "stream over the prompts only, last token / mean, negative prompts subtracted, normalised); "
+    "embed: token embeddings; random.",
 )
 @click.option("--top-k", type=int, default=2, show_default=True, help="Experts per token.")
 @click.option(
@@ -75,6 +87,7 @@ def command(
     base: str,
     experts: tuple[str, ...],
     prompts: tuple[str, ...],
+    negatives: tuple[str, ...],
     names: tuple[str, ...],
     out: Path,
     router: str,
@@ -112,8 +125,17 @@ def command(
         )
     if names and len(names) != len(experts):
         raise ConfigError(f"Give no --name or one per --expert ({len(experts)}).")
+    if negatives and len(negatives) != len(experts):
+        raise ConfigError(
+            f"Give no --negative-prompts or one per --expert ({len(experts)}), '' for none."
+        )
     specs = [
-        ExpertSpec(e, _prompts(p), names[i] if names else None)
+        ExpertSpec(
+            e,
+            _prompts(p),
+            names[i] if names else None,
+            (_prompts(negatives[i]) or None) if negatives and negatives[i].strip() else None,
+        )
         for i, (e, p) in enumerate(zip(experts, prompts, strict=True))
     ]
     argv = [a for a in sys.argv[1:] if a] if sys.argv[1:2] == ["moe"] else None

@@ -138,6 +138,10 @@ def _read_config(folder: Path) -> dict[str, Any]:
 class DamModel:
     """N experts in one module, merged by trainable per-column coefficients (init 1/N).
 
+    As in the reference, every linear layer (``lm_head`` included; a tied one is the embedding)
+    gets coefficients, and bias coefficients start at 1. Ours: LoRA experts are held factored
+    over one base, and a layer no adapter touches is the base times ``Σ_k c_k``.
+
     Args:
         experts (`Sequence[str | Path]`): expert folders, full models and/or LoRA adapters.
         base (`str | Path`, *optional*): the common base; required when an expert is an adapter.
@@ -146,6 +150,8 @@ class DamModel:
         device (`str`, *optional*): ``auto`` (CUDA when present), ``cpu``, ``cuda:0``...
         train_embeddings_norms (`bool`, *optional*): train embedding and norm coefficients too
             (by default they stay at 1/N, the paper's default).
+        bias_init (`str`, *optional*): ``one`` (the reference's: bias coefficients start at 1)
+            or ``uniform`` (1/N, so the untrained merge is exactly the uniform average).
 
     Raises:
         ConfigError: fewer than two experts, or an adapter without a base.
@@ -164,7 +170,10 @@ class DamModel:
         names: Sequence[str] | None = None,
         device: str | torch.device = "auto",
         train_embeddings_norms: bool = False,
+        bias_init: str = "one",
     ) -> None:
+        if bias_init not in ("one", "uniform"):
+            raise ConfigError(f"DAM: bias_init must be 'one' or 'uniform'; got {bias_init!r}.")
         self.folders = [Path(e) for e in experts]
         if len(self.folders) < 2:
             raise ConfigError(f"DAM merges at least two experts; got {len(self.folders)}.")
@@ -203,7 +212,10 @@ class DamModel:
         n = len(self.folders)
         self.coefficients: dict[str, torch.Tensor] = {}
         for name, p in self.params.items():
-            c = torch.full((n, *p.coefficient_shape()), 1.0 / n, device=self.device)
+            # the reference starts bias coefficients at 1 (so the untrained merge sums the
+            # experts' biases); "uniform" starts them at 1/N like every other coefficient (ours)
+            init = 1.0 if p.kind == "bias" and bias_init == "one" else 1.0 / n
+            c = torch.full((n, *p.coefficient_shape()), init, device=self.device)
             self.coefficients[name] = nn.Parameter(c) if p.trainable else c
         self._frozen: dict[str, torch.Tensor] = {}
 
@@ -254,8 +266,13 @@ class DamModel:
                 if all(lora is None for lora in loras):
                     values = [d if d is not None else param for d in dense]
                     if all(torch.equal(values[0], v) for v in values[1:]):
-                        param.copy_(values[0])  # the experts agree: nothing to merge here
-                        continue
+                        param.copy_(values[0])  # the experts agree: one copy is enough
+                        if kind not in ("linear", "bias"):
+                            continue  # frozen at 1/N each, Σ = 1: nothing to merge here
+                        # As the reference: every linear layer (lm_head included) and bias gets
+                        # coefficients, even where the experts agree (a layer no adapter
+                        # touches): W = (Σ_k c_k) ⊙ W_base, the base held once.
+                        dense = [None] * len(dense)
                 if all(d is not None for d in dense):
                     param.data = dense[0]  # the base is never used here: do not hold a copy
                 trainable = kind in ("linear", "bias") or (

@@ -1,9 +1,12 @@
-"""Training DAM's coefficients: Σ_k KL(expert_k ‖ merge) on expert k's prompts, AdamW, resumable.
+"""Training DAM's coefficients: T²·Σ_k KL(expert_k ‖ merge) on expert k's prompts, resumable.
 
-The teacher for expert k is the same module run with "select expert k", so there is never a
-second model in memory. Only the coefficients train. Progress is checkpointed (coefficients and
-AdamW moments, safetensors, never pickle) so an interrupted training resumes where it stopped and
-ends with exactly the coefficients an uninterrupted one would have.
+As the reference (arcee-ai/DAM) trains: the KL at temperature T times T², plus 0.01 × the
+coefficients' pairwise cosine similarity, MoFO-AdamW (``hub_merge.dam.mofo``; AdamW on request),
+the gradient's norm clipped at 1.0. Ours, beyond the reference: the teacher for expert k is the
+same module run with "select expert k" (no second model in memory), the teachers' outputs are
+cached when they fit (``teacher_cache_mb``), and progress is checkpointed (coefficients and the
+optimizer's moments, safetensors, never pickle) so an interrupted training resumes where it
+stopped and ends with exactly the coefficients an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..errors import SearchStateError
 from ..evaluate import Example
 from .data import Batch, Row, assign_tasks, collate, draw, encode
 from .module import COEFFICIENTS_FORMAT, DamModel
+from .mofo import MoFOAdamW
 from .settings import DamSettings
 
 COEFFICIENTS_FILE = "dam_coefficients.safetensors"
@@ -101,9 +105,20 @@ class DamTrainer:
         self.step = 0
         self.resumed_from = 0
         self.history: list[float] = []
-        self.optimizer = torch.optim.AdamW(
-            model.trainable(), lr=settings.lr, weight_decay=settings.weight_decay
-        )
+        self.optimizer: torch.optim.Optimizer
+        if settings.optimizer == "mofo":  # the reference's default
+            self.optimizer = MoFOAdamW(
+                model.trainable(),
+                lr=settings.lr,
+                weight_decay=settings.weight_decay,
+                alpha=settings.mofo_alpha,
+                rows_are_blocks=True,  # one block per expert and layer, as the reference's
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(
+                model.trainable(), lr=settings.lr, weight_decay=settings.weight_decay
+            )
+        self.grad_norm = 0.0  # the last step's gradient norm, before clipping
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.model.device.type == "cuda":
@@ -167,6 +182,16 @@ class DamTrainer:
             start += len(rows)
         return total
 
+    def objective(self, kl: torch.Tensor) -> torch.Tensor:
+        """The training loss: T² · Σ_k KL (as the reference's trainer) + λ · similarity.
+
+        The T² keeps the KL's gradient on the scale of the logits' (Hinton et al.'s
+        distillation); without it the similarity term would weigh T² = 4 times too much.
+        """
+        s = self.settings
+        t2 = s.temperature**2
+        return t2 * kl + s.similarity_weight * self.model.similarity()
+
     def train_step(self) -> float:
         """One optimizer step (``grad_accum`` micro-batches); returns its KL sum."""
         s = self.settings
@@ -188,9 +213,14 @@ class DamTrainer:
                 [rows[i] for i in idx] for rows, idx in zip(self.rows, index, strict=True)
             ]
             kl = self._kl(per_expert, index)
-            loss = (kl + s.similarity_weight * self.model.similarity()) / s.grad_accum
+            loss = self.objective(kl) / s.grad_accum
             loss.backward()
             kl_total += float(kl.detach()) / s.grad_accum
+        params = self.model.trainable()
+        if s.max_grad_norm > 0:  # the reference's Trainer clips at max_grad_norm 1.0
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm))
+        else:
+            self.grad_norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
         self.optimizer.step()
         self.step += 1
         self.history.append(kl_total)
@@ -369,6 +399,7 @@ def train_dam(
             names=names,
             device=device,
             train_embeddings_norms=settings.train_embeddings_norms,
+            bias_init=settings.bias_init,
         )
     trainer = DamTrainer(model, assigned, settings, seed=seed)
     out_dir = Path(out_dir)

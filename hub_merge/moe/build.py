@@ -30,11 +30,13 @@ from ..merge.run import SIDE_FILES
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter, resolve_device
 from .experts import MLP_PROJ, mlp_name, open_experts
 from .router import (
+    MERGEKIT_MODES,
     PromptSet,
     check_mode,
     embed_gates,
     encode,
     gates_from_features,
+    mergekit_gates,
     random_gates,
     router_inputs,
 )
@@ -66,11 +68,14 @@ class MoeSettings:
 
 @dataclass(frozen=True)
 class ExpertSpec:
-    """One expert as the user gives it: a Hub ref or folder, and its positive prompts."""
+    """One expert as the user gives it: a Hub ref or folder, its positive prompts and, for the
+    ``mergekit`` routers, optional negative prompts (their vector is subtracted, as mergekit-moe's
+    ``negative_prompts``)."""
 
     model: str | Path
     prompts: str | Path | Sequence[str]
     name: str | None = None
+    negative_prompts: str | Path | Sequence[str] | None = None
 
 
 @dataclass
@@ -157,6 +162,17 @@ class _Assembler:
         self.prompts = [
             PromptSet.from_value(e.prompts, limit=settings.prompt_limit) for e in experts
         ]
+        if any(e.negative_prompts for e in experts) and settings.router not in MERGEKIT_MODES:
+            raise ConfigError(
+                "Negative prompts are mergekit-moe's: use them with --router mergekit or "
+                f"mergekit-mean (not {settings.router!r})."
+            )
+        self.negatives = [
+            PromptSet.from_value(e.negative_prompts, limit=settings.prompt_limit)
+            if e.negative_prompts
+            else None
+            for e in experts
+        ]
         self.n_layers = int(self.cfg["num_hidden_layers"])
         self.hidden = int(self.cfg["hidden_size"])
         self.shared_names = [n for n in self.base.names if not mlp_name(n)]
@@ -234,6 +250,14 @@ class _Assembler:
         seqs = [self._sequences(p) for p in self.prompts]
         if mode == "embed":
             return embed_gates(shared["model.embed_tokens.weight"], seqs, self.n_layers)
+        if mode in MERGEKIT_MODES:  # mergekit-moe's gate: the base's residual stream
+            return mergekit_gates(
+                self.base_pulled.path,
+                [[prompt for prompt, _ in p.texts] for p in self.prompts],
+                [None if n is None else [prompt for prompt, _ in n.texts] for n in self.negatives],
+                average=mode == "mergekit-mean",
+                device=self.device,
+            )
         model = self._dense_model(shared)
         features = []
         for e in range(n_exp):
@@ -347,6 +371,13 @@ def _command(base: Any, experts: Sequence[ExpertSpec], settings: MoeSettings) ->
     for e in experts:
         prompts = e.prompts if isinstance(e.prompts, (str, Path)) else ";;".join(e.prompts)
         parts += ["--expert", str(e.model), "--prompts", str(prompts)]
+    if any(e.negative_prompts for e in experts):
+        for e in experts:
+            neg = e.negative_prompts or ""
+            parts += [
+                "--negative-prompts",
+                str(neg if isinstance(neg, (str, Path)) else ";;".join(neg)),
+            ]
     parts += ["--router", settings.router, "--top-k", str(settings.top_k)]
     parts += ["--shared", settings.shared, "--out", "OUT"]
     return shlex.join(parts)

@@ -19,7 +19,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from ..atomic import atomic_write
-from .router import PromptSet
+from .router import ROUTER_NOTES, PromptSet
 from .routing import measure_routing, plot_routing
 
 MANIFEST = "hub_merge.json"
@@ -141,6 +141,7 @@ def build_moe_card(manifest: dict[str, Any], repo_id: str | None = None) -> Mode
         total=_fmt_params(p["total"]),
         active=_fmt_params(p["active"]),
         router_mode=manifest["router_mode"],
+        router_note=ROUTER_NOTES.get(manifest["router_mode"], ""),
         routing=manifest.get("routing", {}),
         routing_png=ROUTING_PNG,
         command=manifest.get("command", "hub-merge moe ..."),

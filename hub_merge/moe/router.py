@@ -5,10 +5,17 @@ Modes (``RouterMode``):
   RMSNorm output of every layer), collected token by token while each expert's own dense path
   (shared weights + that expert's MLPs) reads its positive prompts, then a multinomial logistic
   regression without bias per layer (the router has no bias) separates the experts' tokens.
-- ``hidden-mean``: as mergekit-moe's ``hidden`` mode: each expert's gate is the normalised mean of
-  those hidden states. Kept as the reference point; the means of different prompts share a large
-  common component, so these gates are often nearly parallel (mergekit warns of "degenerate"
-  gates) and route poorly.
+- ``hidden-mean``: each expert's gate is the normalised mean of those hidden states (ours: the
+  MLP inputs of each expert's own dense path, over prompt and answer tokens). The means of
+  different prompts share a large common component, so these gates are often nearly parallel
+  and route poorly.
+- ``mergekit`` / ``mergekit-mean``: mergekit-moe's own gate (``gate_mode: hidden`` /
+  ``hidden_avg``), computed by mergekit's code (``mergekit.moe.router``): the *base* model (in
+  bfloat16, as mergekit loads it) reads each expert's prompts only (no answers; BOS prepended,
+  left-padded with BOS, one batch), its residual stream ``hidden_states[:-1]`` (the input of
+  each layer) is taken at the last position (``mergekit``) or averaged over the padded sequence
+  (``mergekit-mean``) and over the prompts; the negative prompts' vector is subtracted and the
+  result normalised per layer.
 - ``embed``: no forward pass: the normalised, centred mean token embedding of each expert's
   prompts, the same for every layer (mergekit's ``cheap_embed``, centred).
 - ``random``: seeded normal gates, std 1/sqrt(hidden).
@@ -32,7 +39,23 @@ import torch
 
 from ..errors import ConfigError, TaskFileError
 
-RouterMode = Literal["hidden", "hidden-mean", "embed", "random"]
+RouterMode = Literal["hidden", "hidden-mean", "mergekit", "mergekit-mean", "embed", "random"]
+MERGEKIT_MODES = ("mergekit", "mergekit-mean")
+# One line per mode for the card. ``hidden`` stays the default because it routes better: on the
+# tiny zoo's 4 full experts, test-row router accuracy 0.95 against 0.29 (mergekit) and 0.51
+# (mergekit-mean), chance 0.25 (benchmarks/RESULTS.md, issue 23).
+ROUTER_NOTES: dict[str, str] = {
+    "hidden": "hub-merge's default: a bias-free logistic regression per layer on the MLP inputs "
+    "of each expert's own model over its prompts and answers (on the tiny zoo it routed 95% of "
+    "test tokens to their own expert, mergekit-moe's gate 29%)",
+    "hidden-mean": "the normalised mean of each expert's MLP inputs over its prompts and answers",
+    "mergekit": "mergekit-moe's `hidden` gate: the base's residual stream at the prompts' last "
+    "token, negative prompts subtracted, normalised",
+    "mergekit-mean": "mergekit-moe's `hidden_avg` gate: the base's residual stream averaged over "
+    "the prompts, negative prompts subtracted, normalised",
+    "embed": "the centred, normalised mean token embedding of each expert's prompts",
+    "random": "seeded random gates",
+}
 ROUTER_MODES: tuple[str, ...] = get_args(RouterMode)
 
 
@@ -183,6 +206,44 @@ def embed_gates(
 def random_gates(n_layers: int, n_exp: int, hidden: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n_layers, n_exp, hidden, generator=gen) / hidden**0.5
+
+
+def mergekit_gates(
+    base: str | Path,
+    positive: Sequence[Sequence[str]],
+    negative: Sequence[Sequence[str] | None],
+    *,
+    average: bool,
+    device: torch.device,
+) -> torch.Tensor:
+    """mergekit-moe's ``hidden`` (or ``hidden_avg``) gates, (layers, experts, hidden), float32.
+
+    The tokenizer is set up as ``mergekit-moe`` sets it (left padding, BOS as the pad token,
+    EOS when there is no BOS) and the base is loaded in bfloat16 as mergekit loads it; the
+    hidden states come from mergekit's own ``get_hidden_states`` and ``tokenize_prompts``, so
+    the gates are mergekit's by construction (tests/test_moe.py compares them with the router
+    weights ``mergekit-moe`` writes).
+    """
+    from mergekit.moe.router import get_hidden_states, tokenize_prompts
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.padding_side = "left"
+    tok.pad_token_id = tok.bos_token_id
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.bfloat16, trust_remote_code=False
+    )
+    model.to(device).eval()
+    gates = []
+    for pos, neg in zip(positive, negative, strict=True):
+        h = get_hidden_states(model, tokenize_prompts(list(pos), tok), average=average)
+        if neg:
+            h -= get_hidden_states(model, tokenize_prompts(list(neg), tok), average=average)
+        h /= h.norm(p=2, dim=-1, keepdim=True).clamp(min=1e-8)
+        gates.append(h)
+    return torch.stack(gates, dim=0).permute(1, 0, 2).float().cpu()
 
 
 def check_mode(mode: str) -> None:

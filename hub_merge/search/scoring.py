@@ -1,7 +1,10 @@
 """Each candidate scored once, each pair's kinship measured once: the search's two caches.
 
-Both caches are keyed by :meth:`Scorer.key`, the recipe's hash plus the content fingerprints of
-the local folders it reads (so a retrained folder is scored again). They live in the run folder
+Both caches are keyed by :meth:`Scorer.key`: the recipe's hash, the content fingerprints of the
+local folders it reads (so a retrained folder is scored again) and :attr:`Scorer.evaluation_key`,
+what is scored and how (the backend evaluator's ``key``: rows digest, metric, task weights; plus
+the fitness combine). A cache copied into a run with other rows therefore never answers for them.
+Held-out scores are keyed apart by the test evaluator's key. The caches live in the run folder
 when there is one, which is what makes a resumed run free: the strategy, seeded, asks the same
 recipes and every score is a cache hit. Tensors stay behind the :class:`SearchBackend`.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..evaluate import ScoreCache, fitness_from_scores
 from ..merge.recipe import MergeRecipe
@@ -31,6 +34,18 @@ class SearchBackend(Protocol):
 
     # Optional: ``kinship_many(anchor, others) -> list[float]`` (fewer passes over the weights)
     # and ``evaluate_test(recipe) -> dict[str, float]`` (held-out rows, never the fitness).
+
+
+def evaluation_key(evaluator: Any, metric: str, weights: Mapping[str, float], combine: str) -> str:
+    """What a cached score depends on besides the models: the rows, the metric, weights, combine.
+
+    ``evaluator`` is the backend's (its ``key`` covers the rows' digest, the metric, the task
+    weights and the generation budget); a backend without one (a constructed test backend) is
+    keyed by the search's metric, weights and combine alone.
+    """
+    rows = getattr(evaluator, "key", None) if evaluator is not None else None
+    spec = [rows, metric, dict(weights), combine]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Scorer:
@@ -63,6 +78,13 @@ class Scorer:
         self.combine = combine
         self.kinship_metric = kinship_metric
         self.fingerprints = dict(fingerprints)
+        # what the scores are of: every score key includes it, so rows never mix (issue 23)
+        self.evaluation_key = evaluation_key(
+            getattr(backend, "evaluator", None), metric, self.weights, combine
+        )
+        self.test_evaluation_key = evaluation_key(
+            getattr(backend, "test_evaluator", None), metric, self.weights, combine
+        )
         self.evaluations = 0
         self.kinship_computed = 0
         # distinct candidates scored in this search, cached or not: the budget and generation
@@ -79,16 +101,19 @@ class Scorer:
         self.scores = run.scores
         self.kin = run.kinship
 
-    def key(self, recipe: MergeRecipe) -> str:
-        """Cache key of a candidate: its recipe hash, plus content fingerprints of its inputs."""
+    def key(self, recipe: MergeRecipe, evaluation: str | None = None) -> str:
+        """Cache key of a candidate's dev scores: recipe hash, inputs' fingerprints, evaluation.
+
+        ``evaluation`` defaults to :attr:`evaluation_key` (the dev rows); :meth:`score_test`
+        passes the test evaluator's. The pool and the kinship cache use the dev key too, so a
+        kinship copied from a run on other rows is measured again (cheap next to wrong scores).
+        """
         leaves = {s: self.fingerprints[s] for s in recipe.leaves() if s in self.fingerprints}
         base_fp = self.fingerprints.get(self.base)
         if base_fp is not None:
             leaves[self.base] = base_fp
-        if not leaves:
-            return recipe.recipe_hash()
-        spec = json.dumps([recipe.recipe_hash(), leaves], sort_keys=True)
-        return hashlib.sha256(spec.encode()).hexdigest()
+        spec = [recipe.recipe_hash(), leaves, evaluation or self.evaluation_key]
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def fitness(self, scores: Mapping[str, float]) -> float:
         return fitness_from_scores(scores, self.metric, self.weights, self.combine)
@@ -142,7 +167,7 @@ class Scorer:
         cache = self.run.test_scores if self.run is not None else ScoreCache()
         out: dict[str, dict[str, float]] = {}
         for node_id, recipe in recipes.items():
-            key = self.key(recipe)
+            key = self.key(recipe, self.test_evaluation_key)
             scores = cache.get(key)
             if scores is None:
                 scores = evaluate_test(recipe)
@@ -180,4 +205,4 @@ class Scorer:
         return out
 
 
-__all__ = ["Scorer", "SearchBackend"]
+__all__ = ["Scorer", "SearchBackend", "evaluation_key"]

@@ -116,12 +116,14 @@ class DamStrategy(Strategy):
     def explain(cls) -> str:
         return (
             f"This merge was trained with DAM ([Differentiable Adaptive Merging]({PAPER_URL}), "
-            "Arcee AI 2024). Every linear layer of every expert got one coefficient per input "
-            "column, starting at 1/N (exactly the uniform average), and only these coefficients "
-            "were trained, by gradient descent on the sum over experts of KL(expert ‖ merge) at "
-            "temperature 2 on each expert's own prompts, plus a small penalty on how similar the "
-            "experts' coefficient vectors are. The experts' weights were not changed; the "
-            "coefficients are in `dam_coefficients.safetensors` beside the model."
+            "Arcee AI 2024), as the reference code trains it. Every linear layer of every "
+            "expert (lm_head included) got one coefficient per input column, starting at 1/N "
+            "(bias coefficients at 1, as in the reference), and only these coefficients were "
+            "trained: on T² times the sum over experts of KL(expert ‖ merge) at temperature T "
+            "on each expert's own prompts, plus a small penalty on how similar the experts' "
+            "coefficient vectors are, with MoFO-AdamW (or AdamW) and the gradient norm clipped "
+            "at 1. The experts' weights were not changed; the coefficients are in "
+            "`dam_coefficients.safetensors` beside the model."
         )
 
     @classmethod

@@ -1,14 +1,21 @@
 """``--strategy evolve``: evolutionary merging in parameter space (Akiba et al. 2024) with CMA-ES.
 
-Each candidate is ONE merge of every expert over the common base (TIES, DARE-TIES, task
-arithmetic, linear, DELLA or breadcrumbs). Its genes, all in [0, 1], are per expert (and, with
-``layer_groups`` G > 1, per contiguous block of layers) a weight, mapped into
-``[weight_min, weight_max]``, and for sparsifying methods a density, mapped into
-``[density_min, 1]``. CMA-ES (the ``cma`` package: the optimiser is not ours) searches the genes:
+Each candidate is ONE merge of every expert over the common base (DARE-TIES by default, as
+Akiba et al. and mergekit-evolve's usual genome; TIES, task arithmetic, linear, DELLA or
+breadcrumbs on request). Its genes are per expert and per contiguous block of layers (by default
+one block per 4 layers, at most 8 blocks: Akiba et al. use per-layer genes, mergekit-evolve a
+``layer_granularity``) a weight, mapped into ``[weight_min, weight_max]``, and for sparsifying
+methods a density, mapped into ``[density_min, 1]``. CMA-ES (the ``cma`` package: the optimiser
+is not ours) searches the genes:
 
-- x0 = the genes of the uniform merge (each weight 1/N, density 1: every delta kept), σ0 = 1/6;
+- x0 = mergekit-evolve's: the genes of the uniform merge (each weight 1/N, density 1: every
+  delta kept), σ0 = 1/6. Chosen over the box's centre 0.5 (an earlier spec) because the search
+  then starts at a merge the run has already scored as its baseline, and a mergekit-evolve user
+  gets the start they know; at 0.5, task arithmetic would start at N/2 times the mean task vector;
 - population 4 + ⌊3 ln n⌋ for n genes (CMA-ES's default, as in the paper);
-- genes bounded to [0, 1] by ``cma``'s own bound handling;
+- ``bounds="clip"`` (default): genes bounded to [0, 1] by ``cma``'s own bound handling;
+  ``bounds="abs"``: mergekit-evolve's handling, genes unbounded and read through abs() (weights
+  uncapped above, densities capped at 1);
 - every random draw from the run seed: CMA's samples through a private generator (so nothing
   else that draws from numpy can shift them) and the DARE/DELLA masks through the recipe seed.
   A resumed run therefore asks the same recipes and finds every score in the cache.
@@ -30,6 +37,9 @@ from ..strategy import Strategy, StrategyContext, register_strategy
 
 PAPER = "https://arxiv.org/abs/2403.13187"
 METHODS = ("ties", "dare_ties", "task_arithmetic", "linear", "della", "breadcrumbs")
+BOUNDS = ("clip", "abs")
+LAYERS_PER_GROUP = 4  # default: one group of genes per 4 layers ...
+MAX_GROUPS = 8  # ... and at most 8 groups (64 genes for 4 experts)
 WEIGHT_ONLY = frozenset({"task_arithmetic", "linear"})
 DIGITS = 6  # genes are rounded in recipes (readable, and exact on replay: the samples are seeded)
 
@@ -43,12 +53,25 @@ class EvolveSettings:
     """Settings of the CMA-ES search (all but ``generations`` are fingerprinted)."""
 
     method: str = field(
-        default="ties",
-        metadata=_help(f"Merge method of every candidate: {', '.join(METHODS)}."),
+        default="dare_ties",
+        metadata=_help(
+            f"Merge method of every candidate: {', '.join(METHODS)} (default dare_ties, as "
+            "Akiba et al.)."
+        ),
     )
-    layer_groups: int = field(
-        default=1,
-        metadata=_help("Genes per contiguous block of layers: 1 = global genes, G = G blocks."),
+    layer_groups: int | None = field(
+        default=None,
+        metadata=_help(
+            "Genes per contiguous block of layers: 1 = global genes, G = G blocks; default: one "
+            f"block per {LAYERS_PER_GROUP} layers, at most {MAX_GROUPS}."
+        ),
+    )
+    bounds: str = field(
+        default="clip",
+        metadata=_help(
+            "clip: genes kept in [0, 1] by CMA-ES's bound handling; abs: mergekit-evolve's "
+            "(unbounded genes read through abs(), weights uncapped, densities capped at 1)."
+        ),
     )
     weight_min: float = field(default=0.0, metadata=_help("Weight of an expert at gene 0."))
     weight_max: float = field(default=1.0, metadata=_help("Weight of an expert at gene 1."))
@@ -68,8 +91,10 @@ class EvolveSettings:
             raise ConfigError(
                 f"evolve's method must be one of {', '.join(METHODS)}; got {self.method!r}."
             )
-        if self.layer_groups < 1:
+        if self.layer_groups is not None and self.layer_groups < 1:
             raise ConfigError(f"layer_groups must be at least 1; got {self.layer_groups}.")
+        if self.bounds not in BOUNDS:
+            raise ConfigError(f"bounds must be one of {', '.join(BOUNDS)}; got {self.bounds!r}.")
         if not self.weight_max > self.weight_min:
             raise ConfigError(
                 f"weight_max ({self.weight_max}) must be above weight_min ({self.weight_min})."
@@ -86,11 +111,17 @@ class EvolveSettings:
     def genes_per_expert(self) -> int:
         return 1 if self.method in WEIGHT_ONLY else 2
 
-    def n_genes(self, n_experts: int) -> int:
-        return self.layer_groups * n_experts * self.genes_per_expert()
+    def groups(self, n_layers: int) -> int:
+        """Layer groups: as set, else one per 4 layers, at most 8 (1 when layers are unknown)."""
+        if self.layer_groups is not None:
+            return self.layer_groups
+        return max(1, min(MAX_GROUPS, math.ceil(n_layers / LAYERS_PER_GROUP)))
 
-    def popsize(self, n_experts: int) -> int:
-        n = self.n_genes(n_experts)
+    def n_genes(self, n_experts: int, n_layers: int = 0) -> int:
+        return self.groups(n_layers) * n_experts * self.genes_per_expert()
+
+    def popsize(self, n_experts: int, n_layers: int = 0) -> int:
+        n = self.n_genes(n_experts, n_layers)
         return self.population or 4 + math.floor(3 * math.log(n))
 
 
@@ -109,20 +140,22 @@ class EvolveStrategy(Strategy):
         s = settings
         n = len(ctx.experts)
         self.n_layers = len(ctx.layers)
-        if s.layer_groups > 1 and s.layer_groups > self.n_layers:
+        self.n_groups = s.groups(self.n_layers)
+        if self.n_groups > 1 and self.n_groups > self.n_layers:
             raise ConfigError(
-                f"--layer-groups {s.layer_groups} is more than the model's {self.n_layers} layers."
+                f"--layer-groups {self.n_groups} is more than the model's {self.n_layers} layers."
             )
         self.groups = [
-            [i for i in range(self.n_layers) if i * s.layer_groups // self.n_layers == g]
-            for g in range(s.layer_groups)
+            [i for i in range(self.n_layers) if i * self.n_groups // self.n_layers == g]
+            for g in range(self.n_groups)
         ]
-        self.dim = s.n_genes(n)
-        self.lam = s.popsize(n)
+        self.dim = s.n_genes(n, self.n_layers)
+        self.lam = s.popsize(n, self.n_layers)
+        # x0: mergekit-evolve's (weight 1/N, density 1), the uniform merge's genes
         uniform = (1.0 / n - s.weight_min) / (s.weight_max - s.weight_min)
         self.x0_clipped = not 0.0 <= uniform <= 1.0
         per_expert = [min(1.0, max(0.0, uniform))] + ([1.0] if s.genes_per_expert() == 2 else [])
-        self.x0 = per_expert * (n * s.layer_groups)
+        self.x0 = per_expert * (n * self.n_groups)
         self.es: Any = None
         self.generation = 0
         self.pending: list[Any] = []
@@ -132,22 +165,33 @@ class EvolveStrategy(Strategy):
 
     @classmethod
     def population(cls, settings: EvolveSettings, n_experts: int, n_layers: int) -> int:
-        return settings.popsize(n_experts)
+        return settings.popsize(n_experts, n_layers)
 
     @classmethod
     def explain(cls) -> str:
         return (
             "**Evolutionary merging** ([Akiba et al. 2024](" + PAPER + ")), parameter space. "
-            "Every candidate merges all experts at once over the base; CMA-ES searches each "
-            "expert's weight and density (per block of layers when asked), starting from the "
-            "uniform merge, and keeps the fittest merge on the dev rows. The DARE seed is fixed "
-            "per run, so each candidate's score is deterministic."
+            "Every candidate merges all experts at once over the base (DARE-TIES by default, "
+            "as in the paper); CMA-ES searches each expert's weight and density per block of "
+            "layers, starting from the uniform merge (mergekit-evolve's start), and keeps the "
+            "fittest merge on the dev rows. The DARE seed is fixed per run, so each "
+            "candidate's score is deterministic."
         )
 
     # -- genes -> recipe ---------------------------------------------------------------------
 
-    def _value(self, gene: float, lo: float, hi: float) -> float:
-        return round(lo + min(1.0, max(0.0, float(gene))) * (hi - lo), DIGITS)
+    def _value(self, gene: float, lo: float, hi: float, *, cap: bool = True) -> float:
+        """A gene mapped into ``[lo, hi]``: clipped to [0, 1], or (``abs``) through abs().
+
+        With ``bounds="abs"`` a weight gene is uncapped above (``cap=False``), as
+        mergekit-evolve reads it; a density is always capped at 1.
+        """
+        g = float(gene)
+        if self.settings.bounds == "abs":
+            g = abs(g) if not cap else min(1.0, abs(g))
+        else:
+            g = min(1.0, max(0.0, g))
+        return round(lo + g * (hi - lo), DIGITS)
 
     def _setting(self, values: list[float]) -> Any:
         """One value per layer group as a mergekit setting (a scalar when global)."""
@@ -168,9 +212,9 @@ class EvolveStrategy(Strategy):
         models = []
         for j, expert in enumerate(self.ctx.experts):
             weights, densities = [], []
-            for g in range(s.layer_groups):
+            for g in range(self.n_groups):
                 at = (g * n + j) * k
-                weights.append(self._value(genes[at], s.weight_min, s.weight_max))
+                weights.append(self._value(genes[at], s.weight_min, s.weight_max, cap=False))
                 if k == 2:
                     densities.append(self._value(genes[at + 1], s.density_min, 1.0))
             params: dict[str, Any] = {"weight": self._setting(weights)}
@@ -196,7 +240,7 @@ class EvolveStrategy(Strategy):
             self.settings.sigma0,
             {
                 "popsize": self.lam,
-                "bounds": [0.0, 1.0],
+                "bounds": [0.0, 1.0] if self.settings.bounds == "clip" else [None, None],
                 "seed": self.ctx.seed + 1,  # 0 would mean "from the clock" to cma
                 "randn": lambda lam, dim: rng.standard_normal((lam, dim)),
                 "verbose": -9,

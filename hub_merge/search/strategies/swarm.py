@@ -34,7 +34,8 @@ class SwarmStrategy(Strategy):
     def __init__(self, settings: SwarmSettings, ctx: StrategyContext) -> None:
         super().__init__(settings, ctx)
         settings.validate(len(ctx.experts))
-        if settings.space == "adapter":
+        self.space = self._resolve_space(settings.space, ctx)
+        if self.space == "adapter":
             full = [e.name for e in ctx.experts if not e.is_adapter]
             if full:
                 raise ConfigError(
@@ -53,6 +54,31 @@ class SwarmStrategy(Strategy):
         self.sources = [e.source for e in ctx.experts]
         self.swarm = ParticleSwarm(len(ctx.experts), settings, seed=ctx.seed)
 
+    @staticmethod
+    def _resolve_space(space: str, ctx: StrategyContext) -> str:
+        """``auto``: the paper's adapter space when every expert is a LoRA adapter of one rank.
+
+        Adapters of different ranks cannot be mixed factor by factor (A = Σ α A_j needs one
+        shape), so they, and any full model, take dense space.
+        """
+        if space != "auto":
+            return space
+        if not all(e.is_adapter for e in ctx.experts):
+            return "dense"
+        workspace = ctx.workspace
+        if workspace is not None and getattr(workspace, "expert_folders", None):
+            from ...errors import IncompatibleModelsError
+            from ...merge.adapter_mix import check_factor_inputs
+
+            try:
+                check_factor_inputs(
+                    [workspace.expert_folders[e.name] for e in ctx.experts],
+                    labels=[e.name for e in ctx.experts],
+                )
+            except IncompatibleModelsError:
+                return "dense"
+        return "adapter"
+
     @classmethod
     def population(cls, settings: SwarmSettings, n_experts: int, n_layers: int) -> int:
         return settings.population or n_experts
@@ -64,10 +90,10 @@ class SwarmStrategy(Strategy):
         if len(hot) == 1 and a[hot[0]] == 1.0:
             return self.ctx.experts[int(hot[0])].recipe
         uniform = self.ctx.baselines.get("uniform")
-        if self.settings.space == "dense" and uniform is not None and np.all(a == 1.0 / len(a)):
+        if self.space == "dense" and uniform is not None and np.all(a == 1.0 / len(a)):
             # base + Σ τ_j / N is the linear average: the uniform baseline, already scored
             return uniform.recipe
-        return position_recipe(self.settings.space, self.ctx.base, self.sources, a)
+        return position_recipe(self.space, self.ctx.base, self.sources, a)
 
     def ask(self) -> list[MergeRecipe]:
         positions = self.swarm.ask()
@@ -109,7 +135,7 @@ class SwarmStrategy(Strategy):
             "alpha_names": [e.name for e in self.ctx.experts],
             "step_length": h["step_length"],
             "restarts": s.restarts,
-            "space": self.settings.space,
+            "space": self.space,
         }
 
     @classmethod
@@ -122,7 +148,8 @@ class SwarmStrategy(Strategy):
             "weights drawn per step and a step length decaying ×0.95 to 0.1. Every position is an "
             "affine combination of the experts, so hub-merge runs the swarm on each particle's "
             "mixing coefficients α (Σα = 1) and the winner is exactly `Σ α_j · expert_j`: in "
-            "dense space the task-arithmetic merge with weights α, in adapter space the LoRA "
+            "dense space the task-arithmetic merge with weights α, in adapter space (the "
+            "paper's, and the default when every expert is a LoRA adapter) the LoRA "
             "adapter with A = Σ α_j A_j and B = Σ α_j B_j. The winner's α is in its recipe; "
             "coefficients may be negative or above 1 (the swarm extrapolates)."
         )
