@@ -25,15 +25,10 @@ WEIGHTS = {"add": 3.0, "sort": 1.0}
 
 
 def _workflow():
-    """``spaces/workflow.py``, imported as the Space imports it (a sibling module)."""
-    spec = importlib.util.spec_from_file_location(
-        "hub_merge_space_workflow", SPACES / "workflow.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """``spaces/workflow.py``, imported as the Space imports it (its folder first on sys.path)."""
+    if str(SPACES) not in sys.path:
+        sys.path.insert(0, str(SPACES))
+    return importlib.import_module("workflow")
 
 
 def _harmonic_loss(scores: dict[str, float]) -> float:
