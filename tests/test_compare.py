@@ -43,6 +43,10 @@ def test_compare_runs_every_strategy_moe_and_moa_on_one_split_and_cache(tiny_com
             assert set(rows[name].seeds[0].exact_match) == tasks, name
     assert rows["moa"].calls_per_query == len(TINY_COMPARE_TASKS) + 1
     assert set(rows["moa"].seeds[0].exact_match) == tasks
+    # MoA's loss column: the aggregator's answer-token loss given the proposals, on test rows
+    moa = rows["moa"].seeds[0]
+    assert set(moa.test) == tasks and all(v > 0 for v in moa.test.values())
+    assert moa.test_fitness is not None and not moa.dev
     assert rows["moe"].params > rows["moe"].active_params >= rows["greedy"].params
     assert rows["dam"].seeds[0].train_steps == 3
     # which rows each read: searches dev rows only, DAM the task-to-expert mapping too

@@ -4,8 +4,9 @@
   is fitted on each expert's own task's DEV rows (the rows every search reads; the task-to-expert
   mapping is the one DAM uses), and it is scored by the search's evaluator on the same dev and
   test rows as every other row. Its cost is its parameters, and the ones active per token.
-- **MoA** (``hub_merge.moa``): every expert answers, the base aggregates. It is a generation
-  method, so its row has exact match on the test rows only, with its model calls per query.
+- **MoA** (``hub_merge.moa``): every expert answers, the base aggregates. Its row has exact
+  match on the test rows, the aggregator's answer-token loss given the proposals as its loss
+  (test rows only: MoA reads no dev rows), and its model calls per query.
 
 Both take the compare's models, split and tokenizer; each writes only under its own folder.
 """
@@ -87,7 +88,7 @@ def moe_row(cmp: Any, folder: Path) -> BoardRow:
 
 
 def moa_row(cmp: Any, folder: Path) -> BoardRow:
-    """Run MoA (every expert proposes, the base aggregates) on the test rows; exact match."""
+    """Run MoA (every expert proposes, the base aggregates) on the test rows: EM and loss."""
     from ..moa import MoaSettings, ModelPool, run_moa
 
     t0 = time.perf_counter()
@@ -98,6 +99,10 @@ def moa_row(cmp: Any, folder: Path) -> BoardRow:
     from ..atomic import atomic_write_json
 
     atomic_write_json(folder / "moa.json", report.to_json())
+    # its loss column: the aggregator's answer-token loss given the proposals, on the same test
+    # rows as every other row (only when the compare is scored by that loss)
+    metric = cmp.checked[cmp.runs[0].folder].metric
+    test = dict(report.answer_loss) if metric == "answer_loss" and report.answer_loss else {}
     return BoardRow(
         name="moa",
         kind="moa",
@@ -106,9 +111,9 @@ def moa_row(cmp: Any, folder: Path) -> BoardRow:
             SeedResult(
                 seed=None,
                 dev={},
-                test={},
+                test=test,
                 dev_fitness=None,
-                test_fitness=None,
+                test_fitness=cmp.fitness(test) if test else None,
                 exact_match=dict(report.exact_match),
                 evaluations=0,
                 wall_s=round(time.perf_counter() - t0, 3),
