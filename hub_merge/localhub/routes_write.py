@@ -80,6 +80,7 @@ async def delete_repo(hub: HubApp, request: Request, ident: Identity | None) -> 
     repo = repo_ref(
         body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
     )
+    repo = await run_in_threadpool(hub.canonical, repo)
     await run_in_threadpool(hub.access.check, ident, repo, True)
     await run_in_threadpool(hub.store.delete_repo, repo.rtype, repo.repo_id)
     return JSONResponse({})
