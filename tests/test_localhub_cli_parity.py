@@ -128,3 +128,29 @@ def test_formatted_commits_super_squash_and_underscore_users(tmp_path):
             "a.txt",
             "b.txt",
         ]
+
+
+def test_errors_read_as_the_hubs(local_hub):
+    """The texts huggingface_hub's own tests match on."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/a")
+    api.create_repo("alice/b")
+    parent = api.model_info("alice/a").sha
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="x", repo_id="alice/a")
+    with pytest.raises(HfHubHTTPError, match="The branch was updated since you opened this page"):
+        api.create_commit(
+            "alice/a", [CommitOperationAdd("y", b"2")], commit_message="m", parent_commit=parent
+        )
+    api.create_branch("alice/a", branch="cool")
+    with pytest.raises(HfHubHTTPError, match="Reference refs/heads/cool already exists"):
+        api.create_branch("alice/a", branch="cool")
+    api.create_branch("alice/a", branch="cool", exist_ok=True)
+    with pytest.raises(HfHubHTTPError, match="Cannot delete refs/heads/main"):
+        api.delete_branch("alice/a", branch="main")
+    with pytest.raises(RevisionNotFoundError, match="Invalid rev id"):
+        api.delete_branch("alice/a", branch="missing")
+    with pytest.raises(HfHubHTTPError, match=r"A model repository called alice/b already exists"):
+        api.move_repo("alice/a", "alice/b")

@@ -124,7 +124,7 @@ def _move(hub: HubApp, src: RepoRef, dst: RepoRef) -> None:
         target = st.repo_dir(dst.rtype, dst.repo_id)
         taken = st.canonical_id(dst.rtype, dst.repo_id)  # another spelling of an existing repo
         if (target / "repo.json").is_file() or taken not in (dst.repo_id, src.repo_id):
-            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+            raise StorageError(409, f"A {dst.rtype} repository called {dst.repo_id} already exists")
         if target.exists():  # left by a create that crashed: start clean
             os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +157,7 @@ def _duplicate(hub: HubApp, src: RepoRef, dst: RepoRef, private: bool | None) ->
         if (target / "repo.json").is_file() or st.canonical_id(
             dst.rtype, dst.repo_id
         ) != dst.repo_id:
-            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+            raise StorageError(409, f"A {dst.rtype} repository called {dst.repo_id} already exists")
         meta = st.repo_meta(src.rtype, src.repo_id)
         if meta is None:
             raise StorageError(404, f"Repository Not Found: {src.repo_id}", "RepoNotFound")

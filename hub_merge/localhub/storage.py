@@ -379,8 +379,8 @@ class Store:
             if parent_commit is not None and parent_commit != head:
                 raise StorageError(
                     412,
-                    f"A commit has happened since {parent_commit}: the branch is now at {head}. "
-                    "Pull and retry.",
+                    "The branch was updated since you opened this page. Please refresh and try "
+                    f"again. (It moved from {parent_commit} to {head}.)",
                 )
             parent = self.commit(repo_type, repo_id, head)
             tree = dict(parent["tree"])
