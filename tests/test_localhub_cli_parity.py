@@ -154,3 +154,18 @@ def test_errors_read_as_the_hubs(local_hub):
         api.delete_branch("alice/a", branch="missing")
     with pytest.raises(HfHubHTTPError, match=r"A model repository called alice/b already exists"):
         api.move_repo("alice/a", "alice/b")
+
+
+def test_card_metadata_after_leading_blank_lines_is_read(local_hub):
+    """huggingface_hub finds front matter after blank lines; so do validate-yaml and the card
+    metadata a commit keeps."""
+    card = "\n\n---\nlicense: not-a-license\n---\n# card\n"
+    r = httpx.post(f"{local_hub.endpoint}/api/validate-yaml", json={"content": card})
+    assert r.status_code == 400 and "license" in r.json()["errors"][0]["message"]
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/c")
+    good = b"\n\n---\nlicense: mit\ntags: [merge]\n---\n# card\n"
+    api.upload_file(path_or_fileobj=good, path_in_repo="README.md", repo_id="alice/c")
+    info = api.model_info("alice/c")
+    assert info.card_data.to_dict() == {"license": "mit", "tags": ["merge"]}
+    assert {"merge", "license:mit"} <= set(info.tags)
