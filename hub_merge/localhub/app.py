@@ -188,7 +188,9 @@ class HubApp:
             kind = rtype or TYPES.get(p.get("rtypes", ""))
             if kind is None:
                 raise StorageError(404, f"Unknown repo type {decode_segment(p['rtypes'])!r}")
-            repo = self.canonical(repo_ref_from_path(kind, p["ns"], p["name"]))
+            repo = await run_in_threadpool(
+                self.canonical, repo_ref_from_path(kind, p["ns"], p["name"])
+            )
             ident = self._ident(request)
             wants_pr = request.query_params.get("create_pr") in ("1", "true")
             if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
