@@ -128,3 +128,44 @@ def test_formatted_commits_super_squash_and_underscore_users(tmp_path):
             "a.txt",
             "b.txt",
         ]
+
+
+def test_errors_read_as_the_hubs(local_hub):
+    """The texts huggingface_hub's own tests match on."""
+    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/a")
+    api.create_repo("alice/b")
+    parent = api.model_info("alice/a").sha
+    api.upload_file(path_or_fileobj=b"1", path_in_repo="x", repo_id="alice/a")
+    with pytest.raises(HfHubHTTPError, match="The branch was updated since you opened this page"):
+        api.create_commit(
+            "alice/a", [CommitOperationAdd("y", b"2")], commit_message="m", parent_commit=parent
+        )
+    api.create_branch("alice/a", branch="cool")
+    with pytest.raises(HfHubHTTPError, match="Reference refs/heads/cool already exists"):
+        api.create_branch("alice/a", branch="cool")
+    api.create_branch("alice/a", branch="cool", exist_ok=True)
+    with pytest.raises(HfHubHTTPError, match="Cannot delete refs/heads/main"):
+        api.delete_branch("alice/a", branch="main")
+    with pytest.raises(RevisionNotFoundError, match="Invalid rev id"):
+        api.delete_branch("alice/a", branch="missing")
+    with pytest.raises(HfHubHTTPError, match=r"A model repository called alice/b already exists"):
+        api.move_repo("alice/a", "alice/b")
+
+
+def test_card_metadata_after_leading_blank_lines_is_read(local_hub):
+    """huggingface_hub finds front matter after blank lines; so do validate-yaml and the card
+    metadata a commit keeps."""
+    card = "\n\n---\nlicense: not-a-license\n---\n# card\n"
+    r = httpx.post(f"{local_hub.endpoint}/api/validate-yaml", json={"content": card})
+    assert r.status_code == 400 and "license" in r.json()["errors"][0]["message"]
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/c")
+    good = b"\n\n---\nlicense: mit\ntags: [merge]\n---\n# card\n"
+    api.upload_file(path_or_fileobj=good, path_in_repo="README.md", repo_id="alice/c")
+    info = api.model_info("alice/c")
+    assert info.card_data.to_dict() == {"license": "mit", "tags": ["merge"]}
+    assert {"merge", "license:mit"} <= set(info.tags)

@@ -779,3 +779,37 @@ def test_a_contributor_opens_a_pull_request_and_changes_nothing_else(hub):
         alice.create_commit("bob/secret", ops()[:1], commit_message="x", create_pr=True)
     assert bob.model_info("bob/pub").sha == main
     assert {b.name for b in bob.list_repo_refs("bob/pub").branches} == {"main", "dev"}
+
+
+def test_repo_ids_are_case_insensitive_and_rights_follow_the_stored_name(hub, tmp_path):
+    """As on the Hub, ``BOB/PUB`` is bob/pub: found under any case, and the rights checked are
+    those of the stored namespace, so a change of case never lends anyone bob's rights."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    server, raw, data = hub
+    before = _victim(data)
+    anon = HfApi(endpoint=server.endpoint, token=False)
+    assert anon.model_info("BOB/Pub").id == "bob/pub"
+    got = anon.hf_hub_download("Bob/PUB", "secret.txt", local_dir=tmp_path)
+    assert Path(got).read_bytes() == SECRET
+    alice = HfApi(endpoint=server.endpoint, token="hf_alice")
+    for repo in ("BOB/secret", "Bob/Secret"):
+        with pytest.raises(RepositoryNotFoundError):
+            alice.model_info(repo)
+    with pytest.raises(HfHubHTTPError) as err:
+        alice.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="BOB/pub")
+    assert err.value.response.status_code == 403
+    alice.create_repo("alice/two")
+    for name in ("Own", "OWN"):
+        with pytest.raises(HfHubHTTPError) as err:
+            alice.create_repo(f"alice/{name}")  # the same repo under another case
+        assert err.value.response.status_code == 409
+        status, _, _ = raw(
+            "POST",
+            "/api/repos/move",
+            "hf_alice",
+            json.dumps({"fromRepo": "alice/two", "toRepo": f"alice/{name}"}).encode(),
+        )
+        assert status == 409
+    assert _victim(data) == before
+    assert sorted(p.name for p in (data / "repos" / "models" / "alice").iterdir()) == ["own", "two"]

@@ -295,6 +295,22 @@ def test_bad_task_files_are_refused_by_name_without_server_paths(
     assert _sessions(space_app) == before
 
 
+def test_a_prompt_over_the_token_cap_is_refused_before_the_search(space_app, tmp_path):
+    """Under the character cap, over the token cap (300 tokens in this Space): the base's own
+    tokenizer counts it, before any candidate is scored; the error names the task."""
+    client = Client(space_app.url, verbose=False)
+    before = _session_states(space_app)
+    prompt = " ".join(f"w{i}" for i in range(700))  # ~3300 characters, far more tokens than 300
+    upload = _upload(tmp_path, "wordy.jsonl", [json.dumps({"prompt": prompt, "answer": "a"})])
+    pasted = "\n".join(_experts(space_app))
+    with pytest.raises(AppError, match=r"Task 'wordy', row 1: the prompt is \d+ tokens"):
+        client.predict(
+            space_app.base, [], pasted, [], 8, [upload], 2, 1, "linear", 4, "", "", "",
+            api_name="/search",
+        )  # fmt: skip
+    assert _new_states(space_app, before) == set()  # nothing was scored or saved
+
+
 def test_a_failing_first_call_leaves_no_session_folder(space_app):
     """Kinship pulls the base and the first candidate, then fails on a missing second one: the
     session's folder, with the pulled models, is deleted (it never reached the tab's state)."""

@@ -189,7 +189,9 @@ class HubApp:
             kind = rtype or TYPES.get(p.get("rtypes", ""))
             if kind is None:
                 raise StorageError(404, f"Unknown repo type {decode_segment(p['rtypes'])!r}")
-            repo = repo_ref_from_path(kind, p["ns"], p["name"])
+            repo = await run_in_threadpool(
+                self.canonical, repo_ref_from_path(kind, p["ns"], p["name"])
+            )
             ident = self._ident(request)
             wants_pr = request.query_params.get("create_pr") in ("1", "true")
             if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
@@ -201,6 +203,12 @@ class HubApp:
             return await run_in_threadpool(handler, self, request, repo, ident)
 
         return endpoint
+
+    def canonical(self, repo: RepoRef) -> RepoRef:
+        """The repo under its stored spelling (ids are case-insensitive, as on the Hub): rights
+        are then checked against the namespace as it is stored, whatever the request's case."""
+        stored = self.store.canonical_id(repo.rtype, repo.repo_id)
+        return repo if stored == repo.repo_id else RepoRef(repo.rtype, *stored.split("/", 1))
 
     async def _listing(self, request: Request) -> Response:
         rtype = TYPES.get(request.path_params["rtypes"])

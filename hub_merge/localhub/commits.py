@@ -36,13 +36,14 @@ class CommitBody:
         self.readme: tuple[str, dict[str, Any]] | None = None  # the last operation on README.md
         self.lines = 0
 
-    def feed(self, lines: list[bytes]) -> None:
-        for line in lines:
+    def feed(self, lines: list[bytearray]) -> None:
+        for i, line in enumerate(lines):
             self.lines += 1
             if line.strip():
                 self._line(line, self.lines)
+            lines[i] = bytearray()  # a file's line is freed as soon as its blob is stored
 
-    def _line(self, line: bytes, n: int) -> None:
+    def _line(self, line: bytes | bytearray, n: int) -> None:
         item = parse_json(line, f"ndjson at line {n}")
         if not isinstance(item, dict) or not isinstance(item.get("value"), dict):
             raise StorageError(400, f"Malformed ndjson at line {n}: expected {{key, value}}")

@@ -61,7 +61,7 @@ async def read_body(request: Request, cap: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_lines(request: Request, line_cap: int, cap: int) -> AsyncIterator[list[bytes]]:
+async def read_lines(request: Request, line_cap: int, cap: int) -> AsyncIterator[list[bytearray]]:
     """The body's lines, in groups as they arrive, each line at most ``line_cap`` bytes."""
     declared_length(request, cap)
     buf, total = bytearray(), 0  # a bytearray grows in place: no quadratic copying
@@ -74,18 +74,19 @@ async def read_lines(request: Request, line_cap: int, cap: int) -> AsyncIterator
             if len(buf) > line_cap:
                 raise StorageError(413, f"A line of the request is over {line_cap} bytes")
             continue
-        *lines, rest = bytes(buf).split(b"\n")
-        buf = bytearray(rest)
+        *lines, buf = buf.split(b"\n")  # bytearrays, which json and base64 read as bytes
         if len(buf) > line_cap or any(len(line) > line_cap for line in lines):
             raise StorageError(413, f"A line of the request is over {line_cap} bytes")
         yield lines
     if buf:
         if len(buf) > line_cap:
             raise StorageError(413, f"A line of the request is over {line_cap} bytes")
-        yield [bytes(buf)]
+        yield [buf]
 
 
-def check_json_shape(raw: bytes, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES) -> None:
+def check_json_shape(
+    raw: bytes | bytearray, max_depth: int = MAX_DEPTH, max_values: int = MAX_VALUES
+) -> None:
     """Refuse JSON nested deeper than ``max_depth`` or holding more than ``max_values`` values.
 
     Strings are blanked first (so brackets and commas inside them do not count), then the
@@ -102,7 +103,7 @@ def check_json_shape(raw: bytes, max_depth: int = MAX_DEPTH, max_values: int = M
             raise StorageError(400, f"JSON body is nested deeper than {max_depth} levels")
 
 
-def parse_json(raw: bytes, what: str = "JSON body") -> Any:
+def parse_json(raw: bytes | bytearray, what: str = "JSON body") -> Any:
     """``json.loads`` behind :func:`check_json_shape`; any failure is a 400, never a 500."""
     check_json_shape(raw)
     try:

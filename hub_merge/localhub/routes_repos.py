@@ -95,7 +95,7 @@ async def move_repo(hub: HubApp, request: Request, ident: Identity | None) -> Re
     body = await hub.read_json(request, SMALL_BODY)
     rtype = body.get("type") or "model"
     rtype = TYPES.get(rtype, rtype)
-    src = _repo_id(rtype, body.get("fromRepo"), "fromRepo")
+    src = hub.canonical(_repo_id(rtype, body.get("fromRepo"), "fromRepo"))
     dst = _repo_id(rtype, body.get("toRepo"), "toRepo")
     await run_in_threadpool(hub.access.check, ident, src, True)
     hub.access.check_namespace_write(ident, dst.namespace)
@@ -122,8 +122,9 @@ def _move(hub: HubApp, src: RepoRef, dst: RepoRef) -> None:
         if st.repo_meta(src.rtype, src.repo_id) is None:
             raise StorageError(404, f"Repository Not Found: {src.repo_id}", "RepoNotFound")
         target = st.repo_dir(dst.rtype, dst.repo_id)
-        if (target / "repo.json").is_file():
-            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+        taken = st.canonical_id(dst.rtype, dst.repo_id)  # another spelling of an existing repo
+        if (target / "repo.json").is_file() or taken not in (dst.repo_id, src.repo_id):
+            raise StorageError(409, f"A {dst.rtype} repository called {dst.repo_id} already exists")
         if target.exists():  # left by a create that crashed: start clean
             os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +154,10 @@ def _duplicate(hub: HubApp, src: RepoRef, dst: RepoRef, private: bool | None) ->
     st = hub.store
     with _both_locked(hub, src, dst):  # a consistent copy: no commit lands meanwhile
         target = st.repo_dir(dst.rtype, dst.repo_id)
-        if (target / "repo.json").is_file():
-            raise StorageError(409, f"You already have a {dst.rtype} repo named {dst.repo_id}")
+        if (target / "repo.json").is_file() or st.canonical_id(
+            dst.rtype, dst.repo_id
+        ) != dst.repo_id:
+            raise StorageError(409, f"A {dst.rtype} repository called {dst.repo_id} already exists")
         meta = st.repo_meta(src.rtype, src.repo_id)
         if meta is None:
             raise StorageError(404, f"Repository Not Found: {src.repo_id}", "RepoNotFound")

@@ -80,6 +80,7 @@ async def delete_repo(hub: HubApp, request: Request, ident: Identity | None) -> 
     repo = repo_ref(
         body.get("type") or "model", body.get("organization") or ident.user, body.get("name")
     )
+    repo = await run_in_threadpool(hub.canonical, repo)
     await run_in_threadpool(hub.access.check, ident, repo, True)
     await run_in_threadpool(hub.store.delete_repo, repo.rtype, repo.repo_id)
     return JSONResponse({})
@@ -299,7 +300,7 @@ async def branch(hub: HubApp, request: Request, repo: RepoRef, ident: Identity |
         def create() -> None:
             with st.editing_refs(repo.rtype, repo.repo_id) as refs:
                 if name in refs["heads"]:
-                    raise StorageError(409, f"Branch {name} already exists")
+                    raise StorageError(409, f"Reference refs/heads/{name} already exists")
                 refs["heads"][name] = st.resolve(repo.rtype, repo.repo_id, start)
 
         await run_in_threadpool(create)
@@ -308,9 +309,9 @@ async def branch(hub: HubApp, request: Request, repo: RepoRef, ident: Identity |
     def delete() -> None:
         with st.editing_refs(repo.rtype, repo.repo_id) as refs:
             if name == "main":
-                raise StorageError(403, "Cannot delete branch main")
+                raise StorageError(403, "Cannot delete refs/heads/main: it is the default branch")
             if name not in refs["heads"]:
-                raise StorageError(404, f"Cannot delete branch {name}: no such branch")
+                raise StorageError(404, f"Invalid rev id: {name}", "RevisionNotFound")
             del refs["heads"][name]
 
     await run_in_threadpool(delete)
@@ -328,7 +329,7 @@ async def tag(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | No
         def create() -> None:
             with st.editing_refs(repo.rtype, repo.repo_id) as refs:
                 if name in refs["tags"]:
-                    raise StorageError(409, f"Tag {name} already exists")
+                    raise StorageError(409, f"Reference refs/tags/{name} already exists")
                 refs["tags"][name] = st.resolve(repo.rtype, repo.repo_id, rev)
 
         await run_in_threadpool(create)

@@ -222,6 +222,21 @@ class Store:
         finally:
             tlock.release()
 
+    def canonical_id(self, repo_type: str, repo_id: str) -> str:
+        """The stored spelling of ``repo_id``: repo ids are case-insensitive, as on the Hub
+        (``Alice/Model`` finds ``alice/model``). Unchanged when no repo matches."""
+        if (self.repo_dir(repo_type, repo_id) / "repo.json").is_file():
+            return repo_id
+        ns, name = (part.lower() for part in repo_id.split("/", 1))
+        base = self.root / "repos" / f"{repo_type}s"
+        for ns_dir in base.iterdir() if base.is_dir() else ():
+            if ns_dir.name.lower() != ns:
+                continue
+            for d in ns_dir.iterdir():
+                if d.name.lower() == name and (d / "repo.json").is_file():
+                    return f"{ns_dir.name}/{d.name}"
+        return repo_id
+
     def repo_meta(self, repo_type: str, repo_id: str) -> dict[str, Any] | None:
         p = self.repo_dir(repo_type, repo_id) / "repo.json"
         return json.loads(p.read_text()) if p.is_file() else None
@@ -245,7 +260,7 @@ class Store:
     def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> None:
         with self.lock(repo_type, repo_id):
             d = self.repo_dir(repo_type, repo_id)
-            if (d / "repo.json").is_file():
+            if (d / "repo.json").is_file() or self.canonical_id(repo_type, repo_id) != repo_id:
                 raise StorageError(409, f"You already created this {repo_type} repo: {repo_id}")
             if d.exists():  # left by a create that crashed before repo.json: start clean
                 os.replace(d, self.tmp_dir / f"stale-{secrets.token_hex(4)}")
@@ -364,8 +379,8 @@ class Store:
             if parent_commit is not None and parent_commit != head:
                 raise StorageError(
                     412,
-                    f"A commit has happened since {parent_commit}: the branch is now at {head}. "
-                    "Pull and retry.",
+                    "The branch was updated since you opened this page. Please refresh and try "
+                    f"again. (It moved from {parent_commit} to {head}.)",
                 )
             parent = self.commit(repo_type, repo_id, head)
             tree = dict(parent["tree"])
