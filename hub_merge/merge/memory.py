@@ -190,6 +190,7 @@ class MergeSession:
         op = TensorMerge(
             m, params, mparams, num_layers=self.num_layers, seed=seed, exact_mergekit=exact_mergekit
         )
+        op.check(self.names)  # a bad value is one ConfigError, before any tensor is merged
         self.arithmetic.add(op.arithmetic)
         out: StateDict = {}
         with torch.no_grad():

@@ -21,9 +21,10 @@ mergekit key              hub-merge recipe
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnusedParameterWarning
 
 _SUPPORTED = {
     "merge_method",
@@ -48,6 +49,45 @@ _WHY_NOT = {
 }
 
 
+_MOE_ROUTERS = {"hidden": "hidden-mean", "cheap_embed": "embed", "random": "random"}
+
+
+def is_mergekit_moe_config(data: Any) -> bool:
+    """mergekit-moe configs list ``experts`` (each a ``source_model``) and name no method."""
+    return (
+        isinstance(data, dict)
+        and "experts" in data
+        and "merge_method" not in data
+        and "method" not in data
+    )
+
+
+def moe_message(data: dict[str, Any]) -> str:
+    """One line for a mergekit-moe config given to ``merge``: the ``hub-merge moe`` to run."""
+    import shlex
+
+    parts = ["hub-merge moe"]
+    if isinstance(data.get("base_model"), str):
+        parts += ["--base", shlex.quote(data["base_model"])]
+    experts = data["experts"] if isinstance(data["experts"], list) else []
+    for e in experts:
+        if isinstance(e, dict) and isinstance(e.get("source_model"), str):
+            prompts = e.get("positive_prompts") or []
+            text = ";;".join(str(x) for x in prompts) if isinstance(prompts, list) else ""
+            parts += ["--expert", shlex.quote(e["source_model"])]
+            parts += ["--prompts", shlex.quote(text or "PROMPTS")]
+    router = _MOE_ROUTERS.get(str(data.get("gate_mode", "hidden")))
+    if router:
+        parts += ["--router", router]
+    if data.get("experts_per_token") is not None:
+        parts += ["--top-k", str(data["experts_per_token"])]
+    return (
+        "This is a mergekit-moe config (`experts` with `source_model`): `hub-merge merge` builds "
+        "one merged model; build a mixture of experts with `hub-merge moe`, e.g. "
+        f"`{' '.join(parts)} --out DIR`."
+    )
+
+
 def is_mergekit_config(data: Any) -> bool:
     """mergekit configs name ``merge_method``; hub-merge recipes name ``method``."""
     return isinstance(data, dict) and "merge_method" in data
@@ -70,6 +110,8 @@ def _model_ref(ref: Any, base: str | None, where: str) -> str:
 
 def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     """A mergekit config mapping -> the equivalent hub-merge recipe mapping (validated later)."""
+    # mergekit reads an empty `slices:` (or `parameters:`) as absent: so does hub-merge.
+    data = {k: v for k, v in data.items() if v is not None}
     for key in data:
         if key in _WHY_NOT:
             raise ConfigError(f"mergekit key `{key}`: {_WHY_NOT[key]}.")
@@ -101,16 +143,16 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{where}: unsupported key(s) {', '.join(extra)}; use `parameters`.")
         entry: dict[str, Any] = {"model": _model_ref(item["model"], base, where)}
         if item.get("parameters"):
+            if not isinstance(item["parameters"], dict):
+                raise ConfigError(f"{where}.parameters must be a mapping of name: value.")
             entry["parameters"] = item["parameters"]
         entries.append(entry)
-    # mergekit keys inputs by model, so a `models` entry that is the base itself is the same input
-    # as the base: methods that take the base drop the duplicate, exactly as mergekit does.
-    from .methods import get_method, uses_base
-
-    if base is not None and uses_base(get_method(str(data["merge_method"]))):
-        entries = [e for e in entries if e["model"] != base]
-        if not entries:
-            raise ConfigError("models: list at least one model besides base_model.")
+    global_params = data.get("parameters") or {}
+    if not isinstance(global_params, dict):
+        raise ConfigError("parameters must be a mapping of name: value.")
+    entries, global_params = _drop_unused(
+        str(data["merge_method"]), base, entries, dict(global_params)
+    )
     tok = data.get("tokenizer_source")
     if tok is not None and tok != "base" and tok != base:
         raise ConfigError(
@@ -120,8 +162,8 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     recipe: dict[str, Any] = {"method": data["merge_method"], "models": entries}
     if base is not None:
         recipe["base"] = base
-    if data.get("parameters"):
-        recipe["parameters"] = data["parameters"]
+    if global_params:
+        recipe["parameters"] = global_params
     compute = data.get("dtype")
     recipe["compute_dtype"] = compute if compute is not None else "input"
     out = data.get("out_dtype", compute)
@@ -130,3 +172,59 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("random_seed") is not None:
         recipe["seed"] = data["random_seed"]
     return recipe
+
+
+def _drop_unused(
+    method_name: str, base: str | None, entries: list[dict[str, Any]], global_params: dict
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Entries and global parameters as mergekit reads them, with one warning for the rest.
+
+    mergekit keys inputs by model, so a ``models`` entry that is the base itself is the same
+    input as the base: methods that take the base drop the duplicate, exactly as mergekit does,
+    and the base then gets only input-scoped parameters. Parameters the method does not read
+    (``weight`` under ``slerp``; ``normalize`` set per model where it is shared) are ignored by
+    mergekit; they are dropped here and named once, so the recipe (and its card) says only what
+    was used.
+    """
+    from .methods import (
+        get_method,
+        refuse_unknown_names,
+        unused_message,
+        unused_parameters,
+        uses_base,
+    )
+
+    method = get_method(method_name)
+    refuse_unknown_names(method, global_params, [e.get("parameters", {}) for e in entries])
+    unused: dict[str, list[str]] = {}
+    kept: list[tuple[int, dict[str, Any]]] = list(enumerate(entries))
+    if base is not None and uses_base(method):
+        input_scoped = {p.name for p in method.spec.parameters if p.scope.value == "input"}
+        for i, e in kept:
+            if e["model"] == base:
+                for name in e.get("parameters", {}):
+                    if name not in input_scoped:
+                        unused.setdefault(name, []).append(f"models[{i}] (the base_model)")
+        kept = [(i, e) for i, e in kept if e["model"] != base]
+        if not kept:
+            raise ConfigError("models: list at least one model besides base_model.")
+    found = unused_parameters(method, global_params, [e.get("parameters", {}) for _, e in kept])
+    for name, places in found.items():
+        for place in places:  # renumber "models[j]" (of the kept) as the config's own index
+            if place.startswith("models["):
+                j = int(place[len("models[") : place.index("]")])
+                place = f"models[{kept[j][0]}].parameters"
+            unused.setdefault(name, []).append(place)
+    known = {p.name for p in method.spec.parameters}
+    per_model = known - {p.name for p in method.spec.parameters if p.scope.value == "shared"}
+    out_entries = []
+    for _, e in kept:
+        e = dict(e)
+        params = {k: v for k, v in e.pop("parameters", {}).items() if k in per_model}
+        if params:
+            e["parameters"] = params
+        out_entries.append(e)
+    out_global = {k: v for k, v in global_params.items() if k in known}
+    if unused:
+        warnings.warn(unused_message(method, unused), UnusedParameterWarning, stacklevel=4)
+    return out_entries, out_global

@@ -186,10 +186,17 @@ class MergeRecipe(BaseModel):
     @classmethod
     def from_dict(cls, data: Any) -> MergeRecipe:
         """A recipe from hub-merge's own mapping or from a mergekit config as written."""
-        from .mergekit_config import from_mergekit, is_mergekit_config
+        from .mergekit_config import (
+            from_mergekit,
+            is_mergekit_config,
+            is_mergekit_moe_config,
+            moe_message,
+        )
 
         if not isinstance(data, dict):
             raise ConfigError("A recipe must be a mapping with at least `method` and `models`.")
+        if is_mergekit_moe_config(data):
+            raise ConfigError(moe_message(data))
         if is_mergekit_config(data):
             data = from_mergekit(data)
         try:

@@ -261,6 +261,7 @@ def merge_to_folder(
         compute_dtype=recipe.compute_torch_dtype(),
         exact_mergekit=recipe.exact_mergekit,
     )
+    op.check(names)  # every tensor's parameters, as plan checks them: before a weight is read
     meta = {
         "hub_merge_recipe": recipe.canonical_json(),
         ARITHMETIC_KEY: op.arithmetic,

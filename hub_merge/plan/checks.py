@@ -132,9 +132,34 @@ def _check_step(recipe: Any) -> None:
     )
 
 
-def _method_issues(recipe: Any) -> list[Issue]:
+# Not mergekit methods: hub-merge's own (LoRA factor mixes, DAM), checked by their own code.
+_NOT_MERGEKIT = frozenset({"lora_factor_sum", "dam"})
+
+
+def check_tensor_values(recipe: Any, ref: ModelMeta | None) -> None:
+    """Each step's parameters resolved for every tensor the reference's header names, by the
+    merge's own rules (``TensorMerge.check``): no weight read, the same ConfigError as ``merge``.
+    """
+    from ..merge.methods import check_tensor_parameters, get_method
+
+    if ref is None or not ref.tensors:
+        return
+    for step in _steps(recipe):
+        if step.is_leaf or step.method in _NOT_MERGEKIT:
+            continue
+        check_tensor_parameters(
+            get_method(step.method),
+            step.parameters,
+            [e.parameters for e in step.models],
+            list(ref.tensors),
+            ref.layers,
+        )
+
+
+def _method_issues(recipe: Any, ref: ModelMeta | None = None) -> list[Issue]:
     try:
         check_method(recipe)
+        check_tensor_values(recipe, ref)
     except HubMergeError as err:
         return [Issue(recipe.method, "method input contract", str(err))]
     return []

@@ -66,7 +66,7 @@ def plan_models(
             if vocab is not None:
                 issues.append(vocab)
     if recipe is not None:
-        issues += _method_issues(recipe)
+        issues += _method_issues(recipe, ref if ref is not None and not ref.problem else None)
     licenses = {m.id: m.license for m in ([base_meta] if base_meta else []) + metas}
     known = sorted({lic for lic in licenses.values() if lic})
     if len(known) > 1:
