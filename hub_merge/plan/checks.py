@@ -10,6 +10,7 @@ from typing import Any
 
 from ..compat import _SEMANTIC_FIELDS, _vocab
 from ..errors import HubMergeError
+from ..tensors.lora import adapter_refusal
 from .meta import ModelMeta
 from .report import Issue
 
@@ -62,6 +63,9 @@ def _pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
     if m.kind == "adapter":
         declared = (m.adapter_config or {}).get("base_model_name_or_path")
         issues = []
+        refusal = adapter_refusal(m.adapter_config or {}, m.id)
+        if refusal:
+            issues.append(Issue(m.id, "adapter type", refusal))
         if not _same_base(declared, ref):
             issues.append(Issue(m.id, "adapter base", f"trained on {declared!r}, not on {ref.id}"))
         for name, shape in _lora_deltas(m).items():
