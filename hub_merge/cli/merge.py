@@ -100,6 +100,19 @@ def command(
     if show_mergekit:
         click.echo(parsed.to_mergekit_yaml())
         return
+    unseeded = parsed.unseeded_random_methods()
+    if unseeded:  # a seed now, so the recipe recorded in the output (and printed) replays it
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+        parsed = parsed.with_seed(seed)
+        if not as_json:
+            click.echo(
+                f"{', '.join(unseeded)} draws random numbers and the recipe names no seed: using "
+                f"seed {seed} (recorded in the output's metadata; add `seed: {seed}` to the "
+                "recipe to get the same tensors again).",
+                err=True,
+            )
     check_method(parsed)  # before any I/O
     plan_recipe(parsed, endpoint=endpoint, token=token).raise_for_issues()
     parsed = _pull_refs(parsed, endpoint=endpoint, token=token)

@@ -17,6 +17,18 @@ mergekit key              hub-merge recipe
 ``tokenizer_source``      accepted when it names the base (``base`` or the base's id)
 ``random_seed``           ``seed``
 ========================  ==============================================================
+
+Where hub-merge and mergekit-yaml differ on purpose:
+
+- Parameters a method does not read (``weight`` under ``slerp``; a shared one such as
+  ``normalize`` set per model) are ignored by mergekit without a word; here they are dropped with
+  one :class:`~hub_merge.errors.UnusedParameterWarning` naming them. A name no merge method reads
+  at all (``desnity``) is refused, with the closest valid name.
+- Without ``out_dtype``, mergekit stores whatever dtype the method's kernel returns. That is the
+  compute ``dtype`` for every method but ``arcee_fusion``, whose kernel multiplies by a float32
+  mask: ``examples/arcee_fusion.yml`` (``dtype: bfloat16``) gives float32 tensors there, under a
+  config.json that says bfloat16. hub-merge stores the dtype the config names (the same numbers,
+  rounded once); ``out_dtype: float32`` gives mergekit's bytes exactly.
 """
 
 from __future__ import annotations

@@ -54,8 +54,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 # "input": compute in the inputs' own dtype, as mergekit does when its config names no `dtype`.
 COMPUTE_DTYPES = (*DTYPES, "input")
 LEAF_METHOD = "passthrough"  # mergekit's identity method: one model, unchanged
-# Methods that draw random masks: a recipe using one carries a seed, so its tensors are fixed.
-RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
+# Methods that draw random numbers: a recipe using one carries a seed, so its tensors are fixed.
+# DARE and DELLA draw their drop masks; arcee_fusion samples 1M elements of a bigger tensor to
+# estimate its quantiles. (breadcrumbs and ties rank magnitudes: deterministic, no seed needed.)
+RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear", "arcee_fusion"})
 
 
 class ModelEntry(BaseModel):
@@ -166,6 +168,35 @@ class MergeRecipe(BaseModel):
             raise ValueError(f"compute_dtype {value!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         return value
 
+    def with_seed(self, seed: int | None = None) -> MergeRecipe:
+        """This recipe with a seed wherever a random method has none (nested steps too).
+
+        Why: without one, DARE/DELLA masks come from torch's global generator and every run
+        gives other tensors, so a recipe recorded in an output or a card would not replay. The
+        drawn seed becomes part of the recipe (its hash, the output's metadata), so it does.
+        ``seed`` fixes the value drawn (tests); default: a fresh one from ``secrets``.
+        """
+        import secrets
+
+        def fill(item: str | MergeRecipe | None) -> str | MergeRecipe | None:
+            return item.with_seed(seed) if isinstance(item, MergeRecipe) else item
+
+        update: dict[str, Any] = {}
+        if self.method in RANDOM_METHODS and self.seed is None:
+            update["seed"] = secrets.randbelow(2**31) if seed is None else seed
+        if self.nested:
+            update["base"] = fill(self.base)
+            update["models"] = [e.model_copy(update={"model": fill(e.model)}) for e in self.models]
+        return self.model_copy(update=update) if update else self
+
+    def unseeded_random_methods(self) -> list[str]:
+        """Random methods of this recipe (nested steps too) that name no seed."""
+        out = [self.method] if self.method in RANDOM_METHODS and self.seed is None else []
+        for item in self.inputs():
+            if isinstance(item, MergeRecipe):
+                out += [m for m in item.unseeded_random_methods() if m not in out]
+        return out
+
     # --- YAML / JSON ------------------------------------------------------------------------
 
     @classmethod
@@ -264,9 +295,14 @@ class MergeRecipe(BaseModel):
         out_dtype = self.dtype or input_dtype or self._inputs_dtype()
         if out_dtype:
             config["out_dtype"] = out_dtype
-        lines = yaml.safe_dump(config, sort_keys=False)
         if self.seed is not None:
-            lines = f"# run with: mergekit-yaml --random-seed {self.seed} ...\n" + lines
+            config["random_seed"] = self.seed
+        lines = yaml.safe_dump(config, sort_keys=False)
+        if self.seed is not None and self.method in RANDOM_METHODS:
+            lines = (
+                f"# random_seed {self.seed}: `hub-merge merge` of this config replays the same "
+                "masks; mergekit ignores the key (its --random-seed draws other ones)\n" + lines
+            )
         return lines
 
     def _inputs_dtype(self) -> str | None:

@@ -229,6 +229,7 @@ def merge_to_folder(
             "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "
             "(hub_merge.merge.MergeSession.merge_recipe), or one step at a time."
         )
+    recipe = recipe.with_seed()  # a random method gets a seed, recorded in the output's metadata
     dev = resolve_device(device)
     method = get_method(recipe.method)
     if needs_base(method) and recipe.base is None:
