@@ -93,6 +93,14 @@ def moe_message(data: dict[str, Any]) -> str:
         parts += ["--router", router]
     if data.get("experts_per_token") is not None:
         parts += ["--top-k", str(data["experts_per_token"])]
+    arch = str(data.get("architecture") or "").lower()
+    for prefix, name in (("qwen3", "qwen3_moe"), ("qwen", "qwen2_moe"), ("mixtral", "mixtral")):
+        if arch.startswith(prefix):
+            parts += ["--output-arch", name]
+            break
+    shared = data.get("shared_experts")
+    if isinstance(shared, list) and shared and isinstance(shared[0], dict):
+        parts += ["--shared-expert", shlex.quote(str(shared[0].get("source_model")))]
     return (
         "This is a mergekit-moe config (`experts` with `source_model`): `hub-merge merge` builds "
         "one merged model; build a mixture of experts with `hub-merge moe`, e.g. "

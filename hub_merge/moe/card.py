@@ -127,8 +127,8 @@ def build_moe_card(manifest: dict[str, Any], repo_id: str | None = None) -> Mode
     body = f"""
 # {name.split("/")[-1]}
 
-A mixture of experts ([Shazeer et al. 2017]({ARXIV["moe"]}); Mixtral layout,
-[Jiang et al. 2024]({ARXIV["mixtral"]})) assembled by
+A mixture of experts ([Shazeer et al. 2017]({ARXIV["moe"]}); `{manifest["architecture"]}`,
+the Mixtral layout of [Jiang et al. 2024]({ARXIV["mixtral"]}) or its Qwen-MoE kin) assembled by
 [hub-merge](https://github.com/) from `{manifest["base"]["id"]}` and {len(experts)} of its
 experts. Each expert's MLP is one MoE expert; embeddings, attention and norms are
 {"the base's" if manifest["settings"]["shared"] == "base" else "the base plus the mean of the experts' deltas"}.
