@@ -162,3 +162,64 @@ def test_examples_give_mergekit_yaml_tensors(name, mergekit_outputs, tmp_path):
         else:
             assert ours[tensor].dtype == theirs[tensor].dtype, tensor
             torch.testing.assert_close(ours[tensor], theirs[tensor], rtol=0, atol=0)
+
+
+# --- Llava: mergekit keeps only the vision side; hub-merge keeps the language model too -------
+
+
+@pytest.fixture(scope="module")
+def llava_pair(tmp_path_factory):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    from transformers import LlavaForConditionalGeneration as Llava
+
+    root = tmp_path_factory.mktemp("llava")
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=16,
+        projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=63)
+    folders = []
+    for i in range(2):
+        torch.manual_seed(i)
+        Llava(cfg).save_pretrained(root / f"llava{i}")
+        folders.append(root / f"llava{i}")
+    config = root / "llava_linear.yaml"
+    text_ = (EXAMPLES / "llava_linear.yaml").read_text()
+    config.write_text(text_.replace("{e0}", str(folders[0])).replace("{e1}", str(folders[1])))
+    return folders, config
+
+
+def test_a_llava_merge_keeps_its_language_model(llava_pair, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    folders, config = llava_pair
+    out = merge_to_folder(MergeRecipe.from_yaml(config), tmp_path / "ours", progress=False)
+    ours, a, b = load_folder(out), load_folder(folders[0]), load_folder(folders[1])
+    assert set(ours) == set(a)
+    language = [n for n in a if "language_model" in n]
+    assert len(language) > 10
+    for name in language:
+        torch.testing.assert_close(ours[name], (a[name] + b[name]) / 2)
+    AutoModelForImageTextToText.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_mergekit_yaml_drops_a_llavas_language_model(llava_pair, tmp_path):
+    folders, config = llava_pair
+    run_mergekit_yaml([(str(config), str(tmp_path / "mk"))])
+    theirs, ours = load_folder(tmp_path / "mk"), load_folder(folders[0])
+    assert not any("language_model" in n or "embed_tokens" in n for n in theirs)
+    assert len(theirs) < len(ours)
