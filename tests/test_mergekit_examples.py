@@ -41,9 +41,11 @@ def _config(path: Path, models, root: Path) -> Path:
 
 
 def test_the_examples_are_there_and_each_says_what_to_expect():
-    assert len(FILES) >= 12
+    assert len(FILES) == 17  # + llava_linear.yaml, tested on its own below
     kinds = [_expectation(p)[0] for p in FILES]
-    assert kinds.count("mergekit") >= 8 and kinds.count("refused") >= 3
+    assert kinds.count("mergekit") == 14 and kinds.count("refused") == 3
+    sliced = [p.stem for p in FILES if "slices:\n" in p.read_text()]
+    assert len(sliced) == 5  # slices: stacks, gradient SLERP, per-slice merges and parameters
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 mergekit's schema and hub-merge's recipe say the same things with different keys; this module
 maps one onto the other so a user's existing ``mergekit-yaml`` config runs unchanged and gives
-the same tensors. What the streaming engine cannot build is refused by key, never ignored:
+the same tensors. What the streaming engine cannot build is refused by key, never ignored.
+``slices`` become the recipe's ``slices`` (merged by :mod:`.slices`):
 
 ========================  ==============================================================
 mergekit key              hub-merge recipe
@@ -40,6 +41,7 @@ from ..errors import ConfigError, UnusedParameterWarning
 
 _SUPPORTED = {
     "merge_method",
+    "slices",
     "base_model",
     "models",
     "parameters",
@@ -50,8 +52,6 @@ _SUPPORTED = {
     "name",
 }
 _WHY_NOT = {
-    "slices": "layer slicing (`slices`, as used by `passthrough` frankenmerges) is not built by "
-    "hub-merge's streaming engine; express the merge with `models:` or run it with mergekit-yaml",
     "modules": "per-module merges (`modules`) are not built by hub-merge; use `models:` or "
     "mergekit-yaml",
     "tokenizer": "tokenizer surgery (`tokenizer`) is not supported; hub-merge keeps the base's "
@@ -148,7 +148,42 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
             f"base_model {base!r} applies a LoRA to the base; merge that adapter first "
             "(hub-merge merge) and use the result as base_model."
         )
-    models = data.get("models")
+    global_params = data.get("parameters") or {}
+    if not isinstance(global_params, dict):
+        raise ConfigError("parameters must be a mapping of name: value.")
+    method = str(data["merge_method"])
+    if "slices" in data:
+        if "models" in data:
+            raise ConfigError("Give `models` or `slices`, not both (mergekit reads exactly one).")
+        slices, global_params = _slices(method, base, data["slices"], dict(global_params))
+        shape: dict[str, Any] = {"slices": slices}
+    else:
+        entries = _entries(data.get("models"), base)
+        entries, global_params = _drop_unused(method, base, entries, dict(global_params))
+        shape = {"models": entries}
+    tok = data.get("tokenizer_source")
+    if tok is not None and tok != "base" and tok != base:
+        raise ConfigError(
+            f"tokenizer_source {tok!r}: hub-merge keeps the base's tokenizer; set it to `base` "
+            "(or drop it) - vocabulary unions are not supported."
+        )
+    recipe: dict[str, Any] = {"method": data["merge_method"], **shape}
+    if base is not None:
+        recipe["base"] = base
+    if global_params:
+        recipe["parameters"] = global_params
+    compute = data.get("dtype")
+    recipe["compute_dtype"] = compute if compute is not None else "input"
+    out = data.get("out_dtype", compute)
+    if out is not None:
+        recipe["dtype"] = out
+    if data.get("random_seed") is not None:
+        recipe["seed"] = data["random_seed"]
+    return recipe
+
+
+def _entries(models: Any, base: str | None) -> list[dict[str, Any]]:
+    """``models:`` as recipe entries (a bare string is ``{model: ...}``)."""
     if not isinstance(models, list) or not models:
         raise ConfigError("models: list at least one model (`- model: org/name`).")
     entries = []
@@ -167,31 +202,77 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
                 raise ConfigError(f"{where}.parameters must be a mapping of name: value.")
             entry["parameters"] = item["parameters"]
         entries.append(entry)
-    global_params = data.get("parameters") or {}
-    if not isinstance(global_params, dict):
-        raise ConfigError("parameters must be a mapping of name: value.")
-    entries, global_params = _drop_unused(
-        str(data["merge_method"]), base, entries, dict(global_params)
-    )
-    tok = data.get("tokenizer_source")
-    if tok is not None and tok != "base" and tok != base:
-        raise ConfigError(
-            f"tokenizer_source {tok!r}: hub-merge keeps the base's tokenizer; set it to `base` "
-            "(or drop it) - vocabulary unions are not supported."
+    return entries
+
+
+def _slices(
+    method_name: str, base: str | None, slices: Any, global_params: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``slices:`` as recipe slices; unused parameters dropped with one warning, as for models.
+
+    mergekit reads each source's ``parameters`` like a model's, then the slice's, then the
+    global ones. A slice's own ``base_model`` or ``residual_weight`` is refused by name.
+    """
+    from .methods import get_method, refuse_unknown_names, unused_message, unused_parameters
+
+    if not isinstance(slices, list) or not slices:
+        raise ConfigError("slices: list at least one slice (`- sources: [...]`).")
+    method = get_method(method_name)
+    known = {p.name for p in method.spec.parameters}
+    per_model = known - {p.name for p in method.spec.parameters if p.scope.value == "shared"}
+    unused: dict[str, list[str]] = {}
+    out = []
+    for i, sl in enumerate(slices):
+        where = f"slices[{i}]"
+        if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list):
+            raise ConfigError(f"{where}: each slice needs `sources:` (model and layer_range each).")
+        extra = sorted(set(sl) - {"sources", "parameters"})
+        if extra:
+            raise ConfigError(
+                f"{where}: {', '.join(extra)} is not built by hub-merge (a slice's own "
+                "base_model or residual_weight); set base_model once for the config."
+            )
+        params = dict(sl.get("parameters") or {})
+        sources = []
+        for j, src in enumerate(sl["sources"]):
+            at = f"{where}.sources[{j}]"
+            if not isinstance(src, dict) or "model" not in src or "layer_range" not in src:
+                raise ConfigError(
+                    f"{at}: a source needs `model:` and `layer_range: [start, stop]`."
+                )
+            extra = sorted(set(src) - {"model", "layer_range", "parameters"})
+            if extra:
+                raise ConfigError(f"{at}: unsupported key(s) {', '.join(extra)}.")
+            if "+" in str(src["model"]):
+                raise ConfigError(f"{at}: a LoRA (`model+lora`) cannot be sliced; merge it first.")
+            sources.append(
+                {
+                    "model": src["model"],
+                    "layer_range": src["layer_range"],
+                    "parameters": dict(src.get("parameters") or {}),
+                }
+            )
+        refuse_unknown_names(method, params, [s["parameters"] for s in sources])
+        found = unused_parameters(method, params, [s["parameters"] for s in sources])
+        for name, places in found.items():
+            for place in places:  # "parameters" or "models[j].parameters", in slice terms
+                place = (
+                    f"{where}.sources[" + place[len("models[") :]
+                    if place != "parameters"
+                    else f"{where}.parameters"
+                )
+                unused.setdefault(name, []).append(place)
+        for s_ in sources:
+            s_["parameters"] = {k: v for k, v in s_["parameters"].items() if k in per_model}
+        out.append(
+            {"sources": sources, "parameters": {k: v for k, v in params.items() if k in known}}
         )
-    recipe: dict[str, Any] = {"method": data["merge_method"], "models": entries}
-    if base is not None:
-        recipe["base"] = base
-    if global_params:
-        recipe["parameters"] = global_params
-    compute = data.get("dtype")
-    recipe["compute_dtype"] = compute if compute is not None else "input"
-    out = data.get("out_dtype", compute)
-    if out is not None:
-        recipe["dtype"] = out
-    if data.get("random_seed") is not None:
-        recipe["seed"] = data["random_seed"]
-    return recipe
+    refuse_unknown_names(method, global_params, [])
+    for name in unused_parameters(method, global_params, []):
+        unused.setdefault(name, []).append("parameters")
+    if unused:
+        warnings.warn(unused_message(method, unused), UnusedParameterWarning, stacklevel=5)
+    return out, {k: v for k, v in global_params.items() if k in known}
 
 
 def _drop_unused(

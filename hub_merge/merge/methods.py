@@ -348,16 +348,19 @@ class TensorMerge:
         base: torch.Tensor | None,
         *,
         out_dtype: torch.dtype | None = None,
+        t: float | None = None,
     ) -> torch.Tensor:
         """Merge one tensor (in ``compute_dtype``); ``base`` joins only if the method uses it.
+
+        ``t`` is the position gradients are read at (default: the tensor's layer in the model;
+        a slice passes the layer's position within the slice, as mergekit does).
 
         Task-arithmetic methods (ties, dare, breadcrumbs, della) computed in float32 use
         :mod:`.kernels`' linear-time sparsification unless ``exact_mergekit``; everything else
         is mergekit's own arithmetic.
         """
-        shared, per_model = resolve(
-            self.method, name, layer_t(name, self.num_layers), self.global_params, self.model_params
-        )
+        where = layer_t(name, self.num_layers) if t is None else t
+        shared, per_model = resolve(self.method, name, where, self.global_params, self.model_params)
         ids: list[str] = [f"m{i}" for i in range(len(models))]
         tensors = list(models)
         base_index = None

@@ -224,6 +224,16 @@ def merge_to_folder(
         from ..dam.recipe import dam_to_folder
 
         return dam_to_folder(recipe, out, device=device, overwrite=overwrite)
+    if recipe.slices:  # mergekit's layer slices: stacked and merged slice by slice
+        from .slices import slices_to_folder
+
+        return slices_to_folder(
+            recipe.with_seed(),
+            out,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
+            progress=progress,
+        )
     if recipe.nested:
         raise ConfigError(
             "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "

@@ -123,17 +123,19 @@ def check_method(recipe: Any) -> None:
 
 
 def _check_step(recipe: Any) -> None:
-    from ..merge.methods import get_method, validate_parameters
+    from ..merge.methods import get_method, uses_base, validate_parameters
 
     if recipe.is_leaf:
         return
-    validate_parameters(
-        get_method(recipe.method),
-        recipe.parameters,
-        [e.parameters for e in recipe.models],
-        n_inputs=len(recipe.models),
-        has_base=recipe.base is not None,
-    )
+    method = get_method(recipe.method)
+    for params, model_params in recipe.merge_groups(uses_base(method)):
+        validate_parameters(
+            method,
+            params,
+            model_params,
+            n_inputs=len(model_params),
+            has_base=recipe.base is not None,
+        )
 
 
 # Not mergekit methods: hub-merge's own (LoRA factor mixes, DAM), checked by their own code.
@@ -144,20 +146,16 @@ def check_tensor_values(recipe: Any, ref: ModelMeta | None) -> None:
     """Each step's parameters resolved for every tensor the reference's header names, by the
     merge's own rules (``TensorMerge.check``): no weight read, the same ConfigError as ``merge``.
     """
-    from ..merge.methods import check_tensor_parameters, get_method
+    from ..merge.methods import check_tensor_parameters, get_method, uses_base
 
     if ref is None or not ref.tensors:
         return
     for step in _steps(recipe):
         if step.is_leaf or step.method in _NOT_MERGEKIT:
             continue
-        check_tensor_parameters(
-            get_method(step.method),
-            step.parameters,
-            [e.parameters for e in step.models],
-            list(ref.tensors),
-            ref.layers,
-        )
+        method = get_method(step.method)
+        for params, model_params in step.merge_groups(uses_base(method)):
+            check_tensor_parameters(method, params, model_params, list(ref.tensors), ref.layers)
 
 
 def _method_issues(recipe: Any, ref: ModelMeta | None = None) -> list[Issue]:
@@ -167,3 +165,30 @@ def _method_issues(recipe: Any, ref: ModelMeta | None = None) -> list[Issue]:
     except HubMergeError as err:
         return [Issue(recipe.method, "method input contract", str(err))]
     return []
+
+
+def slice_issues(recipe: Any, metas: list[ModelMeta]) -> list[Issue]:
+    """Each slice source's ``layer_range`` against its model's layer count (from its config)."""
+    by_ref: dict[str, ModelMeta] = {}
+    for m in metas:
+        for key in (m.ref, m.id, str(m.folder) if m.folder else None):
+            if key:
+                by_ref[key] = m
+    issues = []
+    for i, sl in enumerate(recipe.slices):
+        for j, src in enumerate(sl.sources):
+            m = by_ref.get(src.model)
+            if m is None and Path(src.model).exists():
+                m = by_ref.get(str(Path(src.model).resolve()))
+            if m is None or not m.layers:
+                continue
+            if src.layer_range[1] > m.layers:
+                issues.append(
+                    Issue(
+                        m.id,
+                        f"slices[{i}].sources[{j}].layer_range",
+                        f"{list(src.layer_range)} reaches past its {m.layers} layers "
+                        "(layer_range is [start, stop), counted from 0)",
+                    )
+                )
+    return issues
