@@ -135,3 +135,48 @@ def test_a_sliced_recipe_exports_back_to_the_same_mergekit_config(tiny_models):
     recipe = _stack(tiny_models)
     again = MergeRecipe.from_yaml(recipe.to_mergekit_yaml(input_dtype="float32"))
     assert again.slices == recipe.slices and again.method == "passthrough"
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    root = tmp_path_factory.mktemp("gpt2")
+    cfg = GPT2Config(vocab_size=64, n_embd=32, n_layer=3, n_head=4, n_positions=32)
+    for i in range(2):
+        torch.manual_seed(i)
+        GPT2LMHeadModel(cfg).save_pretrained(root / f"m{i}")
+    config = root / "stack.yml"
+    config.write_text(
+        f"slices:\n  - sources:\n    - {{model: {root / 'm0'}, layer_range: [0, 2]}}\n"
+        f"  - sources:\n    - {{model: {root / 'm1'}, layer_range: [1, 3]}}\n"
+        "merge_method: passthrough\ndtype: float32\n"
+    )
+    return root, config
+
+
+def test_a_gpt2_stack_renumbers_h_blocks_and_sets_n_layer(gpt2_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    root, config = gpt2_pair
+    out = merge_to_folder(MergeRecipe.from_yaml(config), tmp_path / "out", progress=False)
+    merged, m1 = load_folder(out), load_folder(root / "m1")
+    name = "transformer.h.{}.attn.c_attn.weight"
+    assert torch.equal(merged[name.format(3)], m1[name.format(2)])
+    assert torch.equal(merged["transformer.ln_f.weight"], m1["transformer.ln_f.weight"])
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 4
+    assert len(AutoModelForCausalLM.from_pretrained(out).transformer.h) == 4
+
+
+@pytest.mark.slow  # one mergekit-yaml process
+def test_the_gpt2_stack_gives_mergekit_yaml_tensors(gpt2_pair, tmp_path):
+    from tests.fixtures.merge import run_mergekit_yaml
+
+    _, config = gpt2_pair
+    run_mergekit_yaml([(str(config), str(tmp_path / "mk"))])
+    ours = load_folder(
+        merge_to_folder(MergeRecipe.from_yaml(config), tmp_path / "o", progress=False)
+    )
+    theirs = load_folder(tmp_path / "mk")
+    assert set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -209,6 +209,11 @@ class MergeSession:
     ) -> StateDict:
         """Run a recipe in memory; ``models`` maps recipe model strings to loaded handles/dicts."""
         models = dict(models or {})
+        if recipe.slices:  # layers stacked from several models: a new shape, not this session's
+            raise ConfigError(
+                "A recipe with `slices` changes the layer count; merge it to a folder "
+                "(merge_to_folder, `hub-merge merge`)."
+            )
         if is_factor_recipe(recipe):
             return self.merge_factors(recipe)
         if recipe.method == "dam":  # learned per-column coefficients (hub_merge.dam)
