@@ -80,7 +80,33 @@ def test_the_cli_merge_of_a_bad_della_exits_with_one_error_and_no_traceback(
     assert main(["merge", str(path), "--out", str(tmp_path / "out")]) != 0
     err = capsys.readouterr().err
     assert "Traceback" not in err and "epsilon" in err
+    [line] = [x for x in err.splitlines() if x.startswith("Error:")]
+    assert line.startswith("Error: Method 'della': models[1] has density 0.5 and epsilon 0.7")
+    assert len([x for x in err.splitlines() if x.strip()]) == 1  # one line, nothing else
     assert main(["plan", str(path)]) != 0
+
+
+def test_a_value_error_only_the_weights_reveal_is_a_one_line_merge_error(
+    tiny_models, tmp_path, monkeypatch
+):
+    from mergekit import merge_methods
+
+    from hub_merge.errors import MergeError
+
+    def antipodal(*args, **kwargs):
+        raise ValueError("The weighted sum of the input tensors is zero. This occurs when ...")
+
+    monkeypatch.setattr(merge_methods, "merge_tensors", antipodal)
+    e0, e1 = (str(p) for p in tiny_models.experts[:2])
+    recipe = MergeRecipe.from_dict(
+        {
+            "method": "multislerp",
+            "models": [{"model": m, "parameters": {"weight": 1}} for m in (e0, e1)],
+        }
+    )
+    with pytest.raises(MergeError, match=r"'multislerp' failed on tensor '.*': The weighted sum"):
+        merge_to_folder(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_mergekit_moe_config_says_to_use_hub_merge_moe_once():

@@ -27,6 +27,7 @@ from mergekit.sparsify import SparsificationMethod
 from ..errors import (
     ConfigError,
     IncompatibleModelsError,
+    MergeError,
     UnknownMethodError,
     UnusedParameterWarning,
 )
@@ -385,13 +386,20 @@ class TensorMerge:
             )
         if self.seed is not None:
             torch.manual_seed(tensor_seed(self.seed, name))
-        return merge_methods.merge_tensors(
-            tensors,
-            self.kernel,
-            parameters=params,
-            ids=ids,
-            base_index=base_index,
-            name=name,
-            dtype=self.compute_dtype,
-            out_dtype=out_dtype,
-        )
+        try:
+            return merge_methods.merge_tensors(
+                tensors,
+                self.kernel,
+                parameters=params,
+                ids=ids,
+                base_index=base_index,
+                name=name,
+                dtype=self.compute_dtype,
+                out_dtype=out_dtype,
+            )
+        except ValueError as err:  # what only the weights reveal (multislerp's zero mean, ...)
+            first = str(err).strip().splitlines()
+            raise MergeError(
+                f"Method {self.method.spec.name!r} failed on tensor {name!r}: "
+                f"{first[0] if first else type(err).__name__}"
+            ) from None

@@ -12,7 +12,7 @@ from ..compat import _SEMANTIC_FIELDS, _vocab
 from ..errors import HubMergeError
 from ..tensors.lora import adapter_refusal
 from .meta import ModelMeta
-from .report import Issue
+from .report import METHOD_ISSUE, Issue
 
 
 def _lora_deltas(meta: ModelMeta) -> dict[str, tuple[int, ...]]:
@@ -163,7 +163,7 @@ def _method_issues(recipe: Any, ref: ModelMeta | None = None) -> list[Issue]:
         check_method(recipe)
         check_tensor_values(recipe, ref)
     except HubMergeError as err:
-        return [Issue(recipe.method, "method input contract", str(err))]
+        return [Issue(recipe.method, METHOD_ISSUE, str(err))]
     return []
 
 
