@@ -180,3 +180,27 @@ def test_the_gpt2_stack_gives_mergekit_yaml_tensors(gpt2_pair, tmp_path):
     theirs = load_folder(tmp_path / "mk")
     assert set(ours) == set(theirs)
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_the_cli_pulls_every_slice_source_from_the_hub(local_hub, tiny_models, tmp_path, capsys):
+    from hub_merge.cli import main
+    from hub_merge.hub import get_api
+
+    api = get_api(local_hub.endpoint, local_hub.token)
+    refs = []
+    for i, folder in enumerate(tiny_models.experts[:2]):
+        repo_id = f"{local_hub.user}/slice-src-{i}"
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder)
+        refs.append(repo_id)
+    config = tmp_path / "stack.yml"
+    config.write_text(
+        f"merge_method: passthrough\nslices:\n"
+        f"  - sources: [{{model: {refs[0]}, layer_range: [0, 2]}}]\n"
+        f"  - sources: [{{model: {refs[1]}, layer_range: [1, 3]}}]\n"
+    )
+    hub = ["--endpoint", local_hub.endpoint, "--token", local_hub.token]
+    assert main(["merge", str(config), "--out", str(tmp_path / "out"), *hub]) == 0
+    local = load_folder(merge_to_folder(_stack(tiny_models), tmp_path / "local", progress=False))
+    pulled = load_folder(tmp_path / "out")
+    assert set(pulled) == set(local) and all(torch.equal(pulled[k], local[k]) for k in local)

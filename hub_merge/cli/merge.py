@@ -35,7 +35,19 @@ def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
         return str(pull(item, endpoint=endpoint, token=token).path)
 
     models = [e.model_copy(update={"model": local(e.model)}) for e in recipe.models]
-    return recipe.model_copy(update={"base": local(recipe.base), "models": models})
+    update = {"base": local(recipe.base), "models": models}
+    if recipe.slices:  # each slice source names a model: the same pulled folder
+        update["slices"] = [
+            sl.model_copy(
+                update={
+                    "sources": [
+                        src.model_copy(update={"model": local(src.model)}) for src in sl.sources
+                    ]
+                }
+            )
+            for sl in recipe.slices
+        ]
+    return recipe.model_copy(update=update)
 
 
 @click.command("merge")
@@ -86,6 +98,11 @@ def command(
         - {model: ./math, parameters: {weight: 1.0, density: 0.5}}
         - {model: ./code-lora, parameters: {weight: 0.7, density: 0.5}}
       seed: 0
+
+    A mergekit-yaml config works as written (models or slices, parameters, dtype, out_dtype,
+    random_seed); parameters its method does not read are ignored with one warning, as mergekit
+    ignores them. A random method (dare, della, arcee_fusion) without a seed gets one, printed
+    and recorded in the output.
 
     Models may be local folders or Hub refs (org/name[@rev]). `hub-merge plan` runs first: any
     incompatibility fails the merge in seconds, before a weight is downloaded; then Hub refs are
