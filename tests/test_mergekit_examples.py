@@ -225,3 +225,16 @@ def test_mergekit_yaml_drops_a_llavas_language_model(llava_pair, tmp_path):
     theirs, ours = load_folder(tmp_path / "mk"), load_folder(folders[0])
     assert not any("language_model" in n or "embed_tokens" in n for n in theirs)
     assert len(theirs) < len(ours)
+
+
+def test_plan_and_merge_of_one_recipe_warn_once(tiny_models, tmp_path, capsys):
+    """`merge` checks the recipe three times (method, plan, engine): one warning, not three."""
+    e0, e1 = (str(p) for p in tiny_models.experts[:2])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(
+        f"method: slerp\nbase: {e0}\nmodels:\n  - {{model: {e1}, parameters: {{weight: 0.4}}}}\n"
+        "parameters: {t: 0.5}\n"
+    )
+    assert main(["merge", str(path), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("Ignoring parameter(s) that method 'slerp' does not use") == 1

@@ -112,10 +112,14 @@ def warn_unused(
     global_params: Mapping[str, Any],
     model_params: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Warn (once per message and process: Python's default filter) about unused parameters."""
+    """Warn (once per message and process: Python's default filter) about unused parameters.
+
+    The warning is attributed to this line (stacklevel 1), not to the caller: plan and merge
+    both check a recipe, and the default filter shows a message once per place it comes from.
+    """
     unused = unused_parameters(method, global_params, model_params)
     if unused:
-        warnings.warn(unused_message(method, unused), UnusedParameterWarning, stacklevel=3)
+        warnings.warn(unused_message(method, unused), UnusedParameterWarning, stacklevel=1)
 
 
 def refuse_unknown_names(
