@@ -65,6 +65,10 @@ class IncompatibleModelsError(HubMergeError, ValueError):
 # --- merging and kinship ----------------------------------------------------------------------
 
 
+class UnusedParameterWarning(UserWarning):
+    """A recipe sets a parameter its method does not read; it is ignored, as mergekit does."""
+
+
 class MergeError(HubMergeError, RuntimeError):
     """A merge failed while running; no output was left behind."""
 

@@ -151,8 +151,9 @@ def test_own_recipes_still_export_to_equivalent_mergekit_yaml(bf16_models, tmp_p
     ("text", "names"),
     [
         (
-            "merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n",
-            "slices",
+            "merge_method: passthrough\nslices:\n  - sources: [{model: a, layer_range: [0, 2]}]\n"
+            "    residual_weight: 0.5\n",
+            "residual_weight",
         ),
         ("merge_method: linear\nmodels: [{model: a}]\nmodulez: 1\n", "modulez"),
         (

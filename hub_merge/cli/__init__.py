@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import click
 
-from ..errors import HubMergeError
+from ..errors import HubMergeError, UnusedParameterWarning
 from ..version import __version__
 
 # Order is the order shown in `hub-merge --help`. Add a module name here when adding a command.
@@ -88,9 +89,22 @@ def main(argv: list[str] | None = None, *, prog_name: str = "hub-merge") -> int:
             set_quiet(False)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """hub-merge's own warnings as one line on stderr (no file, line or source quote)."""
+    if issubclass(category, UnusedParameterWarning):
+        click.secho(f"Warning: {message}", fg="yellow", err=True)
+    else:
+        _PYTHON_SHOWWARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOWWARNING = warnings.showwarning
+
+
 def _run(argv: list[str] | None, prog_name: str) -> int:
     try:
-        rv = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            rv = cli.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except HubMergeError as err:
         if os.environ.get("HUB_MERGE_DEBUG"):
             raise

@@ -35,7 +35,19 @@ def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
         return str(pull(item, endpoint=endpoint, token=token).path)
 
     models = [e.model_copy(update={"model": local(e.model)}) for e in recipe.models]
-    return recipe.model_copy(update={"base": local(recipe.base), "models": models})
+    update = {"base": local(recipe.base), "models": models}
+    if recipe.slices:  # each slice source names a model: the same pulled folder
+        update["slices"] = [
+            sl.model_copy(
+                update={
+                    "sources": [
+                        src.model_copy(update={"model": local(src.model)}) for src in sl.sources
+                    ]
+                }
+            )
+            for sl in recipe.slices
+        ]
+    return recipe.model_copy(update=update)
 
 
 @click.command("merge")
@@ -87,6 +99,11 @@ def command(
         - {model: ./code-lora, parameters: {weight: 0.7, density: 0.5}}
       seed: 0
 
+    A mergekit-yaml config works as written (models or slices, parameters, dtype, out_dtype,
+    random_seed); parameters its method does not read are ignored with one warning, as mergekit
+    ignores them. A random method (dare, della, arcee_fusion) without a seed gets one, printed
+    and recorded in the output.
+
     Models may be local folders or Hub refs (org/name[@rev]). `hub-merge plan` runs first: any
     incompatibility fails the merge in seconds, before a weight is downloaded; then Hub refs are
     pulled (pinned to their commits) and merged.
@@ -100,6 +117,19 @@ def command(
     if show_mergekit:
         click.echo(parsed.to_mergekit_yaml())
         return
+    unseeded = parsed.unseeded_random_methods()
+    if unseeded:  # a seed now, so the recipe recorded in the output (and printed) replays it
+        import secrets
+
+        seed = secrets.randbelow(2**31)
+        parsed = parsed.with_seed(seed)
+        if not as_json:
+            click.echo(
+                f"{', '.join(unseeded)} draws random numbers and the recipe names no seed: using "
+                f"seed {seed} (recorded in the output's metadata; add `seed: {seed}` to the "
+                "recipe to get the same tensors again).",
+                err=True,
+            )
     check_method(parsed)  # before any I/O
     plan_recipe(parsed, endpoint=endpoint, token=token).raise_for_issues()
     parsed = _pull_refs(parsed, endpoint=endpoint, token=token)

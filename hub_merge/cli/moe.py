@@ -1,4 +1,5 @@
-"""``hub-merge moe``: assemble a Mixtral mixture of experts from a base and its experts."""
+"""``hub-merge moe``: assemble a mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) from a base
+and its experts."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def _prompts(value: str) -> str | list[str]:
 
 @click.command("moe")
 @click.option(
-    "--base", required=True, help="Base model: org/name[@rev] or a folder (Llama/Mistral)."
+    "--base",
+    required=True,
+    help="Base model: org/name[@rev] or a folder (Llama, Mistral, Qwen2 or Qwen3).",
 )
 @click.option(
     "--expert",
@@ -75,6 +78,20 @@ def _prompts(value: str) -> str | list[str]:
     multiple=True,
     help="Task .jsonl per expert (same order) to measure router accuracy on; optional.",
 )
+@click.option(
+    "--output-arch",
+    type=click.Choice(["auto", "mixtral", "qwen2_moe", "qwen3_moe"]),
+    default="auto",
+    show_default=True,
+    help="The MoE written: auto picks the base's family (Llama/Mistral -> mixtral, Qwen2 -> "
+    "qwen2_moe, Qwen3 -> qwen3_moe); qwen2_moe also takes Llama/Mistral bases, as mergekit-moe.",
+)
+@click.option(
+    "--shared-expert",
+    default=None,
+    help="qwen2_moe only: the always-active shared expert's MLPs: `base`, or a fine-tune or "
+    "adapter of the base (default: an empty shared expert, so the output is the routed mix).",
+)
 @click.option("--prompt-limit", type=int, default=64, show_default=True, help="Rows per file.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for --router random.")
 @click.option("--license", "license_", default=None, help="License (default: the parents').")
@@ -93,6 +110,8 @@ def command(
     router: str,
     top_k: int,
     shared: str,
+    output_arch: str,
+    shared_expert: str | None,
     tests: tuple[str, ...],
     prompt_limit: int,
     seed: int,
@@ -103,7 +122,10 @@ def command(
     endpoint: str | None,
     token: str | None,
 ) -> None:
-    """Build a MixtralForCausalLM: each expert's MLP becomes one MoE expert, the rest is shared.
+    """Build a MoE: each expert's MLP becomes one MoE expert, the rest is shared.
+
+    The output is a MixtralForCausalLM, a Qwen2MoeForCausalLM or a Qwen3MoeForCausalLM
+    (--output-arch; by default the base's own family).
 
     The router of every layer is initialised from each expert's positive prompts; the output
     loads with transformers' AutoModelForCausalLM and carries a card (routing plot, parameter
@@ -144,7 +166,13 @@ def command(
         specs,
         out,
         MoeSettings(
-            router=router, top_k=top_k, shared=shared, prompt_limit=prompt_limit, seed=seed
+            router=router,
+            top_k=top_k,
+            shared=shared,
+            prompt_limit=prompt_limit,
+            seed=seed,
+            output_arch=output_arch,
+            shared_expert=shared_expert,
         ),
         test_rows=list(tests) or None,
         license=license_,

@@ -191,6 +191,7 @@ class MergeSession:
         op = TensorMerge(
             m, params, mparams, num_layers=self.num_layers, seed=seed, exact_mergekit=exact_mergekit
         )
+        op.check(self.names)  # a bad value is one ConfigError, before any tensor is merged
         self.arithmetic.add(op.arithmetic)
         out: StateDict = {}
         with torch.no_grad():
@@ -212,6 +213,11 @@ class MergeSession:
         The recipe's method entry merges it (mergekit's methods through :meth:`merge`).
         """
         models = dict(models or {})
+        if recipe.slices:  # layers stacked from several models: a new shape, not this session's
+            raise ConfigError(
+                "A recipe with `slices` changes the layer count; merge it to a folder "
+                "(merge_to_folder, `hub-merge merge`)."
+            )
 
         def get(ref: Any) -> ModelLike:
             return models.get(ref, ref)

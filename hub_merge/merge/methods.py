@@ -11,16 +11,26 @@ asked for.
 
 from __future__ import annotations
 
+import difflib
+import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from mergekit import merge_methods
 from mergekit.merge_methods.base import BasePolicy, MergeMethod, ParameterScope
+from mergekit.sparsify import SparsificationMethod
 
-from ..errors import ConfigError, IncompatibleModelsError, UnknownMethodError
+from ..errors import (
+    ConfigError,
+    IncompatibleModelsError,
+    MergeError,
+    UnknownMethodError,
+    UnusedParameterWarning,
+)
 from ..layers import layer_position
 from .kernels import arithmetic_label, fast_method
 from .recipe import RANDOM_METHODS, Condition  # noqa: F401 (re-exported)
@@ -54,6 +64,86 @@ def uses_base(method: MergeMethod) -> bool:
     return method.spec.contract.base in (BasePolicy.REQUIRED, BasePolicy.OPTIONAL)
 
 
+@functools.cache
+def _names_any_method_reads() -> frozenset[str]:
+    return frozenset(p.name for m in merge_methods.registered_methods() for p in m.spec.parameters)
+
+
+def unused_parameters(
+    method: MergeMethod,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+) -> dict[str, list[str]]:
+    """Parameter name -> the places that set it where ``method`` never reads it.
+
+    mergekit resolves only the parameters a method declares, and a shared one (``t``,
+    ``normalize``, ...) only from the global ``parameters``: everything else is ignored, never
+    refused. This lists exactly those, in mergekit's own scopes, so they can be named once.
+    """
+    spec = method.spec
+    known = {p.name for p in spec.parameters}
+    shared = {p.name for p in spec.parameters if p.scope == ParameterScope.SHARED}
+    out: dict[str, list[str]] = {}
+    for name in global_params:
+        if name not in known:
+            out.setdefault(name, []).append("parameters")
+    for i, params in enumerate(model_params):
+        for name in params:
+            if name not in known or name in shared:
+                out.setdefault(name, []).append(f"models[{i}].parameters")
+    return out
+
+
+def unused_message(method: MergeMethod, unused: Mapping[str, Sequence[str]]) -> str:
+    """The one warning for ``unused``: each name once, where it was set, what the method reads."""
+    spec = method.spec
+    what = "; ".join(f"{name} (in {', '.join(where)})" for name, where in sorted(unused.items()))
+    shared = sorted(p.name for p in spec.parameters if p.scope == ParameterScope.SHARED)
+    valid = ", ".join(sorted(parameter_names(method))) or "(none)"
+    note = f" ({', '.join(shared)} only in the global `parameters`)" if shared else ""
+    return (
+        f"Ignoring parameter(s) that method {spec.name!r} does not use, as mergekit does: "
+        f"{what}. Valid parameters: {valid}{note}."
+    )
+
+
+def warn_unused(
+    method: MergeMethod,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+) -> None:
+    """Warn (once per message and process: Python's default filter) about unused parameters.
+
+    The warning is attributed to this line (stacklevel 1), not to the caller: plan and merge
+    both check a recipe, and the default filter shows a message once per place it comes from.
+    """
+    unused = unused_parameters(method, global_params, model_params)
+    if unused:
+        warnings.warn(unused_message(method, unused), UnusedParameterWarning, stacklevel=1)
+
+
+def refuse_unknown_names(
+    method: MergeMethod,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+) -> None:
+    """Refuse parameter names that no merge method reads (typos), naming the closest one."""
+    everyone = _names_any_method_reads()
+    for where, params in [("parameters", global_params)] + [
+        (f"models[{i}].parameters", p) for i, p in enumerate(model_params)
+    ]:
+        unknown = sorted(set(params) - everyone)
+        if unknown:
+            close = [difflib.get_close_matches(u, sorted(everyone), n=1) for u in unknown]
+            hint = "".join(f" (did you mean {c[0]!r}?)" for c in close if c)
+            raise UnknownMethodError(
+                f"Unknown parameter(s) {', '.join(unknown)} in {where}: no merge method reads "
+                f"{'it' if len(unknown) == 1 else 'them'}{hint}. Valid parameters: "
+                f"{', '.join(sorted(parameter_names(method))) or '(none)'} (method "
+                f"{method.spec.name!r})."
+            )
+
+
 def validate_parameters(
     method: MergeMethod,
     global_params: Mapping[str, Any],
@@ -61,19 +151,26 @@ def validate_parameters(
     *,
     n_inputs: int,
     has_base: bool,
+    refuse_unused: bool = False,
 ) -> None:
-    """Refuse unknown parameter names, missing required ones and bad input counts, before any work."""
-    spec = method.spec
-    known = set(parameter_names(method))
-    for where, params in [("parameters", global_params)] + [
-        (f"models[{i}].parameters", p) for i, p in enumerate(model_params)
-    ]:
-        unknown = sorted(set(params) - known)
-        if unknown:
+    """Refuse missing required parameters and bad input counts before any work.
+
+    Parameters the method does not read are warned about and ignored, as mergekit ignores them
+    (a config written for mergekit-yaml runs as written), or refused with ``refuse_unused`` (a
+    search's own settings, where such a parameter can only be a mistake). Names no merge method
+    reads at all are always refused: a typo such as ``desnity`` would merge at the default.
+    """
+    refuse_unknown_names(method, global_params, model_params)
+    if refuse_unused:
+        unused = unused_parameters(method, global_params, model_params)
+        if unused:
             raise UnknownMethodError(
-                f"Unknown parameter(s) {', '.join(unknown)} in {where} for method {spec.name!r}. "
-                f"Valid parameters: {', '.join(sorted(known)) or '(none)'}."
+                unused_message(method, unused).replace("Ignoring", "Unknown", 1)
+                + " Drop them from the settings."
             )
+    else:
+        warn_unused(method, global_params, model_params)
+    spec = method.spec
     for p in spec.parameters:
         if not p.required:
             continue
@@ -170,6 +267,41 @@ def resolve(
     return shared, per_model
 
 
+def check_tensor_parameters(
+    method: MergeMethod,
+    global_params: Mapping[str, Any],
+    model_params: Sequence[Mapping[str, Any]],
+    names: Iterable[str],
+    num_layers: int | None,
+) -> None:
+    """See :meth:`TensorMerge.check`: the same resolution as the merge, for every tensor name."""
+    della = getattr(method, "sparsification_method", None) == SparsificationMethod.della_magprune
+    for name in names:
+        try:
+            _, per_model = resolve(
+                method, name, layer_t(name, num_layers), global_params, model_params
+            )
+        except ValueError as err:  # pydantic's ValidationError too: a value of the wrong type
+            if isinstance(err, ConfigError):
+                raise
+            first = str(err).strip().splitlines()
+            raise ConfigError(
+                f"Method {method.spec.name!r}, tensor {name!r}: a parameter value is invalid "
+                f"({' '.join(first[:3]) if first else type(err).__name__})."
+            ) from None
+        if not della:
+            continue
+        for i, values in enumerate(per_model):
+            density, epsilon = values["density"], values["epsilon"]
+            if 0 < density < 1 and not (0 < density - epsilon and density + epsilon < 1):
+                raise ConfigError(
+                    f"Method {method.spec.name!r}: models[{i}] has density {density:g} and "
+                    f"epsilon {epsilon:g} for tensor {name!r}, but DELLA needs density - epsilon "
+                    f"> 0 and density + epsilon < 1; set epsilon below "
+                    f"{min(density, 1 - density):g}."
+                )
+
+
 def tensor_seed(seed: int, name: str) -> int:
     """Deterministic per-tensor seed: results do not depend on tensor order or threads."""
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
@@ -190,6 +322,18 @@ class TensorMerge:
     compute_dtype: torch.dtype | None = torch.float32
     exact_mergekit: bool = False
 
+    def check(self, names: Iterable[str]) -> None:
+        """Resolve every tensor's parameters and check what the method would refuse mid-merge.
+
+        Run before a weight is read (by ``plan`` on the safetensors headers' names, and by
+        ``merge_to_folder``), so a value mergekit's kernel raises on (DELLA's ``epsilon`` outside
+        ``(0, min(density, 1 - density))``, a value of the wrong type in a filter) is a one-line
+        :class:`ConfigError` naming the parameter and a tensor, not a traceback halfway through.
+        """
+        check_tensor_parameters(
+            self.method, self.global_params, self.model_params, names, self.num_layers
+        )
+
     @property
     def kernel(self) -> MergeMethod:
         """The method that runs: the fast variant for float32 task arithmetic, else mergekit's."""
@@ -209,16 +353,19 @@ class TensorMerge:
         base: torch.Tensor | None,
         *,
         out_dtype: torch.dtype | None = None,
+        t: float | None = None,
     ) -> torch.Tensor:
         """Merge one tensor (in ``compute_dtype``); ``base`` joins only if the method uses it.
+
+        ``t`` is the position gradients are read at (default: the tensor's layer in the model;
+        a slice passes the layer's position within the slice, as mergekit does).
 
         Task-arithmetic methods (ties, dare, breadcrumbs, della) computed in float32 use
         :mod:`.kernels`' linear-time sparsification unless ``exact_mergekit``; everything else
         is mergekit's own arithmetic.
         """
-        shared, per_model = resolve(
-            self.method, name, layer_t(name, self.num_layers), self.global_params, self.model_params
-        )
+        where = layer_t(name, self.num_layers) if t is None else t
+        shared, per_model = resolve(self.method, name, where, self.global_params, self.model_params)
         ids: list[str] = [f"m{i}" for i in range(len(models))]
         tensors = list(models)
         base_index = None
@@ -243,13 +390,20 @@ class TensorMerge:
             )
         if self.seed is not None:
             torch.manual_seed(tensor_seed(self.seed, name))
-        return merge_methods.merge_tensors(
-            tensors,
-            self.kernel,
-            parameters=params,
-            ids=ids,
-            base_index=base_index,
-            name=name,
-            dtype=self.compute_dtype,
-            out_dtype=out_dtype,
-        )
+        try:
+            return merge_methods.merge_tensors(
+                tensors,
+                self.kernel,
+                parameters=params,
+                ids=ids,
+                base_index=base_index,
+                name=name,
+                dtype=self.compute_dtype,
+                out_dtype=out_dtype,
+            )
+        except ValueError as err:  # what only the weights reveal (multislerp's zero mean, ...)
+            first = str(err).strip().splitlines()
+            raise MergeError(
+                f"Method {self.method.spec.name!r} failed on tensor {name!r}: "
+                f"{first[0] if first else type(err).__name__}"
+            ) from None

@@ -31,7 +31,14 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import ConfigError
 
@@ -54,8 +61,10 @@ DTYPES = ("float32", "float16", "bfloat16")
 # "input": compute in the inputs' own dtype, as mergekit does when its config names no `dtype`.
 COMPUTE_DTYPES = (*DTYPES, "input")
 LEAF_METHOD = "passthrough"  # mergekit's identity method: one model, unchanged
-# Methods that draw random masks: a recipe using one carries a seed, so its tensors are fixed.
-RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear"})
+# Methods that draw random numbers: a recipe using one carries a seed, so its tensors are fixed.
+# DARE and DELLA draw their drop masks; arcee_fusion samples 1M elements of a bigger tensor to
+# estimate its quantiles. (breadcrumbs and ties rank magnitudes: deterministic, no seed needed.)
+RANDOM_METHODS = frozenset({"dare_ties", "dare_linear", "della", "della_linear", "arcee_fusion"})
 
 
 class ModelEntry(BaseModel):
@@ -73,6 +82,38 @@ class ModelEntry(BaseModel):
     @classmethod
     def _leaf_as_model(cls, value: str | MergeRecipe) -> str | MergeRecipe:
         return value.as_input() if isinstance(value, MergeRecipe) else value
+
+
+class SliceSource(BaseModel):
+    """Layers ``[start, stop)`` of one model, as mergekit's ``slices[].sources[]`` names them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    layer_range: tuple[int, int]
+    parameters: dict[str, Setting] = Field(default_factory=dict)
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if not 0 <= value[0] < value[1]:
+            raise ValueError(
+                f"layer_range {list(value)} must be [start, stop) with 0 <= start < stop"
+            )
+        return value
+
+
+class OutputSlice(BaseModel):
+    """A run of output layers: its sources (same number of layers each) merged layer by layer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SliceSource] = Field(min_length=1)
+    parameters: dict[str, Setting] = Field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return self.sources[0].layer_range[1] - self.sources[0].layer_range[0]
 
 
 class MergeRecipe(BaseModel):
@@ -98,6 +139,38 @@ class MergeRecipe(BaseModel):
         description="Run mergekit's own arithmetic (bit identity, its sort's tie order) instead of "
         "hub-merge's linear-time sparsification for ties/dare/breadcrumbs/della.",
     )
+    slices: list[OutputSlice] | None = Field(
+        default=None,
+        description="mergekit's layer slices: output layers built slice by slice from layer "
+        "ranges of the sources (passthrough stacking, per-slice merges); `models` then lists "
+        "each source model once.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_of_slices(cls, data: Any) -> Any:
+        # A sliced recipe's inputs are its slices' models: `models` lists each once, so the
+        # plan, the hash's inputs and the card's lineage see every parent.
+        if isinstance(data, dict) and data.get("slices") and not data.get("models"):
+            seen: list[str] = []
+            for sl in data["slices"]:
+                for src in (sl.get("sources") or []) if isinstance(sl, dict) else []:
+                    model = src.get("model") if isinstance(src, dict) else None
+                    if isinstance(model, str) and model not in seen and model != data.get("base"):
+                        seen.append(model)
+            data = {**data, "models": [{"model": m} for m in seen] or [{"model": data.get("base")}]}
+        return data
+
+    @model_validator(mode="after")
+    def _slices_agree(self) -> MergeRecipe:
+        for i, sl in enumerate(self.slices or []):
+            lengths = {s.layer_range[1] - s.layer_range[0] for s in sl.sources}
+            if len(lengths) != 1:
+                raise ValueError(
+                    f"slices[{i}]: every source must give the same number of layers (got "
+                    f"{sorted(lengths)}), as mergekit requires"
+                )
+        return self
 
     @field_validator("models", mode="before")
     @classmethod
@@ -129,6 +202,7 @@ class MergeRecipe(BaseModel):
             and not self.models[0].parameters
             and not self.parameters
             and self.dtype is None
+            and self.slices is None
         )
 
     def as_input(self) -> str | MergeRecipe:
@@ -166,6 +240,56 @@ class MergeRecipe(BaseModel):
             raise ValueError(f"compute_dtype {value!r} is not one of {', '.join(COMPUTE_DTYPES)}")
         return value
 
+    def with_seed(self, seed: int | None = None) -> MergeRecipe:
+        """This recipe with a seed wherever a random method has none (nested steps too).
+
+        Why: without one, DARE/DELLA masks come from torch's global generator and every run
+        gives other tensors, so a recipe recorded in an output or a card would not replay. The
+        drawn seed becomes part of the recipe (its hash, the output's metadata), so it does.
+        ``seed`` fixes the value drawn (tests); default: a fresh one from ``secrets``.
+        """
+        import secrets
+
+        def fill(item: str | MergeRecipe | None) -> str | MergeRecipe | None:
+            return item.with_seed(seed) if isinstance(item, MergeRecipe) else item
+
+        update: dict[str, Any] = {}
+        if self.method in RANDOM_METHODS and self.seed is None:
+            update["seed"] = secrets.randbelow(2**31) if seed is None else seed
+        if self.nested:
+            update["base"] = fill(self.base)
+            update["models"] = [e.model_copy(update={"model": fill(e.model)}) for e in self.models]
+        return self.model_copy(update=update) if update else self
+
+    def merge_groups(self, uses_base: bool) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """(global parameters, per-input parameters) of each group of inputs merged together.
+
+        One group for ``models``; one per slice for ``slices``, whose parameters are the
+        slice's over the recipe's and whose inputs are its sources but the base (when the
+        method takes the base, mergekit keys it by model among the sources).
+        """
+        if not self.slices:
+            return [(dict(self.parameters), [dict(e.parameters) for e in self.models])]
+        return [
+            (
+                {**self.parameters, **sl.parameters},
+                [
+                    dict(s.parameters)
+                    for s in sl.sources
+                    if not (uses_base and self.base is not None and s.model == self.base)
+                ],
+            )
+            for sl in self.slices
+        ]
+
+    def unseeded_random_methods(self) -> list[str]:
+        """Random methods of this recipe (nested steps too) that name no seed."""
+        out = [self.method] if self.method in RANDOM_METHODS and self.seed is None else []
+        for item in self.inputs():
+            if isinstance(item, MergeRecipe):
+                out += [m for m in item.unseeded_random_methods() if m not in out]
+        return out
+
     # --- YAML / JSON ------------------------------------------------------------------------
 
     @classmethod
@@ -186,10 +310,17 @@ class MergeRecipe(BaseModel):
     @classmethod
     def from_dict(cls, data: Any) -> MergeRecipe:
         """A recipe from hub-merge's own mapping or from a mergekit config as written."""
-        from .mergekit_config import from_mergekit, is_mergekit_config
+        from .mergekit_config import (
+            from_mergekit,
+            is_mergekit_config,
+            is_mergekit_moe_config,
+            moe_message,
+        )
 
         if not isinstance(data, dict):
             raise ConfigError("A recipe must be a mapping with at least `method` and `models`.")
+        if is_mergekit_moe_config(data):
+            raise ConfigError(moe_message(data))
         if is_mergekit_config(data):
             data = from_mergekit(data)
         try:
@@ -249,7 +380,27 @@ class MergeRecipe(BaseModel):
             if entry.parameters:
                 item["parameters"] = _settings_json(entry.parameters)
             models.append(item)
-        config["models"] = models
+        if self.slices:
+            config["slices"] = [
+                {
+                    "sources": [
+                        {
+                            "model": src.model,
+                            "layer_range": list(src.layer_range),
+                            **(
+                                {"parameters": _settings_json(src.parameters)}
+                                if src.parameters
+                                else {}
+                            ),
+                        }
+                        for src in sl.sources
+                    ],
+                    **({"parameters": _settings_json(sl.parameters)} if sl.parameters else {}),
+                }
+                for sl in self.slices
+            ]
+        else:
+            config["models"] = models
         if self.parameters:
             config["parameters"] = _settings_json(self.parameters)
         if self.compute_dtype != "input":
@@ -257,9 +408,14 @@ class MergeRecipe(BaseModel):
         out_dtype = self.dtype or input_dtype or self._inputs_dtype()
         if out_dtype:
             config["out_dtype"] = out_dtype
-        lines = yaml.safe_dump(config, sort_keys=False)
         if self.seed is not None:
-            lines = f"# run with: mergekit-yaml --random-seed {self.seed} ...\n" + lines
+            config["random_seed"] = self.seed
+        lines = yaml.safe_dump(config, sort_keys=False)
+        if self.seed is not None and self.method in RANDOM_METHODS:
+            lines = (
+                f"# random_seed {self.seed}: `hub-merge merge` of this config replays the same "
+                "masks; mergekit ignores the key (its --random-seed draws other ones)\n" + lines
+            )
         return lines
 
     def _inputs_dtype(self) -> str | None:
@@ -294,7 +450,7 @@ def one_line_error(err: ValidationError) -> str:
         elif e["type"] == "extra_forbidden":
             msg = (
                 "is not a recipe field (fields: method, base, models, parameters, dtype, "
-                "compute_dtype, seed, exact_mergekit)"
+                "compute_dtype, seed, exact_mergekit, slices)"
             )
         parts.append(f"`{where or 'recipe'}` {msg}")
     return "Invalid merge recipe: " + "; ".join(parts) + "."

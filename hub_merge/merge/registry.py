@@ -128,15 +128,17 @@ class MergekitMethod(MergeMethod):
 
     def check(self, recipe: MergeRecipe) -> None:
         """The method exists and its parameters fit its input contract (mergekit's own)."""
-        from .methods import get_method, validate_parameters
+        from .methods import get_method, uses_base, validate_parameters
 
-        validate_parameters(
-            get_method(recipe.method),
-            recipe.parameters,
-            [e.parameters for e in recipe.models],
-            n_inputs=len(recipe.models),
-            has_base=recipe.base is not None,
-        )
+        method = get_method(recipe.method)
+        for params, model_params in recipe.merge_groups(uses_base(method)):  # one per slice
+            validate_parameters(
+                method,
+                params,
+                model_params,
+                n_inputs=len(model_params),
+                has_base=recipe.base is not None,
+            )
 
     def state_dict(self, recipe: MergeRecipe, inputs: MergeInputs) -> StateDict:
         session = inputs.session

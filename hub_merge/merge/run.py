@@ -19,8 +19,8 @@ import torch
 
 from ..errors import ConfigError, IncompatibleModelsError, MergeError
 from ..layers import num_layers
-from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
-from .inputs import CheckpointSource, TensorSource, open_source
+from ..tensors import DEFAULT_SHARD_BYTES, CheckpointReader, ShardedWriter
+from .inputs import CheckpointSource, TensorSource, adapters_untie_head, open_source
 from .kernels import ARITHMETIC_KEY
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
@@ -48,17 +48,23 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return {v: k for k, v in _STR_DTYPES.items()}.get(dtype, "float32")
 
 
-def _copy_side_files(writer: ShardedWriter, source: Path, out_dtype: torch.dtype | None) -> None:
+def _copy_side_files(
+    writer: ShardedWriter, source: Path, out_dtype: torch.dtype | None, *, untied_head: bool = False
+) -> None:
     for name in SIDE_FILES:
         path = source / name
         if not path.is_file():
             continue
         data = path.read_bytes()
-        if name == "config.json" and out_dtype is not None:
+        if name == "config.json" and (out_dtype is not None or untied_head):
             cfg = json.loads(data)
             for key in ("torch_dtype", "dtype"):
-                if key in cfg:
+                if key in cfg and out_dtype is not None:
                     cfg[key] = _dtype_name(out_dtype)
+            if untied_head:  # the output stores its own lm_head (as PEFT's merge says too)
+                cfg["tie_word_embeddings"] = False
+                if isinstance(cfg.get("text_config"), dict):
+                    cfg["text_config"]["tie_word_embeddings"] = False
             data = json.dumps(cfg, indent=2).encode()
         writer.add_file(name, data)
 
@@ -233,17 +239,31 @@ def stream_to_folder(
     on_tensor: Callable[[str], None] | None = None,
 ) -> Path:
     """A mergekit-method recipe streamed into ``out``, one tensor at a time (see merge_to_folder)."""
+    if recipe.slices:  # mergekit's layer slices: stacked and merged slice by slice
+        from .slices import slices_to_folder
+
+        return slices_to_folder(
+            recipe.with_seed(),
+            out,
+            max_shard_bytes=max_shard_bytes,
+            overwrite=overwrite,
+            progress=progress,
+        )
     if recipe.nested:
         raise ConfigError(
             "merge_to_folder merges folders; a recipe with recipes as inputs is merged in memory "
             "(hub_merge.merge.MergeSession.merge_recipe), or one step at a time."
         )
+    recipe = recipe.with_seed()  # a random method gets a seed, recorded in the output's metadata
     dev = resolve_device(device)
     method = get_method(recipe.method)
     if needs_base(method) and recipe.base is None:
         raise ConfigError(f"Method {recipe.method!r} needs `base:`.")
-    base_src = CheckpointSource(recipe.base) if recipe.base is not None else None
-    sources = [open_source(e.model, base_src) for e in recipe.models]
+    untie = recipe.base is not None and adapters_untie_head(
+        CheckpointReader(recipe.base).names, [e.model for e in recipe.models]
+    )  # a tied lm_head an adapter replaces: untied, as PEFT's merge does
+    base_src = CheckpointSource(recipe.base, untie_head=untie) if recipe.base is not None else None
+    sources = [open_source(e.model, base_src, untie_head=untie) for e in recipe.models]
     validate_parameters(
         method,
         recipe.parameters,
@@ -276,6 +296,7 @@ def stream_to_folder(
         compute_dtype=recipe.compute_torch_dtype(),
         exact_mergekit=recipe.exact_mergekit,
     )
+    op.check(names)  # every tensor's parameters, as plan checks them: before a weight is read
     meta = {
         "hub_merge_recipe": recipe.canonical_json(),
         ARITHMETIC_KEY: op.arithmetic,
@@ -311,7 +332,7 @@ def stream_to_folder(
     bg = None
     ahead = None
     try:
-        _copy_side_files(writer, config_dir, out_dtype)
+        _copy_side_files(writer, config_dir, out_dtype, untied_head=untie)
         bg = _BackgroundWriter(writer)
         ahead = _ReadAhead(names, load, checkpoints)
         iterator = names

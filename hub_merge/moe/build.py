@@ -1,9 +1,11 @@
-"""Assemble a Mixtral MoE checkpoint from a Llama/Mistral base and 1-8 of its experts.
+"""Assemble a MoE checkpoint (Mixtral, Qwen2-MoE or Qwen3-MoE) from a base and 1-8 experts.
 
-Layout (the Hub's Mixtral layout, which every transformers version and vLLM load):
-``model.layers.N.block_sparse_moe.gate.weight`` (experts, hidden) and
+Layouts (the Hub's, which every transformers version and vLLM load) are in :mod:`.arch`: for
+Mixtral ``model.layers.N.block_sparse_moe.gate.weight`` (experts, hidden) and
 ``model.layers.N.block_sparse_moe.experts.E.{w1,w2,w3}.weight`` (gate, down, up projections);
-everything else (embeddings, attention, norms, lm_head) is shared.
+for Qwen2/Qwen3-MoE ``model.layers.N.mlp.gate.weight`` and
+``model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight``, plus Qwen2-MoE's shared expert.
+Everything else (embeddings, attention, norms, lm_head) is shared.
 
 Tensors stream from the inputs into :class:`~hub_merge.tensors.ShardedWriter` one at a time; only
 the router's hidden-state pass holds one dense model (shared weights + one expert's MLPs) in
@@ -28,7 +30,8 @@ from ..errors import ConfigError, IncompatibleModelsError
 from ..merge.methods import TensorMerge, get_method
 from ..merge.run import SIDE_FILES
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter, resolve_device
-from .experts import MLP_PROJ, mlp_name, open_experts
+from .arch import ARCHS, AUTO, OUTPUT_ARCHS, shared_mlp_name
+from .experts import mlp_name, open_experts
 from .router import (
     MERGEKIT_MODES,
     PromptSet,
@@ -53,9 +56,16 @@ class MoeSettings:
     shared: SharedMode = "base"
     prompt_limit: int = 64  # rows read from each prompt JSONL file
     seed: int = 0  # for ``router='random'``
+    output_arch: str = "auto"  # mixtral, qwen2_moe, qwen3_moe; auto: from the base's type
+    # Qwen2-MoE's shared expert: None (an empty block), "base", or a model (ref or folder)
+    shared_expert: str | None = None
 
     def check(self, n_experts: int) -> None:
         check_mode(self.router)
+        if self.output_arch not in OUTPUT_ARCHS:
+            raise ConfigError(
+                f"--output-arch {self.output_arch!r} is not one of {', '.join(OUTPUT_ARCHS)}."
+            )
         if self.shared not in ("base", "average"):
             raise ConfigError(f"shared must be 'base' or 'average'; got {self.shared!r}.")
         if not 1 <= self.top_k <= n_experts:
@@ -95,44 +105,6 @@ def _name(ref: Any, given: str | None) -> str:
     return text or "expert"
 
 
-def mixtral_config(base: Path, n_experts: int, top_k: int) -> dict[str, Any]:
-    """The Mixtral config.json: the base's geometry, rope and tokens, plus the MoE fields."""
-    from transformers import AutoConfig, MixtralConfig
-
-    cfg = AutoConfig.from_pretrained(base)  # llama/mistral only: checked before
-    keep = [
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "head_dim",
-        "hidden_act",
-        "max_position_embeddings",
-        "initializer_range",
-        "rms_norm_eps",
-        "pad_token_id",
-        "bos_token_id",
-        "eos_token_id",
-        "tie_word_embeddings",
-        "sliding_window",
-        "attention_dropout",
-        "rope_parameters",
-    ]
-    kw = {k: getattr(cfg, k) for k in keep if getattr(cfg, k, None) is not None}
-    out = MixtralConfig(
-        **kw,
-        num_local_experts=n_experts,
-        num_experts_per_tok=top_k,
-        router_jitter_noise=0.0,
-        output_router_logits=False,
-    ).to_dict()
-    out["architectures"] = ["MixtralForCausalLM"]
-    out["dtype"] = str(getattr(cfg, "dtype", None) or "float32").removeprefix("torch.")
-    return out
-
-
 def _resolve(ref: str | Path, **hub: Any) -> Any:
     from ..hub import pull
 
@@ -157,7 +129,19 @@ class _Assembler:
             (_name(e.model, e.name), p.path, p.repo_id, p.revision)
             for e, p in zip(experts, pulled, strict=True)
         ]
-        self.base, self.cfg, self.experts = open_experts(self.base_pulled.path, specs)
+        self.base, self.cfg, self.experts = open_experts(
+            self.base_pulled.path, specs, settings.output_arch
+        )
+        self.arch = ARCHS[
+            settings.output_arch
+            if settings.output_arch != "auto"
+            else AUTO[str(self.cfg.get("model_type"))]
+        ]
+        if settings.shared_expert is not None and not self.arch.shared_expert:
+            raise ConfigError(
+                f"--shared-expert: {self.arch.architecture} has no shared expert (Qwen2-MoE has)."
+            )
+        self.shared_source = self._shared_source(settings.shared_expert, hub)
         self.pulled = pulled
         self.prompts = [
             PromptSet.from_value(e.prompts, limit=settings.prompt_limit) for e in experts
@@ -190,25 +174,71 @@ class _Assembler:
             else self.tokenizer.eos_token_id
         )
 
+    def _shared_source(self, which: str | None, hub: dict[str, Any]) -> Any:
+        """Qwen2-MoE's shared expert MLPs: None (empty), the base's, or another model's."""
+        if which is None:
+            return None
+        if which == "base":
+            return self.base
+        from ..merge.inputs import open_source
+
+        src = open_source(_resolve(which, **hub).path, self.base)
+        for n in self.mlp_names:
+            if n not in src.names or tuple(src.shape(n)) != tuple(self.base.shape(n)):
+                raise IncompatibleModelsError(
+                    f"--shared-expert {which} lacks {n!r} with the base's shape; the shared "
+                    "expert must be a fine-tune or adapter of the base."
+                )
+        return src
+
     # -- names ----------------------------------------------------------------------------------
 
-    @staticmethod
-    def gate_name(layer: int) -> str:
-        return f"model.layers.{layer}.block_sparse_moe.gate.weight"
+    def gate_name(self, layer: int) -> str:
+        return self.arch.gate(layer)
 
-    @staticmethod
-    def expert_name(name: str, e: int) -> str:
+    def expert_name(self, name: str, e: int) -> str:
         layer, proj = mlp_name(name) or (0, "")
-        return f"model.layers.{layer}.block_sparse_moe.experts.{e}.{MLP_PROJ[proj]}.weight"
+        return self.arch.expert(layer, proj, e)
+
+    def missing_biases(self) -> dict[str, int]:
+        """Qwen2-MoE's q/k/v biases a llama/mistral base lacks (written as zeros): name -> size."""
+        if self.arch.name != "qwen2_moe":
+            return {}
+        out = {}
+        for layer in range(self.n_layers):
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                name = f"model.layers.{layer}.self_attn.{proj}.bias"
+                weight = f"model.layers.{layer}.self_attn.{proj}.weight"
+                if name not in self.base.names:
+                    out[name] = self.base.shape(weight)[0]
+        return out
+
+    def shared_expert_layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        if not self.arch.shared_expert:
+            return {}
+        dtype = self.base.dtype(self.mlp_names[0])
+        out = {}
+        for name in self.mlp_names:
+            layer, proj = mlp_name(name) or (0, "")
+            shape = self.base.shape(name)
+            if self.shared_source is None:  # an empty block: shared_expert_intermediate_size 0
+                shape = (0, shape[1]) if proj != "down_proj" else (shape[0], 0)
+            out[self.arch.shared(layer, proj)] = (tuple(shape), dtype)
+        for layer in range(self.n_layers):
+            out[self.arch.shared_gate(layer)] = ((1, self.hidden), dtype)
+        return out
 
     def layout(self) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         out = {n: (self.base.shape(n), self.base.dtype(n)) for n in self.shared_names}
         gate_dtype = self.base.dtype(self.mlp_names[0])
+        for name, size in self.missing_biases().items():
+            out[name] = ((size,), gate_dtype)
         for layer in range(self.n_layers):
             out[self.gate_name(layer)] = ((len(self.experts), self.hidden), gate_dtype)
         for e in range(len(self.experts)):
             for n in self.mlp_names:
                 out[self.expert_name(n, e)] = (self.base.shape(n), self.base.dtype(n))
+        out.update(self.shared_expert_layout())
         return out
 
     # -- tensors --------------------------------------------------------------------------------
@@ -283,6 +313,19 @@ class _Assembler:
                 writer.write(name, t)
                 shared[name] = t.float()
                 bar.update(1)
+            for name, (shape, dtype) in {
+                **{n: ((k,), layout[n][1]) for n, k in self.missing_biases().items()},
+                **self.shared_expert_layout(),
+            }.items():
+                layer_proj = shared_mlp_name(name)
+                if self.shared_source is not None and layer_proj is not None:
+                    t = self.shared_source.get(
+                        f"model.layers.{layer_proj[0]}.mlp.{layer_proj[1]}.weight"
+                    )
+                else:  # zero biases, an empty shared expert, a shared gate of sigmoid(0) = 0.5
+                    t = torch.zeros(shape, dtype=dtype)
+                writer.write(name, t)
+                bar.update(1)
             mlps: list[dict[str, torch.Tensor]] = []
             for e, expert in enumerate(self.experts):
                 kept: dict[str, torch.Tensor] = {}
@@ -301,7 +344,12 @@ class _Assembler:
             writer.add_file(
                 "config.json",
                 json.dumps(
-                    mixtral_config(self.base_pulled.path, len(self.experts), self.settings.top_k),
+                    self.arch.config(
+                        self.base_pulled.path,
+                        len(self.experts),
+                        self.settings.top_k,
+                        int(self.cfg["intermediate_size"]) if self.shared_source else 0,
+                    ),
                     indent=2,
                 ),
             )
@@ -319,6 +367,9 @@ class _Assembler:
         shared = sum(self.base.reader.numel(n) for n in self.shared_names)
         mlp = sum(self.base.reader.numel(n) for n in self.mlp_names)
         router = self.n_layers * len(self.experts) * self.hidden
+        if self.arch.shared_expert:  # always active: the shared expert and its gate
+            shared += (mlp if self.shared_source is not None else 0) + self.n_layers * self.hidden
+        shared += sum(self.missing_biases().values())
         return {
             "total": shared + len(self.experts) * mlp + router,
             "active": shared + self.settings.top_k * mlp + router,
@@ -341,7 +392,7 @@ class _Assembler:
 
         return {
             "kind": "moe",
-            "architecture": "MixtralForCausalLM",
+            "architecture": self.arch.architecture,
             "base": {**model(self.base_pulled), "model_type": self.cfg.get("model_type")},
             "experts": [
                 {
@@ -379,7 +430,12 @@ def _command(base: Any, experts: Sequence[ExpertSpec], settings: MoeSettings) ->
                 str(neg if isinstance(neg, (str, Path)) else ";;".join(neg)),
             ]
     parts += ["--router", settings.router, "--top-k", str(settings.top_k)]
-    parts += ["--shared", settings.shared, "--out", "OUT"]
+    parts += ["--shared", settings.shared]
+    if settings.output_arch != "auto":
+        parts += ["--output-arch", settings.output_arch]
+    if settings.shared_expert is not None:
+        parts += ["--shared-expert", settings.shared_expert]
+    parts += ["--out", "OUT"]
     return shlex.join(parts)
 
 
@@ -403,7 +459,8 @@ def build_moe(
     """Build the MoE into ``out`` with its card, routing plot and ``hub_merge.json``.
 
     Args:
-        base: the base model (Hub ref or folder); Llama or Mistral.
+        base: the base model (Hub ref or folder): Llama/Mistral (-> Mixtral or Qwen2-MoE),
+            Qwen2 (-> Qwen2-MoE) or Qwen3 (-> Qwen3-MoE); ``settings.output_arch`` chooses.
         experts: 1-8 full fine-tunes or LoRA adapters of ``base``, each with positive prompts
             (a task JSONL file, or strings).
         test_rows: optional task JSONL files, one per expert in order, on which router accuracy

@@ -135,6 +135,7 @@ def build_moe_card(manifest: dict[str, Any], repo_id: str | None = None) -> Mode
         repo_id=name,
         arxiv=ARXIV,
         base_id=manifest["base"]["id"],
+        architecture=manifest.get("architecture", "MixtralForCausalLM"),
         experts=manifest["experts"],
         shared=manifest["settings"]["shared"],
         top_k=manifest["top_k"],

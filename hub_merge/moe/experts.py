@@ -1,8 +1,8 @@
 """The inputs of a MoE assembly: a base and its experts, checked and opened as tensor sources.
 
-Everything a Mixtral checkpoint cannot hold is refused here, before anything is read or written:
-an architecture other than Llama/Mistral, biases Mixtral has no place for, and experts whose
-layer count, vocabulary, hidden size or MLP shapes differ from the base's.
+Everything the output checkpoint cannot hold is refused here, before anything is read or
+written: a base the output architecture is not built from (:mod:`.arch`), biases it has no place
+for, and experts whose layer count, vocabulary, hidden size or MLP shapes differ from the base's.
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from typing import Any
 from ..errors import ConfigError, IncompatibleModelsError, UnsupportedRepoError
 from ..merge.inputs import CheckpointSource, TensorSource, open_source
 from ..tensors import is_adapter_folder
+from .arch import AUTO, MIXTRAL_PROJ, SUPPORTED, OutputArch, choose
 
-SUPPORTED_TYPES = ("llama", "mistral")
+SUPPORTED_TYPES = tuple(AUTO)
 MAX_EXPERTS = 8
-# The three projections of a Llama/Mistral MLP and their Mixtral names (w1 gate, w3 up, w2 down).
-MLP_PROJ = {"gate_proj": "w1", "up_proj": "w3", "down_proj": "w2"}
+# The three projections of a Llama/Qwen MLP and their Mixtral names (w1 gate, w3 up, w2 down).
+MLP_PROJ = MIXTRAL_PROJ
 _MLP = re.compile(r"^model\.layers\.(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight$")
-SUPPORTED = (
-    "hub-merge moe builds a MixtralForCausalLM from Llama or Mistral bases (no attention or MLP "
-    "biases) and 1-8 full experts or LoRA adapters of that same base"
-)
 
 
 def mlp_name(name: str) -> tuple[int, str] | None:
@@ -53,35 +50,35 @@ class MoeExpert:
     revision: str | None = None
 
 
-def check_base_config(cfg: dict[str, Any], where: str) -> None:
-    """Refuse what a Mixtral config cannot express, naming what is supported."""
-    kind = cfg.get("model_type")
-    if kind not in SUPPORTED_TYPES:
-        raise UnsupportedRepoError(
-            f"{where} is a {kind!r} model; {SUPPORTED}. (Qwen bases need a Qwen-MoE output, "
-            "which hub-merge does not write yet.)"
-        )
+def check_base_config(cfg: dict[str, Any], where: str, output_arch: str = "auto") -> OutputArch:
+    """The output architecture for this base; refuse what it cannot express, naming what is."""
+    arch = choose(output_arch, cfg.get("model_type"), where)
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise UnsupportedRepoError(
-            f"{where} has attention or MLP biases, which Mixtral has no weights for; {SUPPORTED}."
+            f"{where} has attention output or MLP biases, which {arch.architecture} has no "
+            f"weights for; {SUPPORTED}."
         )
-    if cfg.get("hidden_act", "silu") != "silu":
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
         raise UnsupportedRepoError(
-            f"{where} uses activation {cfg.get('hidden_act')!r}; Mixtral experts use silu."
+            f"{where} uses activation {act!r}; {arch.architecture} experts use silu."
         )
+    return arch
 
 
 _MUST_MATCH = ("num_hidden_layers", "vocab_size", "hidden_size", "intermediate_size")
 
 
 def open_experts(
-    base: Path, experts: list[tuple[str, Path, str | None, str | None]]
+    base: Path,
+    experts: list[tuple[str, Path, str | None, str | None]],
+    output_arch: str = "auto",
 ) -> tuple[CheckpointSource, dict[str, Any], list[MoeExpert]]:
     """Open the base and each ``(name, folder, repo_id, revision)`` expert; check they fit.
 
     Raises:
         ConfigError: fewer than one or more than eight experts, or duplicate names.
-        UnsupportedRepoError: the base's architecture is not Llama/Mistral.
+        UnsupportedRepoError: the base's architecture cannot become ``output_arch``.
         IncompatibleModelsError: an expert differs from the base in layers, vocabulary or shapes.
     """
     if not 1 <= len(experts) <= MAX_EXPERTS:
@@ -92,7 +89,7 @@ def open_experts(
     if len(set(names)) != len(names):
         raise ConfigError(f"Expert names must be unique; got {names}.")
     cfg = _config(base)
-    check_base_config(cfg, str(base))
+    check_base_config(cfg, str(base), output_arch)
     base_src = CheckpointSource(base)
     mlp = [n for n in base_src.names if mlp_name(n)]
     if len(mlp) != 3 * int(cfg["num_hidden_layers"]):

@@ -58,7 +58,8 @@ def measure_routing(
     """Top-1 routing of each set's prompt tokens (answers are not part of the measurement)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n_layers = model.config.num_hidden_layers
-    n_exp = model.config.num_local_experts
+    # Mixtral names it num_local_experts, Qwen2/Qwen3-MoE num_experts
+    n_exp = getattr(model.config, "num_local_experts", None) or model.config.num_experts
     fractions = np.zeros((len(sets), n_layers, n_exp))
     tokens: list[int] = []
     for s, prompts in enumerate(sets):

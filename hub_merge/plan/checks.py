@@ -10,8 +10,9 @@ from typing import Any
 
 from ..compat import SEMANTIC_FIELDS, vocab_view
 from ..errors import HubMergeError
+from ..tensors.lora import adapter_refusal
 from .meta import ModelMeta
-from .report import Issue
+from .report import METHOD_ISSUE, Issue
 
 
 def _lora_deltas(meta: ModelMeta) -> dict[str, tuple[int, ...]]:
@@ -62,6 +63,9 @@ def pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
     if m.kind == "adapter":
         declared = (m.adapter_config or {}).get("base_model_name_or_path")
         issues = []
+        refusal = adapter_refusal(m.adapter_config or {}, m.id)
+        if refusal:
+            issues.append(Issue(m.id, "adapter type", refusal))
         if not _same_base(declared, ref):
             issues.append(Issue(m.id, "adapter base", f"trained on {declared!r}, not on {ref.id}"))
         for name, shape in _lora_deltas(m).items():
@@ -126,9 +130,54 @@ def _check_step(recipe: Any) -> None:
     method_for(recipe.method).check(recipe)  # mergekit's contract, or hub-merge's own method's
 
 
-def method_issues(recipe: Any) -> list[Issue]:
+def check_tensor_values(recipe: Any, ref: ModelMeta | None) -> None:
+    """Each step's parameters resolved for every tensor the reference's header names, by the
+    merge's own rules (``TensorMerge.check``): no weight read, the same ConfigError as ``merge``.
+    """
+    from ..merge.methods import check_tensor_parameters, get_method, uses_base
+    from ..merge.registry import MERGEKIT, method_for
+
+    if ref is None or not ref.tensors:
+        return
+    for step in _steps(recipe):
+        if step.is_leaf or method_for(step.method) is not MERGEKIT:  # hub-merge's own: own checks
+            continue
+        method = get_method(step.method)
+        for params, model_params in step.merge_groups(uses_base(method)):
+            check_tensor_parameters(method, params, model_params, list(ref.tensors), ref.layers)
+
+
+def method_issues(recipe: Any, ref: ModelMeta | None = None) -> list[Issue]:
     try:
         check_method(recipe)
+        check_tensor_values(recipe, ref)
     except HubMergeError as err:
-        return [Issue(recipe.method, "method input contract", str(err))]
+        return [Issue(recipe.method, METHOD_ISSUE, str(err))]
     return []
+
+
+def slice_issues(recipe: Any, metas: list[ModelMeta]) -> list[Issue]:
+    """Each slice source's ``layer_range`` against its model's layer count (from its config)."""
+    by_ref: dict[str, ModelMeta] = {}
+    for m in metas:
+        for key in (m.ref, m.id, str(m.folder) if m.folder else None):
+            if key:
+                by_ref[key] = m
+    issues = []
+    for i, sl in enumerate(recipe.slices):
+        for j, src in enumerate(sl.sources):
+            m = by_ref.get(src.model)
+            if m is None and Path(src.model).exists():
+                m = by_ref.get(str(Path(src.model).resolve()))
+            if m is None or not m.layers:
+                continue
+            if src.layer_range[1] > m.layers:
+                issues.append(
+                    Issue(
+                        m.id,
+                        f"slices[{i}].sources[{j}].layer_range",
+                        f"{list(src.layer_range)} reaches past its {m.layers} layers "
+                        "(layer_range is [start, stop), counted from 0)",
+                    )
+                )
+    return issues

@@ -12,12 +12,24 @@ MERGE_BYTES_PER_S = {"linear": 400e6, "sparse": 120e6}
 
 
 def size_estimates(
-    metas: list[ModelMeta], ref: ModelMeta | None, method: str | None
+    metas: list[ModelMeta],
+    ref: ModelMeta | None,
+    method: str | None,
+    out_layers: int | None = None,
 ) -> dict[str, float]:
     download = sum(m.download_bytes for m in metas)
     inputs = sum(m.weight_bytes for m in metas)
     tensors = ref.tensors if ref else {}
     out_bytes = sum(math.prod(s) * size for s, size in tensors.values())
+    if out_layers is not None and ref is not None and ref.layers:
+        # slices: the tensors outside the layers once, plus the reference's mean layer size
+        # times the output's layer count
+        from ..layers import layer_index
+
+        in_layers = sum(
+            math.prod(s) * size for n, (s, size) in tensors.items() if layer_index(n) is not None
+        )
+        out_bytes = out_bytes - in_layers + in_layers / ref.layers * out_layers
     largest = max((math.prod(s) for s, _ in tensors.values()), default=0)
     n = len(metas)
     # Streaming merge: per input a tensor in flight plus the read-ahead (3), float32 working set

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HubMergeError
-from .checks import method_issues, pair_issues, vocab_issue
+from .checks import method_issues, pair_issues, slice_issues, vocab_issue
 from .estimate import size_estimates
 from .meta import read_model
 from .report import Issue, MergePlan
+
+_DEPTH_ISSUES = ("layer count", "missing tensors", "extra tensors")
 
 
 def plan_models(
@@ -65,8 +67,14 @@ def plan_models(
             vocab = vocab_issue(ref, m)
             if vocab is not None:
                 issues.append(vocab)
+    out_layers = None
+    if recipe is not None and getattr(recipe, "slices", None):
+        # sliced inputs may differ in depth: each source's layer_range is checked instead
+        issues = [i for i in issues if i.what not in _DEPTH_ISSUES]
+        issues += slice_issues(recipe, ([base_meta] if base_meta else []) + metas)
+        out_layers = sum(sl.n_layers for sl in recipe.slices)
     if recipe is not None:
-        issues += method_issues(recipe)
+        issues += method_issues(recipe, ref if ref is not None and not ref.problem else None)
     licenses = {m.id: m.license for m in ([base_meta] if base_meta else []) + metas}
     known = sorted({lic for lic in licenses.values() if lic})
     if len(known) > 1:
@@ -80,7 +88,9 @@ def plan_models(
             )
         )
     all_inputs = ([base_meta] if base_meta else []) + metas
-    return MergePlan(method, base_meta, metas, issues, size_estimates(all_inputs, ref, method))
+    return MergePlan(
+        method, base_meta, metas, issues, size_estimates(all_inputs, ref, method, out_layers)
+    )
 
 
 def plan_recipe(recipe: Any, **kw: Any) -> MergePlan:

@@ -5,8 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import IncompatibleModelsError
+from ..errors import ConfigError, IncompatibleModelsError
 from .meta import ModelMeta
+
+# The issue a recipe's method or parameters raise (checks.method_issues).
+METHOD_ISSUE = "method input contract"
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class MergePlan:
     def raise_for_issues(self) -> None:
         """Raise :class:`IncompatibleModelsError` listing every blocking issue, or return."""
         blocking = [i for i in self.issues if i.blocking]
+        if blocking and all(i.what == METHOD_ISSUE for i in blocking):
+            # the recipe's parameters, not the models: merge's own one-line ConfigError
+            raise ConfigError("; ".join(dict.fromkeys(i.detail for i in blocking)))
         if blocking:
             raise IncompatibleModelsError(
                 f"The merge cannot work ({len(blocking)} problem(s), found before any weight "

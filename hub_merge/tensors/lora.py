@@ -70,6 +70,23 @@ def _pattern_value(patterns: dict, module: str, default):
     return default
 
 
+def adapter_refusal(config: dict, where: object) -> str | None:
+    """Why an adapter config cannot be merged (not LoRA, or DoRA), or None.
+
+    One text for ``merge``, ``kinship`` and ``plan`` (which reads only the config), so the plan
+    refuses what the merge would.
+    """
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        return f"{where} is a {peft_type} adapter; hub-merge merges LoRA adapters only."
+    if config.get("use_dora"):
+        return (
+            f"{where} is a DoRA adapter, whose delta is not scale*B@A; merge it into its "
+            "base with peft (merge_and_unload) and use the full model instead."
+        )
+    return None
+
+
 class LoraAdapterReader:
     """A peft LoRA adapter folder, exposed by the base-model tensor names it changes."""
 
@@ -79,16 +96,9 @@ class LoraAdapterReader:
         if not cfg_path.is_file():
             raise UnsupportedRepoError(f"{self.folder} is not a peft adapter: no {ADAPTER_CONFIG}.")
         self.config: dict = json.loads(cfg_path.read_text())
-        peft_type = str(self.config.get("peft_type", "LORA")).upper()
-        if peft_type != "LORA":
-            raise UnsupportedRepoError(
-                f"{self.folder} is a {peft_type} adapter; hub-merge merges LoRA adapters only."
-            )
-        if self.config.get("use_dora"):
-            raise UnsupportedRepoError(
-                f"{self.folder} is a DoRA adapter, whose delta is not scale*B@A; merge it into its "
-                "base with peft (merge_and_unload) and use the full model instead."
-            )
+        refusal = adapter_refusal(self.config, self.folder)
+        if refusal:
+            raise UnsupportedRepoError(refusal)
         weights = self.folder / ADAPTER_WEIGHTS
         if not weights.is_file():
             refuse_unsafe(self.folder)

@@ -166,6 +166,7 @@ class GreedyStrategy(Strategy):
             [{}] if as_base else [{}, {}],
             n_inputs=1 if as_base else 2,
             has_base=True,
+            refuse_unused=True,
         )
         self.kinship_stop = s.resolved_kinship_stop(ctx.kinship_metric)
         if self.kinship_stop is not None and ctx.kinship is None:
