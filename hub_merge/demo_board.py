@@ -182,8 +182,9 @@ def held_out_table(board: Any, published: str | None = None) -> Any:
 
     lower = board.lower_is_better
     table = Table(
-        title=f"The leaderboard on the held-out test rows ({board.metric}, "
-        f"{'lower' if lower else 'higher'} is better; EM: exact match)"
+        title=f"The leaderboard on the held-out test rows ({board.metric})",
+        caption=f"{'Lower' if lower else 'Higher'} is better; EM: exact match.",
+        caption_justify="left",
     )
     table.add_column("model", overflow="fold")
     for task in board.tasks:
