@@ -30,13 +30,16 @@ from typing import Any
 
 from . import hub
 from .card import base_models
-from .comparison import Comparison, ComparisonRow, compare, format_score
+from .comparison import Comparison, compare
 from .demo_board import (
     DEMO_STRATEGIES,
     Answers,
     answer_test_prompts,
     compare_settings,
+    comparison_table,
     held_out_table,
+    peak_rss_bytes,
+    row_label,
 )
 from .errors import ConfigError, SearchStateError
 from .kinship import KinshipResult, kinship_matrix
@@ -48,7 +51,16 @@ from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "DemoResult", "final_table", "run_demo"]
+__all__ = [
+    "DemoConfig",
+    "DemoResult",
+    "comparison_table",
+    "final_table",
+    "peak_rss_bytes",
+    "row_label",
+    "run_demo",
+    "summary_table",
+]
 
 ZOO_USER = "hub-merge-zoo"  # owner of the seeded experts (zoo.REPO_OWNER)
 DEMO_USER = "demo"  # the user who merges and publishes
@@ -72,7 +84,7 @@ class DemoConfig:
     strategy: str | None = None  # the one strategy of the shorter path (strategies=(name,))
     k: int = 3  # greedy's top-k
     generations: int | None = None  # greedy's generations; default: 2
-    dam_steps: int | None = None  # DAM's steps; default DAM_STEPS (30 smol, 5 quick)
+    dam_steps: int | None = None  # DAM's steps; default DAM_SETTINGS (30 smol, 5 quick)
     budget: int | None = None  # evaluations; default: the strategy's own stop (evolve: 40)
     limit: int | None = None  # examples per task; default 16 (quick) or 32
     device: str = "auto"
@@ -471,48 +483,6 @@ def final_table(result: DemoResult) -> Any:
     return summary_table(result)
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (and of finished children), in bytes."""
-    import resource
-    import sys
-
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    usage = [
-        resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    ]
-    return max(usage) * scale
-
-
-def row_label(row: ComparisonRow) -> str:
-    """A comparison row's name in the demo's table and JSON: ``winner g1-1``, ``add``..."""
-    return f"winner {row.id}" if row.subject else row.label
-
-
 def summary_table(result: DemoResult) -> Any:
     """A rich Table of the run's comparison (see :func:`comparison_table`)."""
     return comparison_table(result.comparison())
-
-
-def comparison_table(cmp: Comparison) -> Any:
-    """A rich Table: each model's score per task and combined, on the held-out rows if any.
-
-    It displays :func:`hub_merge.comparison.compare`'s rows as they are; the best combined
-    score is in bold green.
-    """
-    from rich.table import Table
-
-    split = cmp.split
-    rows_are = "held-out test rows" if split == "test" else "dev rows"
-    table = Table(title=f"{cmp.metric} on the {rows_are} ({cmp.direction} is better)")
-    rows = cmp.shown(split)
-    table.add_column("model", no_wrap=True, min_width=max(len(row_label(r)) for r in rows))
-    for task in cmp.tasks:
-        table.add_column(task, justify="right")
-    table.add_column(cmp.combined_label, justify="right")
-    best = cmp.best(split)
-    for row in rows:
-        scores = row.scores(split)
-        style = "bold green" if best is not None and row.id == best.id else ""
-        cells = [format_score(scores.get(t)) for t in cmp.tasks]
-        table.add_row(row_label(row), *cells, format_score(row.combined(split)), style=style)
-    return table

@@ -16,27 +16,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .comparison import format_score
+from .comparison import Comparison, ComparisonRow, format_score
 
 __all__ = [
-    "DAM_STEPS",
+    "DAM_SETTINGS",
     "DEMO_STRATEGIES",
     "Answers",
     "answer_test_prompts",
     "compare_settings",
+    "comparison_table",
+    "peak_rss_bytes",
+    "row_label",
     "leaderboard_table",
     "held_out_table",
 ]
 
 # The demo's rows: the mission's method, and the strategy that wins on the smol zoo (issue 27:
-# DAM trained on the dev rows reaches 1.31 test loss where the uniform average has 2.48).
+# DAM trained on the searches' 16 dev rows per task reached 1.31 test loss where the uniform
+# average has 2.48).
 DEMO_STRATEGIES: tuple[str, ...] = ("greedy", "dam")
-# DAM's optimizer steps in the demo. 30 steps on the searches' own 16 dev rows per task gave
-# about 1.31 on the smol zoo (the default 60 steps gave the same), i.e. ~53% of the uniform
-# average's loss, inside the demo's goal of <= 60%; 30 steps keep the demo near its time goal
-# (8 minutes on 2 cores with the zoo cached). The tiny zoo learns nothing from merging: a few
+# DAM's settings in the demo, for the demo's goal (at most 8 minutes on 2 CPU cores with the zoo
+# cached, and a published loss at most 60% of the uniform average's). A step costs one merged
+# forward and backward over `train_batch_size` rows per expert, so the demo takes 4 rows per
+# expert (16 a step) instead of DAM's 8, and 30 steps: 120 rows seen per expert. Measured
+# before on the smol zoo (benchmarks/RESULTS.md, section 3c, and issue 27): 12 steps of 4 rows
+# gave 0.61x the uniform average's loss, 60 steps of 8 rows 0.53x, so 30 steps of 4 sits between
+# (not yet measured at these exact settings). The tiny zoo learns nothing from merging: a few
 # steps show the row at no cost.
-DAM_STEPS = {"smol": 30, "tiny": 5}
+DAM_SETTINGS = {
+    "smol": {"steps": 30, "train_batch_size": 4},
+    "tiny": {"steps": 5, "train_batch_size": 4},
+}
 
 
 def compare_settings(
@@ -53,7 +63,9 @@ def compare_settings(
         if name == "greedy":
             out[name] = {"k": k, "generations": generations or 2}
         elif name == "dam":
-            out[name] = {"steps": dam_steps or DAM_STEPS["tiny" if quick else "smol"]}
+            out[name] = dict(DAM_SETTINGS["tiny" if quick else "smol"])
+            if dam_steps is not None:
+                out[name]["steps"] = dam_steps
     return out
 
 
@@ -193,7 +205,10 @@ def held_out_table(board: Any, published: str | None = None) -> Any:
     table.add_column("EM", justify="right", no_wrap=True, min_width=5)
     rec = board.recommended()
     for r in board.rows:
-        label = r.label if r.kind != "strategy" else f"{r.name} (winner)"
+        label = r.label
+        if r.kind == "strategy":  # a strategy whose best candidate was the average says so
+            kept = r.best_seed().node == "uniform"
+            label = f"{r.name} ({'kept the uniform average' if kept else 'winner'})"
         if published is not None and r.name == published:
             label += " - published"
         elif rec is not None and r.name == rec.name:
@@ -224,3 +239,45 @@ def board_rows_json(board: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (and of finished children), in bytes."""
+    import resource
+    import sys
+
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    usage = [
+        resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    ]
+    return max(usage) * scale
+
+
+def row_label(row: ComparisonRow) -> str:
+    """A comparison row's name in the demo's table and JSON: ``winner g1-1``, ``add``..."""
+    return f"winner {row.id}" if row.subject else row.label
+
+
+def comparison_table(cmp: Comparison) -> Any:
+    """A rich Table: each model's score per task and combined, on the held-out rows if any.
+
+    It displays :func:`hub_merge.comparison.compare`'s rows as they are; the best combined
+    score is in bold green.
+    """
+    from rich.table import Table
+
+    split = cmp.split
+    rows_are = "held-out test rows" if split == "test" else "dev rows"
+    table = Table(title=f"{cmp.metric} on the {rows_are} ({cmp.direction} is better)")
+    rows = cmp.shown(split)
+    table.add_column("model", no_wrap=True, min_width=max(len(row_label(r)) for r in rows))
+    for task in cmp.tasks:
+        table.add_column(task, justify="right")
+    table.add_column(cmp.combined_label, justify="right")
+    best = cmp.best(split)
+    for row in rows:
+        scores = row.scores(split)
+        style = "bold green" if best is not None and row.id == best.id else ""
+        cells = [format_score(scores.get(t)) for t in cmp.tasks]
+        table.add_row(row_label(row), *cells, format_score(row.combined(split)), style=style)
+    return table
