@@ -73,8 +73,9 @@ def build_demo(
         )
         gr.Markdown(
             "# hub-merge\nMerge models of one family: find a base model's fine-tunes and "
-            "adapters, see how related they are, let a kinship-guided greedy search merge them, "
-            f"and publish the winner with its lineage. Hub: `{resolve_endpoint(endpoint)}`"
+            "adapters, see how related they are, let a kinship-guided greedy search merge them "
+            "(or compare every strategy on a leaderboard, in the Compare tab), and publish the "
+            f"merge with its lineage. Hub: `{resolve_endpoint(endpoint)}`"
         )
         with gr.Row():
             if oauth:
