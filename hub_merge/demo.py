@@ -2,13 +2,19 @@
 
 A user who has never merged a model runs one command and sees every step a real merge takes:
 a Hub holding a base model and its experts (each its own repo with its own card), discovery
-through the Hub's model tree, pull, kinship, the kinship-guided greedy search, the model card,
-the push, and the merged model pulled back from the Hub and generating.
+through the Hub's model tree, pull, kinship, then the mission's kinship-guided greedy search and
+DAM side by side on one dev/test split (``hub_merge.leaderboard.compare_strategies``: one set of
+baselines, one score cache), the leaderboard against each expert, the uniform average and the
+oracle router, the push of the row chosen on dev scores with the leaderboard on its card, and
+that model pulled back from the Hub answering the held-out test prompts.
+``strategies=("greedy",)`` (``hub-merge demo --strategies greedy``) keeps the shorter path: one
+search, its winner published.
 
 Everything lives in one folder (default ``./hub-merge-demo``): the local Hub's data (``hub/``),
-the download cache (``hf-cache/``), the search run (``run/``) and ``kinship.png``. A second run
-reuses all of it: the zoo is cached, the Hub keeps its commits, the search resumes its finished
-run without re-evaluating, and the push of unchanged files makes no new commit.
+the download cache (``hf-cache/``), the compare (``compare/``; the one search of the shorter
+path: ``run/``) and ``kinship.png``. A second run reuses all of it: the zoo is cached, the Hub
+keeps its commits, the compare (or search) resumes its finished runs without re-evaluating, and
+the push of unchanged files makes no new commit.
 """
 
 from __future__ import annotations
@@ -24,17 +30,37 @@ from typing import Any
 
 from . import hub
 from .card import base_models
-from .comparison import Comparison, ComparisonRow, compare, format_score
-from .errors import SearchStateError
+from .comparison import Comparison, compare
+from .demo_board import (
+    DEMO_STRATEGIES,
+    Answers,
+    answer_test_prompts,
+    compare_settings,
+    comparison_table,
+    held_out_table,
+    peak_rss_bytes,
+    row_label,
+)
+from .errors import ConfigError, SearchStateError
 from .kinship import KinshipResult, kinship_matrix
+from .leaderboard import CompareConfig, Leaderboard, compare_strategies
 from .localhub import LocalHub
-from .publish import PublishResult, publish
+from .publish import PublishResult, publish, publish_row
 from .search import SearchConfig, SearchResult, search
 from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DemoConfig", "DemoResult", "run_demo"]
+__all__ = [
+    "DemoConfig",
+    "DemoResult",
+    "comparison_table",
+    "final_table",
+    "peak_rss_bytes",
+    "row_label",
+    "run_demo",
+    "summary_table",
+]
 
 ZOO_USER = "hub-merge-zoo"  # owner of the seeded experts (zoo.REPO_OWNER)
 DEMO_USER = "demo"  # the user who merges and publishes
@@ -52,14 +78,34 @@ class DemoConfig:
     quick: bool = False
     out: Path = Path("hub-merge-demo")
     repo_id: str | None = None  # default: demo/<zoo>-merged
-    strategy: str = "greedy"  # any registered search strategy (greedy, evolve, swarm...)
+    # The leaderboard's rows (default greedy and DAM); one name keeps the shorter path: that
+    # search alone, its winner published.
+    strategies: tuple[str, ...] = DEMO_STRATEGIES
+    strategy: str | None = None  # the one strategy of the shorter path (strategies=(name,))
     k: int = 3  # greedy's top-k
     generations: int | None = None  # greedy's generations; default: 2
+    dam_steps: int | None = None  # DAM's steps; default DAM_SETTINGS (30 smol, 5 quick)
     budget: int | None = None  # evaluations; default: the strategy's own stop (evolve: 40)
     limit: int | None = None  # examples per task; default 16 (quick) or 32
     device: str = "auto"
     progress: bool = True
     zoo_cache: Path | None = None  # parent of zoo/<name>; default $HUB_MERGE_CACHE or ~/.cache
+
+    def __post_init__(self) -> None:
+        if self.strategy is not None:  # DemoConfig(strategy="evolve"): the shorter path
+            self.strategies = (self.strategy,)
+        self.strategies = tuple(self.strategies)
+        if not self.strategies:
+            raise ConfigError("The demo needs at least one strategy, e.g. greedy.")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError(f"A strategy is listed twice: {', '.join(self.strategies)}.")
+        if len(self.strategies) == 1:
+            self.strategy = self.strategies[0]
+
+    @property
+    def leaderboard(self) -> bool:
+        """Whether the demo compares several strategies (else: one search, the shorter path)."""
+        return len(self.strategies) > 1
 
 
 @dataclass
@@ -73,16 +119,26 @@ class DemoResult:
     discovered: list[hub.Candidate]
     experts: dict[str, str]  # task -> repo id
     kinship: KinshipResult
-    search: SearchResult
+    search: SearchResult | None  # the shorter path's search (None on the leaderboard path)
     published: PublishResult
     generated: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # task -> in/want/got
+    board: Leaderboard | None = None  # the leaderboard path's leaderboard
+    row: str | None = None  # the leaderboard row published (chosen on dev scores)
+    node: str | None = None  # the published node of its run
+    answers: Answers | None = None  # the published model's exact matches on the test rows
     listed_as_merge: bool = False  # the Hub's model tree lists the push under its parents
     resumed: bool = False
     seconds: float = 0.0
     peak_rss: int = 0  # bytes: the most memory this process held (the goal is <= 3 GB)
 
     def comparison(self) -> Comparison:
-        """The winner against each baseline and the oracle router (``hub_merge.comparison``)."""
+        """The shorter path's winner against each baseline and the oracle router.
+
+        Raises:
+            ConfigError: on the leaderboard path (its comparison is ``board``).
+        """
+        if self.search is None:
+            raise ConfigError("The demo ran the leaderboard path: read DemoResult.board.")
         return compare(self.search.tree)
 
 
@@ -207,6 +263,14 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
 
         plot_kinship(kin, out / "kinship.png")
 
+        if config.leaderboard:
+            return _leaderboard_demo(
+                config,
+                echo,
+                _Stage(out, zoo, endpoint, user_token, base_repo, base.path, found, experts, kin),
+                start,
+            )
+
         title = {
             "greedy": "Kinship-guided top-k greedy merging",
             "evolve": "Evolutionary merging (CMA-ES)",
@@ -291,48 +355,138 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
     )
 
 
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (and of finished children), in bytes."""
-    import resource
-    import sys
+@dataclass(frozen=True)
+class _Stage:
+    """What steps 1 to 5 found, for the rest of the demo."""
 
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    usage = [
-        resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    ]
-    return max(usage) * scale
+    out: Path
+    zoo: Zoo
+    endpoint: str
+    token: str
+    base_repo: str
+    base_path: Path
+    found: list[hub.Candidate]
+    experts: dict[str, str]
+    kinship: KinshipResult
+
+    @property
+    def hub_kw(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "token": self.token, "cache_dir": self.out / "hf-cache"}
 
 
-def row_label(row: ComparisonRow) -> str:
-    """A comparison row's name in the demo's table and JSON: ``winner g1-1``, ``add``..."""
-    return f"winner {row.id}" if row.subject else row.label
+def _leaderboard_demo(
+    config: DemoConfig, echo: Callable[[Any], None], stage: _Stage, start: float
+) -> DemoResult:
+    """Steps 6 to 8 of the leaderboard path: compare, publish the row chosen on dev, answer."""
+    from .lineage import FamilyTree
+    from .splits import split_tasks
+
+    zoo, out = stage.zoo, stage.out
+    names = " and ".join(config.strategies)
+    echo(
+        f"[bold]6. The leaderboard[/bold]: {names} on the same dev rows (test rows held out), "
+        "against each expert, the uniform average and the oracle router"
+    )
+    compare_dir = out / "compare"
+    budget: Any = config.budget
+    if budget is None and "evolve" in config.strategies:
+        budget = {"evolve": 40}
+    compare_config = CompareConfig(
+        base=stage.base_repo,
+        experts=list(stage.experts.values()),
+        tasks=[str(zoo.tasks[t]) for t in stage.experts],
+        out=str(compare_dir),
+        strategies=list(config.strategies),
+        budget=budget,
+        settings=compare_settings(
+            config.strategies,
+            quick=config.quick,
+            k=config.k,
+            generations=config.generations,
+            dam_steps=config.dam_steps,
+        ),
+        limit=config.limit or (16 if config.quick else 32),
+        device=config.device,
+        progress=config.progress,
+        resume=(compare_dir / "compare.json").is_file(),
+        endpoint=stage.endpoint,
+        token=stage.token,
+        cache_dir=str(out / "hf-cache"),
+        max_memory=DEMO_CACHE_BYTES,  # why: see the shorter path's SearchConfig
+    )
+    resumed = compare_config.resume
+    try:
+        board = compare_strategies(compare_config)
+    except SearchStateError:
+        if not resumed:
+            raise
+        # another demo's compare (other settings, a re-seeded Hub): the demo's own scratch
+        echo("   (the previous demo run used other settings; starting it over)")
+        shutil.rmtree(compare_dir)
+        compare_config.resume = resumed = False
+        board = compare_strategies(compare_config)
+    rec = board.recommended()
+    if rec is None:
+        raise SearchStateError(f"No row of {compare_dir} can be published; see leaderboard.md.")
+    from .demo_board import leaderboard_table
+
+    echo(leaderboard_table(board, rec.name))
+    echo(
+        f"   {board.evaluations_now} evaluations now"
+        + (" (the rest reused from the earlier run)" if resumed else "")
+        + f"; recommended: {rec.label}, the best on the dev rows"
+    )
+
+    echo(f"[bold]7. Card and push[/bold] of {rec.label}: the leaderboard on its card, one commit")
+    repo_id = config.repo_id or f"{DEMO_USER}/{zoo.name.split('-')[0]}-merged"
+    published = publish_row(compare_dir, repo_id, endpoint=stage.endpoint, token=stage.token)
+    echo(f"   {published.url}")
+    seed = rec.best_seed()
+    tree = FamilyTree.load(compare_dir / str(seed.run) / "family_tree.json")
+    node = str(seed.node)
+    parent = base_models(tree, node)[0][0]
+    tree_list = hub.discover(parent, ("merge",), endpoint=stage.endpoint, token=stage.token)
+    listed = any(c.id == repo_id for c in tree_list)
+
+    echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub; it answers the held-out test prompts")
+    back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **stage.hub_kw)
+    split = split_tasks(
+        compare_config.tasks,
+        test_fraction=compare_config.test_fraction,
+        seed=compare_config.split_seed,
+        limit=compare_config.limit,
+    )
+    answers = answer_test_prompts(back.path, stage.base_path, split, device=config.device)
+    echo(f"   {repo_id} {answers.sentence()}")
+    return DemoResult(
+        out=out,
+        endpoint=stage.endpoint,
+        zoo=zoo.name,
+        base=stage.base_repo,
+        discovered=stage.found,
+        experts=stage.experts,
+        kinship=stage.kinship,
+        search=None,
+        published=published,
+        generated=dict(answers.examples),
+        board=board,
+        row=rec.name,
+        node=node,
+        answers=answers,
+        listed_as_merge=listed,
+        resumed=resumed,
+        seconds=time.monotonic() - start,
+        peak_rss=peak_rss_bytes(),
+    )
+
+
+def final_table(result: DemoResult) -> Any:
+    """The demo's last table: the leaderboard on the test rows, or the shorter path's comparison."""
+    if result.board is not None:
+        return held_out_table(result.board, result.row)
+    return summary_table(result)
 
 
 def summary_table(result: DemoResult) -> Any:
     """A rich Table of the run's comparison (see :func:`comparison_table`)."""
     return comparison_table(result.comparison())
-
-
-def comparison_table(cmp: Comparison) -> Any:
-    """A rich Table: each model's score per task and combined, on the held-out rows if any.
-
-    It displays :func:`hub_merge.comparison.compare`'s rows as they are; the best combined
-    score is in bold green.
-    """
-    from rich.table import Table
-
-    split = cmp.split
-    rows_are = "held-out test rows" if split == "test" else "dev rows"
-    table = Table(title=f"{cmp.metric} on the {rows_are} ({cmp.direction} is better)")
-    rows = cmp.shown(split)
-    table.add_column("model", no_wrap=True, min_width=max(len(row_label(r)) for r in rows))
-    for task in cmp.tasks:
-        table.add_column(task, justify="right")
-    table.add_column(cmp.combined_label, justify="right")
-    best = cmp.best(split)
-    for row in rows:
-        scores = row.scores(split)
-        style = "bold green" if best is not None and row.id == best.id else ""
-        cells = [format_score(scores.get(t)) for t in cmp.tasks]
-        table.add_row(row_label(row), *cells, format_score(row.combined(split)), style=style)
-    return table

@@ -73,8 +73,9 @@ def build_demo(
         )
         gr.Markdown(
             "# hub-merge\nMerge models of one family: find a base model's fine-tunes and "
-            "adapters, see how related they are, let a kinship-guided greedy search merge them, "
-            f"and publish the winner with its lineage. Hub: `{resolve_endpoint(endpoint)}`"
+            "adapters, see how related they are, let a kinship-guided greedy search merge them "
+            "(or compare every strategy on a leaderboard, in the Compare tab), and publish the "
+            f"merge with its lineage. Hub: `{resolve_endpoint(endpoint)}`"
         )
         with gr.Row():
             if oauth:
@@ -103,85 +104,192 @@ def build_demo(
         chosen = gr.CheckboxGroup([], label="Candidates to merge", elem_id="chosen")
         pasted = gr.Textbox(label="…or paste model ids, one per line", lines=2)
 
-        gr.Markdown("## 2. Kinship")
-        kinship_btn = gr.Button("Measure kinship", elem_id="kinship")
-        with gr.Row():
-            heatmap = gr.Image(label="Kinship heatmap", type="filepath", elem_id="heatmap")
-            kin_table = gr.Dataframe(label="Kinship (Pearson)", interactive=False)
+        with gr.Tabs():
+            with gr.Tab("Kinship and search", elem_id="search-tab"):
+                gr.Markdown("## 2. Kinship")
+                kinship_btn = gr.Button("Measure kinship", elem_id="kinship")
+                with gr.Row():
+                    heatmap = gr.Image(label="Kinship heatmap", type="filepath", elem_id="heatmap")
+                    kin_table = gr.Dataframe(label="Kinship (Pearson)", interactive=False)
 
-        gr.Markdown("## 3. Search")
-        with gr.Row():
-            builtin = gr.CheckboxGroup(list(TASKS), label="Built-in tasks", elem_id="builtin")
-            n_examples = gr.Slider(8, 256, value=32, step=8, label="Examples per built-in task")
-            uploads = gr.File(
-                label="…or upload JSONL tasks ({prompt, answer} per line)",
-                file_count="multiple",
-                file_types=[".jsonl"],
-            )
-        with gr.Row():
-            strategy = gr.Dropdown(
-                strategy_names(),
-                value="greedy",
-                label="Search strategy",
-                elem_id="strategy",
-                info="greedy: Hu et al. 2024; evolve: CMA-ES, Akiba et al. 2024; "
-                "swarm: Model Swarms, Feng et al. 2024",
-            )
-            budget = gr.Number(
-                value=0,
-                label="Budget (evaluations, baselines included; 0: the strategy's own stop)",
-                precision=0,
-                elem_id="budget",
-            )
-        with gr.Row(visible=True) as greedy_row:
-            k = gr.Slider(
-                2, 6, value=3, step=1, label="k (top models merged pairwise)", elem_id="k"
-            )
-            generations = gr.Slider(
-                1, 10, value=3, step=1, label="Generations", elem_id="generations"
-            )
-            method = gr.Dropdown(METHODS, value="slerp", label="Merge method", elem_id="method")
-        with gr.Row():
-            settings_json = gr.Code(
-                strategy_defaults("greedy"),
-                language="json",
-                label="The strategy's other settings (JSON, its defaults shown)",
-                elem_id="settings",
-            )
-            limit = gr.Number(
-                value=None, label="Examples per task (blank: all)", precision=0, elem_id="limit"
-            )
-        with gr.Row():
-            run_btn = gr.Button("Run search", variant="primary", elem_id="run")
-            cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
-        status = gr.Markdown(elem_id="status")
-        gen_table = gr.Dataframe(
-            headers=["generation", "best fitness", "best", "top-k kinship"],
-            interactive=False,
-            label="Generations",
-        )
-        baselines = gr.Dataframe(
-            headers=["model", "dev (tasks combined)", "test (tasks combined)", "test per task"],
-            interactive=False,
-            label="Winner against the baselines (each expert, the uniform average, the oracle router)",
-            elem_id="baselines",
-        )
-        with gr.Row():
-            fitness = gr.Image(label="Fitness by generation", type="filepath")
-            tree = gr.Image(label="Family tree", type="filepath")
+                gr.Markdown("## 3. Search")
+                with gr.Row():
+                    builtin = gr.CheckboxGroup(
+                        list(TASKS), label="Built-in tasks", elem_id="builtin"
+                    )
+                    n_examples = gr.Slider(
+                        8, 256, value=32, step=8, label="Examples per built-in task"
+                    )
+                    uploads = gr.File(
+                        label="…or upload JSONL tasks ({prompt, answer} per line)",
+                        file_count="multiple",
+                        file_types=[".jsonl"],
+                    )
+                with gr.Row():
+                    strategy = gr.Dropdown(
+                        strategy_names(),
+                        value="greedy",
+                        label="Search strategy",
+                        elem_id="strategy",
+                        info="greedy: Hu et al. 2024; evolve: CMA-ES, Akiba et al. 2024; "
+                        "swarm: Model Swarms, Feng et al. 2024",
+                    )
+                    budget = gr.Number(
+                        value=0,
+                        label="Budget (evaluations, baselines included; 0: the strategy's own stop)",
+                        precision=0,
+                        elem_id="budget",
+                    )
+                with gr.Row(visible=True) as greedy_row:
+                    k = gr.Slider(
+                        2, 6, value=3, step=1, label="k (top models merged pairwise)", elem_id="k"
+                    )
+                    generations = gr.Slider(
+                        1, 10, value=3, step=1, label="Generations", elem_id="generations"
+                    )
+                    method = gr.Dropdown(
+                        METHODS, value="slerp", label="Merge method", elem_id="method"
+                    )
+                with gr.Row():
+                    settings_json = gr.Code(
+                        strategy_defaults("greedy"),
+                        language="json",
+                        label="The strategy's other settings (JSON, its defaults shown)",
+                        elem_id="settings",
+                    )
+                    limit = gr.Number(
+                        value=None,
+                        label="Examples per task (blank: all)",
+                        precision=0,
+                        elem_id="limit",
+                    )
+                with gr.Row():
+                    run_btn = gr.Button("Run search", variant="primary", elem_id="run")
+                    cancel_btn = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                status = gr.Markdown(elem_id="status")
+                gen_table = gr.Dataframe(
+                    headers=["generation", "best fitness", "best", "top-k kinship"],
+                    interactive=False,
+                    label="Generations",
+                )
+                baselines = gr.Dataframe(
+                    headers=[
+                        "model",
+                        "dev (tasks combined)",
+                        "test (tasks combined)",
+                        "test per task",
+                    ],
+                    interactive=False,
+                    label="Winner against the baselines (each expert, the uniform average, the oracle router)",
+                    elem_id="baselines",
+                )
+                with gr.Row():
+                    fitness = gr.Image(label="Fitness by generation", type="filepath")
+                    tree = gr.Image(label="Family tree", type="filepath")
 
-        gr.Markdown("## 4. Card and push")
-        with gr.Row():
-            repo_id = gr.Textbox(label="Repo id (name, or namespace/name)", elem_id="repo")
-            license = gr.Textbox(label="License (when the parents' licenses do not decide it)")
-            private = gr.Checkbox(label="Private")
-        with gr.Row():
-            preview_btn = gr.Button("Preview card")
-            push_btn = gr.Button("Push to the Hub", variant="primary", elem_id="push")
-        pushed = gr.Markdown(elem_id="pushed")
-        pushed_url = gr.Textbox(label="Pushed repo", interactive=False, elem_id="pushed-url")
-        with gr.Accordion("Model card preview", open=False):
-            card = gr.Markdown(elem_id="card")
+                gr.Markdown("## 4. Card and push")
+                with gr.Row():
+                    repo_id = gr.Textbox(label="Repo id (name, or namespace/name)", elem_id="repo")
+                    license = gr.Textbox(
+                        label="License (when the parents' licenses do not decide it)"
+                    )
+                    private = gr.Checkbox(label="Private")
+                with gr.Row():
+                    preview_btn = gr.Button("Preview card")
+                    push_btn = gr.Button("Push to the Hub", variant="primary", elem_id="push")
+                pushed = gr.Markdown(elem_id="pushed")
+                pushed_url = gr.Textbox(
+                    label="Pushed repo", interactive=False, elem_id="pushed-url"
+                )
+                with gr.Accordion("Model card preview", open=False):
+                    card = gr.Markdown(elem_id="card")
+            with gr.Tab("Compare", elem_id="compare-tab"):
+                gr.Markdown(
+                    "Every strategy on the candidates above and your tasks, side by side: one "
+                    "dev/test split, one set of baselines (each candidate, the uniform average, "
+                    "the oracle router), one score cache. The recommended row is chosen on the "
+                    "dev rows, never on the test rows; push any row that is one model. "
+                    "DAM trains on the dev rows the searches read, so the rows stay comparable."
+                )
+                with gr.Row():
+                    cmp_builtin = gr.CheckboxGroup(
+                        list(TASKS), label="Built-in tasks", elem_id="cmp-builtin"
+                    )
+                    cmp_n_examples = gr.Slider(
+                        8, 256, value=32, step=8, label="Examples per built-in task"
+                    )
+                    cmp_uploads = gr.File(
+                        label="…or upload JSONL tasks ({prompt, answer} per line)",
+                        file_count="multiple",
+                        file_types=[".jsonl"],
+                    )
+                with gr.Row():
+                    cmp_strategies = gr.CheckboxGroup(
+                        strategy_names(),
+                        value=[n for n in ("greedy", "dam") if n in strategy_names()],
+                        label=f"Strategies (at most {limits.max_strategies})",
+                        elem_id="cmp-strategies",
+                    )
+                    cmp_budget = gr.Number(
+                        value=0,
+                        label=f"Budget: evaluations shared by the strategies (0: this Space's "
+                        f"cap, {limits.max_budget})",
+                        precision=0,
+                        elem_id="cmp-budget",
+                    )
+                    cmp_limit = gr.Number(
+                        value=None,
+                        label="Examples per task (blank: all)",
+                        precision=0,
+                        elem_id="cmp-limit",
+                    )
+                cmp_settings = gr.Code(
+                    '{"greedy": {"generations": 2}, "dam": {"steps": 30}}',
+                    language="json",
+                    label='Each strategy\'s own settings (JSON: {"strategy": {"setting": value}})',
+                    elem_id="cmp-settings",
+                )
+                with gr.Row():
+                    cmp_btn = gr.Button("Compare", variant="primary", elem_id="compare")
+                    cmp_cancel = gr.Button("Cancel", variant="stop", elem_id="cmp-cancel")
+                cmp_status = gr.Markdown(elem_id="cmp-status")
+                cmp_table = gr.Dataframe(
+                    headers=["row"],
+                    interactive=False,
+                    label="Leaderboard (test rows; the recommended row chosen on dev)",
+                    elem_id="leaderboard",
+                )
+                cmp_notes = gr.Markdown(elem_id="cmp-notes")
+                cmp_plot = gr.Image(label="Test score against cost", type="filepath")
+                with gr.Row():
+                    cmp_repo = gr.Textbox(
+                        label="Repo id (name, or namespace/name)", elem_id="cmp-repo"
+                    )
+                    cmp_license = gr.Textbox(
+                        label="License (when the parents' licenses do not decide it)"
+                    )
+                    cmp_private = gr.Checkbox(label="Private")
+                cmp_rows = gr.State([])  # the rows that are one model, recommended first
+                cmp_row = gr.Textbox(visible=False, elem_id="cmp-row")  # the API's row name
+                cmp_pushed = gr.Markdown(elem_id="cmp-pushed")
+                cmp_url = gr.Textbox(label="Pushed repo", interactive=False, elem_id="cmp-url")
+
+                @gr.render(inputs=[cmp_rows])
+                def _push_buttons(rows: list[str]) -> None:
+                    """One Push button per publishable row (the first is the recommended one)."""
+                    with gr.Row():
+                        for i, name in enumerate(rows or []):
+                            button = gr.Button(
+                                f"Push {name}" + (" (recommended)" if i == 0 else ""),
+                                variant="primary" if i == 0 else "secondary",
+                                key=f"push-{name}",
+                            )
+                            button.click(
+                                h["push_row"],
+                                [state, gr.State(name), cmp_repo, cmp_license, cmp_private, token],
+                                [state, cmp_pushed, cmp_url],
+                                api_visibility="private",
+                            )
 
         discover_btn.click(
             h["discover"],
@@ -202,6 +310,7 @@ def build_demo(
             [state, status, gen_table, fitness, tree, card, baselines],
             api_name="search",
             concurrency_limit=1,  # one search at a time per replica: it uses every core
+            concurrency_id="search",
         )
         strategy.change(
             lambda name: (strategy_defaults(name or "greedy"), gr.Row(visible=name == "greedy")),
@@ -209,6 +318,29 @@ def build_demo(
             [settings_json, greedy_row],
         )
         cancel_btn.click(h["cancel"], [state], [status], cancels=[run_event], api_name="cancel")
+        compare_event = cmp_btn.click(
+            h["compare"],
+            [state, base, chosen, pasted, cmp_builtin, cmp_n_examples, cmp_uploads]
+            + [cmp_strategies, cmp_budget, cmp_settings, cmp_limit, token],
+            [state, cmp_status, cmp_table, cmp_plot, cmp_notes, cmp_rows],
+            api_name="compare",
+            concurrency_limit=1,  # as a search: it uses every core
+            concurrency_id="search",  # one search or compare at a time per replica
+        )
+        cmp_cancel.click(
+            h["cancel_compare"],
+            [state],
+            [cmp_status],
+            cancels=[compare_event],
+            api_name="cancel_compare",
+        )
+        # The API's push of a named row (the page's buttons call the same handler).
+        cmp_row.submit(
+            h["push_row"],
+            [state, cmp_row, cmp_repo, cmp_license, cmp_private, token],
+            [state, cmp_pushed, cmp_url],
+            api_name="push_row",
+        )
         preview_btn.click(h["preview"], [state, repo_id, license], [card], api_name="preview")
         push_btn.click(
             h["push"],

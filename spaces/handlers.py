@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from compare_handlers import build_compare_handlers
 from space_limits import SpaceLimits
 from workflow import (
     SearchRun,
@@ -360,14 +361,13 @@ def build_handlers(
             baselines_table(run_dir),
         )
 
-    def _token_checked_search(config: Any) -> Any:
-        """The search, after every prompt and answer is checked against the token caps with
-        the base model's tokenizer (their characters were capped before; the base is pulled
-        into the session's cache, where the search finds it)."""
+    def _check_tokens(config: Any) -> None:
+        """Every prompt and answer within the token caps, with the base model's tokenizer
+        (their characters were capped before; the base is pulled into the session's cache,
+        where the search or compare finds it)."""
         from transformers import AutoTokenizer
 
         from hub_merge.evaluate.tasks import load_task
-        from hub_merge.search import search as run_search
 
         base = hub.pull(
             config.base, endpoint=endpoint, token=config.token, cache_dir=config.cache_dir
@@ -377,6 +377,12 @@ def build_handlers(
         limits.check_tokens(
             tokenizer, [(t.name, [(e.prompt, e.answer) for e in t.examples]) for t in tasks]
         )
+
+    def _token_checked_search(config: Any) -> Any:
+        """The search, after the token caps are checked."""
+        from hub_merge.search import search as run_search
+
+        _check_tokens(config)
         return run_search(config)
 
     def cancel(state: Session | None):
@@ -453,6 +459,15 @@ def build_handlers(
         "cancel": cancel,
         "preview": preview,
         "push": push,
+        **build_compare_handlers(
+            endpoint,
+            limits,
+            session=_session,
+            owned=_owned,
+            error=_error,
+            check_tokens=_check_tokens,
+            models=_models,
+        ),
     }
 
 

@@ -52,6 +52,7 @@ class SpaceLimits:
     max_task_files: int = 8
     max_candidates: int = 8
     max_budget: int = 200  # evaluations per search, baselines included
+    max_strategies: int = 4  # strategies in one compare (the Compare tab)
     max_population: int = 32
     max_generations: int = 50
     max_train_steps: int = 200
@@ -98,6 +99,28 @@ class SpaceLimits:
                 f"A budget of {budget} evaluations is over this Space's limit of {self.max_budget}."
             )
         return budget
+
+    def check_compare(
+        self,
+        strategies: list[str],
+        settings: dict[str, Any],
+        budget: int | None,
+        n_candidates: int,
+    ) -> int:
+        """Refuse a compare over the caps: too many strategies, a strategy's settings over the
+        caps, or a total budget over ``max_budget`` (shared by the strategies). Returns the
+        total budget to use (the cap when none given)."""
+        if not strategies:
+            raise ConfigError("Pick at least one strategy to compare.")
+        if len(strategies) > self.max_strategies:
+            raise ConfigError(
+                f"{len(strategies)} strategies is over this Space's limit of "
+                f"{self.max_strategies} per compare."
+            )
+        total = self.check_search({}, budget, n_candidates)
+        for name in strategies:
+            self.check_search(dict(settings.get(name) or {}), total, n_candidates)
+        return total
 
     def check_rows(self, n: int, what: str) -> int:
         if n > self.max_rows:

@@ -173,6 +173,8 @@ class Session:
     run_dir: Path | None = None
     runs: int = 0
     search: SearchRun | None = field(default=None, repr=False)
+    compare_dir: Path | None = None  # the last compare's folder (the Compare tab)
+    compare: SearchRun | None = field(default=None, repr=False)
     last_used: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -214,11 +216,18 @@ class Session:
         self.run_dir = self.root / f"run-{self.runs}"
         return self.run_dir
 
+    def new_compare_dir(self) -> Path:
+        """A fresh folder for a compare (its runs, score cache and leaderboard)."""
+        self.runs += 1
+        self.compare_dir = self.root / f"compare-{self.runs}"
+        return self.compare_dir
+
     def close(self) -> None:
-        """Stop a running search and delete the session's folder (the tab was closed)."""
-        if self.search is not None and self.search.running:
-            self.search.cancel("the session ended")
-            self.search.wait(30)
+        """Stop a running search or compare and delete the session's folder (the tab closed)."""
+        for run in (self.search, self.compare):
+            if run is not None and run.running:
+                run.cancel("the session ended")
+                run.wait(30)
         shutil.rmtree(self.root, ignore_errors=True)
         SESSIONS.forget(self)
 
@@ -396,3 +405,63 @@ def baselines_table(run_dir: Path) -> list[list[Any]]:
             ]
         )
     return rows
+
+
+# --- the Compare tab ----------------------------------------------------------------------------
+
+
+def compare_settings(text: str | None, strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """Each strategy's own settings from the Compare tab's JSON box (``{"dam": {"steps": 30}}``);
+    a strategy that is not compared, or settings that are not an object, are refused."""
+    import json
+
+    try:
+        settings = json.loads(text) if (text or "").strip() else {}
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"Strategy settings are not valid JSON ({err.msg}).") from None
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(
+            'Compare settings take {"strategy": {"setting": value}}, e.g. {"dam": {"steps": 30}}.'
+        )
+    unknown = sorted(set(settings) - set(strategies))
+    if unknown:
+        raise ConfigError(
+            f"Settings given for {', '.join(unknown)}, which is not among the strategies "
+            f"compared ({', '.join(strategies)})."
+        )
+    return settings
+
+
+def compare_progress(folder: Path, total: int) -> int:
+    """How many of a compare's ``total`` runs have finished (each writes its ``row.json``)."""
+    return min(total, sum(1 for _ in folder.glob("*/row.json"))) if folder.is_dir() else 0
+
+
+def leaderboard_rows(folder: Path) -> tuple[list[str], list[list[str]], str]:
+    """The compare's leaderboard as (headers, rows, notes in markdown), or empty if none yet."""
+    from hub_merge.leaderboard import load_leaderboard
+
+    if not (folder / "leaderboard.json").is_file():
+        return [], [], ""
+    try:
+        board = load_leaderboard(folder)
+    except ConfigError:  # caught mid-write; the next poll gets it
+        return [], [], ""
+    table = board.table()
+    return table[0], table[1:], "\n\n".join(board.notes())
+
+
+def publishable_rows(folder: Path) -> list[str]:
+    """The leaderboard rows that are one model to publish (strategies' winners, the uniform
+    average), recommended first."""
+    from hub_merge.leaderboard import load_leaderboard
+
+    if not (folder / "leaderboard.json").is_file():
+        return []
+    board = load_leaderboard(folder)
+    rec = board.recommended()
+    names = [r.name for r in board.rows if r.kind in ("strategy", "uniform", "moe")]
+    if rec is not None and rec.name in names:
+        names.remove(rec.name)
+        names.insert(0, rec.name)
+    return names

@@ -91,3 +91,43 @@ def test_click_through_discover_kinship_search_push(space_app, tmp_path):
     readme = Path(api.hf_hub_download(repo, "README.md", local_dir=tmp_path / "dl"))
     text = readme.read_text(encoding="utf-8")
     assert sort_id in text and reverse_id in text
+
+
+def test_compare_tab_pushes_a_row_with_its_own_button(space_app, tmp_path):
+    """The Compare tab in a browser: a compare of greedy and DAM, then the row's own Push button
+    (rendered once the leaderboard is in) publishes it with the leaderboard on its card."""
+    from huggingface_hub import HfApi
+
+    pasted = "\n".join(space_app.repo_ids[f"expert/{t}"] for t in ("reverse", "sort"))
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 2400})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(space_app.url)
+            page.locator("#token input").fill(space_app.token)
+            page.get_by_label("…or paste model ids, one per line").fill(pasted)
+            page.get_by_role("tab", name="Compare").click()
+            builtin = page.locator("#cmp-builtin")
+            builtin.get_by_label("reverse", exact=True).check()
+            builtin.get_by_label("sort", exact=True).check()
+            _set_number(page, "cmp-limit", 4)
+            settings = '{"greedy": {"generations": 1}, "dam": {"steps": 2, "max_rows": 4}}'
+            page.locator("#cmp-settings .cm-content").fill(settings)
+            page.locator("#compare").click()
+            page.locator("#cmp-status").get_by_text("Done", exact=False).wait_for()
+            page.locator("#cmp-repo input, #cmp-repo textarea").first.fill("browser-dam")
+            page.get_by_role("button", name="Push dam", exact=False).click()
+            page.locator("#cmp-pushed").get_by_text("Pushed").wait_for()
+            pushed_text = page.locator("#cmp-pushed").inner_text()
+        finally:
+            browser.close()
+
+    repo = f"{space_app.user}/browser-dam"
+    assert repo in pushed_text and "dam" in pushed_text
+    api = HfApi(endpoint=space_app.endpoint, token=space_app.token)
+    readme = Path(api.hf_hub_download(repo, "README.md", local_dir=tmp_path / "dl"))
+    assert "This model is the row **dam**" in readme.read_text(encoding="utf-8")

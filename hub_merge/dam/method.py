@@ -55,7 +55,8 @@ class DamMethod(MergeMethod):
         from .recipe import dam_state_dict
 
         session = inputs.session
-        state = dam_state_dict(recipe, inputs.folders, device=session.device)
+        folders = _with_base(recipe, inputs.folders, session.base_path)
+        state = dam_state_dict(recipe, folders, device=session.device)
         return {n: t.to(session.dtype) if t.is_floating_point() else t for n, t in state.items()}
 
     def write(
@@ -71,6 +72,7 @@ class DamMethod(MergeMethod):
     ) -> Path:
         from .recipe import dam_to_folder
 
+        folders = _with_base(recipe, folders, base_folder)
         return dam_to_folder(recipe, out, folders, device=device, overwrite=overwrite)
 
     def published_files(self, parameters: Mapping[str, Any]) -> dict[str, str]:
@@ -83,3 +85,19 @@ class DamMethod(MergeMethod):
         params = dict(parameters or {})
         facts = {k: params.get(k) for k in CARD_FACTS}
         return {"dam": facts | {"sha256": str(params.get("sha256", ""))}}
+
+
+def _with_base(
+    recipe: MergeRecipe,
+    folders: Mapping[str, str | Path] | None,
+    base_folder: str | Path | None,
+) -> dict[str, str | Path]:
+    """``folders`` with the recipe's base mapped to the base's local folder.
+
+    A search's folders map the experts' sources only; a base named by Hub reference
+    (``org/base@sha``, as the demo and the Space give it) would otherwise be read as a folder.
+    """
+    out = dict(folders or {})
+    if isinstance(recipe.base, str) and base_folder is not None:
+        out.setdefault(recipe.base, base_folder)
+    return out

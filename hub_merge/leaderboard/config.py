@@ -58,8 +58,8 @@ class CompareConfig:
     base as aggregator).
     """
 
-    base: str
-    experts: list[str]
+    base: Any  # a Hub reference or a folder, as SearchConfig takes it (str or ModelRef)
+    experts: list[Any]
     tasks: list[str]
     out: str
     strategies: list[str] = field(default_factory=list)  # empty: every registered strategy
@@ -90,6 +90,9 @@ class CompareConfig:
     endpoint: str | None = None
     cache_dir: str | None = None
     token: str | None = field(default=None, repr=False)
+    # Set to stop every run at its next candidate boundary (the Space's cancel and time cap);
+    # handed to each run's SearchConfig.cancel, never part of the fingerprint.
+    cancel: Any = field(default=None, repr=False, compare=False)
 
     def strategy_list(self) -> list[str]:
         """The strategies to run, checked (default: every registered one), in the given order."""
@@ -189,8 +192,8 @@ class CompareConfig:
     def fingerprint_data(self) -> dict[str, Any]:
         """The inputs every row shares (a resumed compare must be given the same)."""
         return {
-            "base": self.base,
-            "experts": list(self.experts),
+            "base": str(self.base),  # a ModelRef (the Space's Hub references) as its text
+            "experts": [str(e) for e in self.experts],
             "tasks": list(self.tasks),
             "test_tasks": list(self.test_tasks),
             "train_tasks": list(self.train_tasks),
