@@ -37,7 +37,11 @@ MIRROR = "/work/.mirror/huggingface+huggingface_hub/repo"
 TEST_FILES = ["test_hf_api.py", "test_file_download.py", "test_snapshot_download.py"]
 HELPERS = ["__init__.py", "conftest.py", "testing_constants.py", "testing_utils.py"]
 # The suite's users (tests/testing_constants.py); their tokens are made up per run.
-USERS = {"TOKEN": "__DUMMY_HUB_USER__", "OTHER_TOKEN": "DVUser", "ENTERPRISE_TOKEN": "EnterpriseAdmin"}
+USERS = {
+    "TOKEN": "__DUMMY_HUB_USER__",
+    "OTHER_TOKEN": "DVUser",
+    "ENTERPRISE_TOKEN": "EnterpriseAdmin",
+}
 PYTEST_INI = """[pytest]
 addopts = -Werror::FutureWarning -p no:cacheprovider
 markers =
@@ -102,8 +106,11 @@ def count(junit: Path) -> dict[str, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--test-python", required=True, help="python of the venv with the client")
-    parser.add_argument("--git-dir", default=os.environ.get("HF_HUB_GIT", MIRROR),
-                        help="a git dir of huggingface/huggingface_hub (bare or .git)")
+    parser.add_argument(
+        "--git-dir",
+        default=os.environ.get("HF_HUB_GIT", MIRROR),
+        help="a git dir of huggingface/huggingface_hub (bare or .git)",
+    )
     parser.add_argument("--tag", default="v1.28.0")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds for the whole run")
     args, pytest_args = parser.parse_known_args()
@@ -118,8 +125,18 @@ def main() -> int:
         env.update(HF_TOKEN="", HUGGING_FACE_HUB_TOKEN="", HF_HUB_DISABLE_TELEMETRY="1")
         env.pop("HF_HUB_OFFLINE", None)
         junit = work / "junit.xml"
-        cmd = [args.test_python, "-m", "pytest", "-p", "hf_hub_suite_plugin", "-q", "-rfE",
-               f"--junitxml={junit}", *(f"tests/{f}" for f in TEST_FILES), *pytest_args]
+        cmd = [
+            args.test_python,
+            "-m",
+            "pytest",
+            "-p",
+            "hf_hub_suite_plugin",
+            "-q",
+            "-rfE",
+            f"--junitxml={junit}",
+            *(f"tests/{f}" for f in TEST_FILES),
+            *pytest_args,
+        ]
         try:
             subprocess.run(cmd, cwd=work, env=env, timeout=args.timeout, check=False)
         finally:
@@ -130,8 +147,10 @@ def main() -> int:
             return 1
         t = count(junit)
     total = sum(t.values()) - t["skipped"]
-    print(f"\nhuggingface_hub {args.tag} tests against hub serve: {t['passed']} of {total} passed "
-          f"({t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped)")
+    print(
+        f"\nhuggingface_hub {args.tag} tests against hub serve: {t['passed']} of {total} passed "
+        f"({t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped)"
+    )
     return 0 if t["failed"] == t["errors"] == 0 else 1
 
 

@@ -53,20 +53,26 @@ async def paths_info(
     if request.headers.get("content-type", "").startswith("application/json"):
         body = parse_json(raw or b"{}")
         paths = body.get("paths") if isinstance(body, dict) else None
+        expand = body.get("expand") if isinstance(body, dict) else None
     else:
-        paths = parse_qs(raw.decode("latin-1"), max_num_fields=MAX_PATHS + 10).get("paths")
+        form = parse_qs(raw.decode("latin-1"), max_num_fields=MAX_PATHS + 10)
+        paths, expand = form.get("paths"), (form.get("expand") or [None])[-1]
     if isinstance(paths, str):
         paths = [paths]
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise StorageError(400, "Expected 'paths': a list of paths in the repo")
     if len(paths) > MAX_PATHS:
         raise StorageError(400, f"At most {MAX_PATHS} paths per request")
-    return await run_in_threadpool(_paths_info, hub, repo, rev, paths)
+    wants_last = expand is True or str(expand).lower() in ("1", "true")
+    return await run_in_threadpool(_paths_info, hub, repo, rev, paths, wants_last)
 
 
-def _paths_info(hub: HubApp, repo: RepoRef, rev: str, paths: list[str]) -> Response:
+def _paths_info(
+    hub: HubApp, repo: RepoRef, rev: str, paths: list[str], expand: bool = False
+) -> Response:
     st = hub.store
-    tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))["tree"]
+    cid = st.resolve(repo.rtype, repo.repo_id, rev)
+    tree = st.commit(repo.rtype, repo.repo_id, cid)["tree"]
     folders = {p[:i] for p in tree for i, c in enumerate(p) if c == "/"}
     out = []
     for path in dict.fromkeys(p.strip("/") for p in paths):
@@ -75,7 +81,32 @@ def _paths_info(hub: HubApp, repo: RepoRef, rev: str, paths: list[str]) -> Respo
         elif path in folders:
             oid = hashlib.sha1(path.encode()).hexdigest()
             out.append({"type": "directory", "path": path, "oid": oid})
+    if expand:  # ``expand=True``: the commit that last changed each path (as the Hub's lastCommit)
+        last = last_commits(hub, repo, cid, [item["path"] for item in out])
+        for item in out:
+            if item["path"] in last:
+                item["lastCommit"] = last[item["path"]]
     return JSONResponse(out)
+
+
+def last_commits(hub: HubApp, repo: RepoRef, cid: str, paths: list[str]) -> dict[str, Any]:
+    """path -> {id, title, date} of the newest commit (from ``cid`` back along first parents)
+    whose tree changed that file, or anything under that folder."""
+    st = hub.store
+    todo, found = set(paths), {}
+    history = st.history(repo.rtype, repo.repo_id, cid)
+    for n, (c_id, c) in enumerate(history):
+        parent = history[n + 1][1]["tree"] if n + 1 < len(history) else {}
+        for path in list(todo):
+            under = path + "/"
+            now = {p: e for p, e in c["tree"].items() if p == path or p.startswith(under)}
+            before = {p: e for p, e in parent.items() if p == path or p.startswith(under)}
+            if now != before:
+                found[path] = {"id": c_id, "title": c["title"], "date": c["date"]}
+                todo.discard(path)
+        if not todo:
+            break
+    return found
 
 
 def auth_check(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
