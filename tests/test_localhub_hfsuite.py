@@ -84,3 +84,28 @@ def test_paths_info_with_expand_gives_each_path_its_last_commit(api):
     assert last["w.bin"].date is not None
     # Without expand, no lastCommit (the Hub's default answer).
     assert all(i.last_commit is None for i in api.get_paths_info("alice/last", ["keep.txt"]))
+
+
+def test_a_moved_repo_answers_at_its_old_name_for_those_who_may_read_it(local_hub, tmp_path):
+    """As on the Hub: the old name redirects (API and downloads) until a repo takes it again;
+    a private repo's new name is not revealed to a caller who cannot read it."""
+    alice = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    bob = HfApi(endpoint=local_hub.endpoint, token="hf_bob_write")
+    alice.create_repo("alice/before", private=True)
+    alice.upload_file(path_or_fileobj=b"content", path_in_repo="file.txt", repo_id="alice/before")
+    alice.move_repo("alice/before", "alice/after")
+
+    path = alice.hf_hub_download("alice/before", "file.txt", cache_dir=tmp_path / "c")
+    assert open(path).read() == "content"
+    assert alice.model_info("alice/before").id == "alice/after"
+    assert alice.repo_exists("alice/before")
+    with pytest.raises(RepositoryNotFoundError):  # bob cannot read the private repo
+        bob.model_info("alice/before")
+    assert not bob.file_exists("alice/before", "file.txt")
+
+    # Moving back, then creating the free name anew, each ends the redirect.
+    alice.move_repo("alice/after", "alice/before")
+    assert alice.model_info("alice/before").id == "alice/before"
+    alice.create_repo("alice/after")
+    assert alice.model_info("alice/after").id == "alice/after"
+    assert alice.list_repo_files("alice/after") == [".gitattributes"]

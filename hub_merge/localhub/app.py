@@ -195,6 +195,9 @@ class HubApp:
                 self.canonical, repo_ref_from_path(kind, p["ns"], p["name"])
             )
             ident = self._ident(request)
+            moved = await run_in_threadpool(repos.redirect, self, request, repo, ident)
+            if moved is not None:
+                return moved
             wants_pr = request.query_params.get("create_pr") in ("1", "true")
             if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
                 await run_in_threadpool(self.access.check_contributor, ident, repo)

@@ -20,11 +20,11 @@ import os
 import secrets
 import shutil
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .auth import Identity
 from .limits import LIST_BODY, SMALL_BODY, parse_json
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .app import HubApp
 
 MAX_PATHS = 1000
+MOVED = "moved.json"  # left in a moved repo's old folder: {"to": new repo id}
 
 
 def _entry_json(path: str, e: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +161,33 @@ def _move(hub: HubApp, src: RepoRef, dst: RepoRef) -> None:
             os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(st.repo_dir(src.rtype, src.repo_id), target)
+        # The old name redirects to the new one, as on the Hub, until a repo takes that name
+        # again (create and move both replace a folder that has no repo.json).
+        old = st.repo_dir(src.rtype, src.repo_id)
+        old.mkdir(parents=True, exist_ok=True)
+        (old / MOVED).write_text(json.dumps({"to": dst.repo_id}))
+
+
+def redirect(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Any:
+    """A 307 to the repo's new name when ``repo`` was moved away and the caller may read the repo
+    it now is (anyone else gets the usual RepoNotFound: a private repo's new name stays hidden).
+    None when the repo exists or was never moved. The Location is relative, so the client's
+    HEAD before a download follows it too."""
+    d = hub.store.repo_dir(repo.rtype, repo.repo_id)
+    if (d / "repo.json").is_file() or not (d / MOVED).is_file():
+        return None
+    try:
+        to = repo_ref(repo.rtype, *json.loads((d / MOVED).read_text())["to"].split("/", 1))
+    except (ValueError, KeyError, TypeError, StorageError):
+        return None
+    if hub.store.repo_meta(to.rtype, to.repo_id) is None or not hub.access.can_read(ident, to):
+        return None
+    segs = request.url.path.split("/")
+    at = 3 if request.url.path.startswith("/api/") else (1 if repo.rtype == "model" else 2)
+    git = ".git" if segs[at + 1].endswith(".git") else ""  # the LFS batch URL: ``name.git``
+    segs[at : at + 2] = [quote(to.namespace, safe=""), quote(to.name, safe="") + git]
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse("/".join(segs) + query, status_code=307)
 
 
 async def duplicate_repo(
