@@ -36,7 +36,10 @@ UNCLAIMED: list[tuple[str, str]] = [
     ("TestUserApi", "user/org profiles"),
     ("TestActivityApi", "likes"),
     ("TestListAndPermanentlyDeleteLFSFiles", "LFS file listing/permanent deletion (storage admin)"),
-    ("test_update_repo_settings", "gated repos (it sets gated='auto'/'manual')"),
+    (
+        "TestHfApiEndpoints::test_update_repo_settings",
+        "gated repos (it sets gated='auto'/'manual')",
+    ),
     ("test_create_repo_private_by_default", "organizations (an enterprise org's default)"),
     ("test_empty_commit_on_pr", "discussions (it opens a PR with create_pull_request)"),
     ("history_on_special_ref", "discussions (it opens a PR with create_pull_request)"),
