@@ -56,7 +56,7 @@ def test_a_refused_path_answers_422_as_the_hub(api):
     assert "backslashes" in str(err.value)
 
 
-def test_paths_info_with_expand_gives_each_path_its_last_commit(api):
+def test_paths_info_and_tree_with_expand_give_each_path_its_last_commit(api):
     api.create_repo("alice/last")
     first = api.create_commit(
         "alice/last",
@@ -84,6 +84,12 @@ def test_paths_info_with_expand_gives_each_path_its_last_commit(api):
     assert last["w.bin"].date is not None
     # Without expand, no lastCommit (the Hub's default answer).
     assert all(i.last_commit is None for i in api.get_paths_info("alice/last", ["keep.txt"]))
+    # The tree listing says the same with expand=True.
+    tree = {i.path: i.last_commit for i in api.list_repo_tree("alice/last", expand=True)}
+    assert tree["keep.txt"].oid == first.oid and tree["dir"].oid == second.oid
+    nested = {i.path: i.last_commit for i in api.list_repo_tree("alice/last", "dir", expand=True)}
+    assert nested["dir/a.txt"].oid == first.oid and nested["dir/b.txt"].oid == second.oid
+    assert all(i.last_commit is None for i in api.list_repo_tree("alice/last"))
 
 
 def test_a_moved_repo_answers_at_its_old_name_for_those_who_may_read_it(local_hub, tmp_path):

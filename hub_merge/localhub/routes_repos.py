@@ -92,19 +92,19 @@ def _paths_info(
 
 def last_commits(hub: HubApp, repo: RepoRef, cid: str, paths: list[str]) -> dict[str, Any]:
     """path -> {id, title, date} of the newest commit (from ``cid`` back along first parents)
-    whose tree changed that file, or anything under that folder."""
+    whose tree changed that file, or anything under that folder. One diff per commit, so the
+    cost is history x tree size whatever the number of paths."""
     st = hub.store
     todo, found = set(paths), {}
     history = st.history(repo.rtype, repo.repo_id, cid)
     for n, (c_id, c) in enumerate(history):
         parent = history[n + 1][1]["tree"] if n + 1 < len(history) else {}
-        for path in list(todo):
-            under = path + "/"
-            now = {p: e for p, e in c["tree"].items() if p == path or p.startswith(under)}
-            before = {p: e for p, e in parent.items() if p == path or p.startswith(under)}
-            if now != before:
-                found[path] = {"id": c_id, "title": c["title"], "date": c["date"]}
-                todo.discard(path)
+        tree = c["tree"]
+        changed = {p for p in tree.keys() | parent.keys() if tree.get(p) != parent.get(p)}
+        touched = changed | {p[:i] for p in changed for i, ch in enumerate(p) if ch == "/"}
+        for path in todo & touched:
+            found[path] = {"id": c_id, "title": c["title"], "date": c["date"]}
+        todo -= touched
         if not todo:
             break
     return found
