@@ -150,7 +150,7 @@ def test_bad_input_is_refused_and_changes_nothing(local_hub, api):
                 {"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}},
             ],
         )
-        assert r.status_code == 400, path
+        assert r.status_code == 422, path
     assert _commit(local_hub, [header, b"{not json"]).status_code == 400
     missing = {
         "key": "lfsFile",

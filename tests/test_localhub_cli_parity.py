@@ -35,7 +35,8 @@ def test_hf_repos_list_move_and_duplicate(local_hub, tmp_path):
 
     moved = _hf(local_hub, "repos", "move", "alice/old", "alice/new")
     assert moved.returncode == 0, moved.stderr
-    assert not api.repo_exists("alice/old")
+    # As on the Hub, the old name redirects to the new one (test_localhub_hfsuite covers it).
+    assert api.model_info("alice/old").id == "alice/new"
     assert api.model_info("alice/new").sha == head  # history, branches and files moved along
     assert {b.name for b in api.list_repo_refs("alice/new").branches} == {"main", "dev"}
 

@@ -12,6 +12,7 @@ namespace the rights check uses. The routes follow the endpoints ``huggingface_h
 from __future__ import annotations
 
 import inspect
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,7 @@ from . import routes_read as read
 from . import routes_repos as repos
 from . import routes_write as write
 from .auth import Access, Identity, Signer
-from .storage import StorageError, Store
+from .storage import REPO_NOT_FOUND, StorageError, Store
 from .validation import TYPES, RepoRef, decode_segment, header_text, repo_ref_from_path
 
 Handler = Callable[..., Any]
@@ -66,6 +67,7 @@ class HubApp:
             exception_handlers={
                 StorageError: self._storage_error,
                 ClientDisconnect: lambda req, exc: Response(status_code=400),
+                404: _not_found,
                 # A repo another process deleted while this request read it.
                 FileNotFoundError: lambda req, exc: error_response(
                     404, "Repository Not Found (it was just deleted)", "RepoNotFound"
@@ -193,6 +195,9 @@ class HubApp:
                 self.canonical, repo_ref_from_path(kind, p["ns"], p["name"])
             )
             ident = self._ident(request)
+            moved = await run_in_threadpool(repos.redirect, self, request, repo, ident)
+            if moved is not None:
+                return moved
             wants_pr = request.query_params.get("create_pr") in ("1", "true")
             if write and (contribute == ALWAYS or (contribute == PR_ONLY and wants_pr)):
                 await run_in_threadpool(self.access.check_contributor, ident, repo)
@@ -236,6 +241,19 @@ class HubApp:
 
 
 MAX_HEADER = 1024
+# A repo route with a one-segment id (``/api/models/gpt2/...``, ``/gpt2/resolve/...``): the Hub's
+# legacy canonical ids, which no repo here has (every repo is ``namespace/name``).
+_BARE_REPO_ID = re.compile(
+    r"^/(api/(models|datasets|spaces)/[^/]+(/.*)?|(datasets/|spaces/)?[^/]+/resolve/.*)$"
+)
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    """No route matched: a repo-shaped path says which repo is missing, as the Hub does, so
+    ``repo_exists`` / ``file_exists`` answer False instead of raising."""
+    if _BARE_REPO_ID.match(request.url.path) and request.url.path != "/api/models":
+        return error_response(404, REPO_NOT_FOUND, "RepoNotFound")
+    return error_response(404, "Not found")
 
 
 def _clean_header(name: bytes, value: bytes) -> tuple[bytes, bytes]:

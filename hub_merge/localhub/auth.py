@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .storage import StorageError, Store
+from .storage import REPO_NOT_FOUND, StorageError, Store
 from .validation import RepoRef
 
 ROLES = ("read", "write")
@@ -112,18 +112,14 @@ class Access:
     def check(self, ident: Identity | None, repo: RepoRef, write: bool) -> None:
         """404 for a repo the caller may not see; 401/403 for a write they may not make."""
         if not self.can_read(ident, repo):
-            raise StorageError(
-                404, f"Repository Not Found for {repo.rtype} {repo.repo_id}", "RepoNotFound"
-            )
+            raise StorageError(404, REPO_NOT_FOUND, "RepoNotFound")
         if write:
             self.check_namespace_write(ident, repo.namespace)
 
     def check_contributor(self, ident: Identity | None, repo: RepoRef) -> Identity:
         """A contributor: anyone with a write token who can read the repo (a pull request)."""
         if not self.can_read(ident, repo):
-            raise StorageError(
-                404, f"Repository Not Found for {repo.rtype} {repo.repo_id}", "RepoNotFound"
-            )
+            raise StorageError(404, REPO_NOT_FOUND, "RepoNotFound")
         if ident is None:
             raise StorageError(401, "You must be authenticated to open a pull request")
         if not ident.can_write:

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from ..card_rules import FRONT_MATTER_MAX_BYTES, base_model_links, parse_front_matter
 from .auth import Identity
+from .routes_repos import last_commits
 from .storage import StorageError
 from .validation import RepoRef, check_revision, decode_segment, split_rev
 
@@ -164,8 +165,13 @@ def tree(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -
     out = [
         {"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()}
         for d in sorted(dirs)
-    ]
-    return JSONResponse(out + files)
+    ] + files
+    if _flag(request, "expand"):  # ``list_repo_tree(expand=True)``: each entry's lastCommit
+        cid = st.resolve(repo.rtype, repo.repo_id, rev)
+        last = last_commits(hub, repo, cid, [item["path"] for item in out])
+        for item in out:
+            item["lastCommit"] = last[item["path"]]
+    return JSONResponse(out)
 
 
 def refs(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:

@@ -20,11 +20,11 @@ import os
 import secrets
 import shutil
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from .auth import Identity
 from .limits import LIST_BODY, SMALL_BODY, parse_json
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .app import HubApp
 
 MAX_PATHS = 1000
+MOVED = "moved.json"  # left in a moved repo's old folder: {"to": new repo id}
 
 
 def _entry_json(path: str, e: dict[str, Any]) -> dict[str, Any]:
@@ -53,20 +54,26 @@ async def paths_info(
     if request.headers.get("content-type", "").startswith("application/json"):
         body = parse_json(raw or b"{}")
         paths = body.get("paths") if isinstance(body, dict) else None
+        expand = body.get("expand") if isinstance(body, dict) else None
     else:
-        paths = parse_qs(raw.decode("latin-1"), max_num_fields=MAX_PATHS + 10).get("paths")
+        form = parse_qs(raw.decode("latin-1"), max_num_fields=MAX_PATHS + 10)
+        paths, expand = form.get("paths"), (form.get("expand") or [None])[-1]
     if isinstance(paths, str):
         paths = [paths]
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise StorageError(400, "Expected 'paths': a list of paths in the repo")
     if len(paths) > MAX_PATHS:
         raise StorageError(400, f"At most {MAX_PATHS} paths per request")
-    return await run_in_threadpool(_paths_info, hub, repo, rev, paths)
+    wants_last = expand is True or str(expand).lower() in ("1", "true")
+    return await run_in_threadpool(_paths_info, hub, repo, rev, paths, wants_last)
 
 
-def _paths_info(hub: HubApp, repo: RepoRef, rev: str, paths: list[str]) -> Response:
+def _paths_info(
+    hub: HubApp, repo: RepoRef, rev: str, paths: list[str], expand: bool = False
+) -> Response:
     st = hub.store
-    tree = st.commit(repo.rtype, repo.repo_id, st.resolve(repo.rtype, repo.repo_id, rev))["tree"]
+    cid = st.resolve(repo.rtype, repo.repo_id, rev)
+    tree = st.commit(repo.rtype, repo.repo_id, cid)["tree"]
     folders = {p[:i] for p in tree for i, c in enumerate(p) if c == "/"}
     out = []
     for path in dict.fromkeys(p.strip("/") for p in paths):
@@ -75,7 +82,32 @@ def _paths_info(hub: HubApp, repo: RepoRef, rev: str, paths: list[str]) -> Respo
         elif path in folders:
             oid = hashlib.sha1(path.encode()).hexdigest()
             out.append({"type": "directory", "path": path, "oid": oid})
+    if expand:  # ``expand=True``: the commit that last changed each path (as the Hub's lastCommit)
+        last = last_commits(hub, repo, cid, [item["path"] for item in out])
+        for item in out:
+            if item["path"] in last:
+                item["lastCommit"] = last[item["path"]]
     return JSONResponse(out)
+
+
+def last_commits(hub: HubApp, repo: RepoRef, cid: str, paths: list[str]) -> dict[str, Any]:
+    """path -> {id, title, date} of the newest commit (from ``cid`` back along first parents)
+    whose tree changed that file, or anything under that folder. One diff per commit, so the
+    cost is history x tree size whatever the number of paths."""
+    st = hub.store
+    todo, found = set(paths), {}
+    history = st.history(repo.rtype, repo.repo_id, cid)
+    for n, (c_id, c) in enumerate(history):
+        parent = history[n + 1][1]["tree"] if n + 1 < len(history) else {}
+        tree = c["tree"]
+        changed = {p for p in tree.keys() | parent.keys() if tree.get(p) != parent.get(p)}
+        touched = changed | {p[:i] for p in changed for i, ch in enumerate(p) if ch == "/"}
+        for path in todo & touched:
+            found[path] = {"id": c_id, "title": c["title"], "date": c["date"]}
+        todo -= touched
+        if not todo:
+            break
+    return found
 
 
 def auth_check(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Response:
@@ -129,6 +161,33 @@ def _move(hub: HubApp, src: RepoRef, dst: RepoRef) -> None:
             os.replace(target, st.tmp_dir / f"stale-{secrets.token_hex(4)}")
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(st.repo_dir(src.rtype, src.repo_id), target)
+        # The old name redirects to the new one, as on the Hub, until a repo takes that name
+        # again (create and move both replace a folder that has no repo.json).
+        old = st.repo_dir(src.rtype, src.repo_id)
+        old.mkdir(parents=True, exist_ok=True)
+        (old / MOVED).write_text(json.dumps({"to": dst.repo_id}))
+
+
+def redirect(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None) -> Any:
+    """A 307 to the repo's new name when ``repo`` was moved away and the caller may read the repo
+    it now is (anyone else gets the usual RepoNotFound: a private repo's new name stays hidden).
+    None when the repo exists or was never moved. The Location is relative, so the client's
+    HEAD before a download follows it too."""
+    d = hub.store.repo_dir(repo.rtype, repo.repo_id)
+    if (d / "repo.json").is_file() or not (d / MOVED).is_file():
+        return None
+    try:
+        to = repo_ref(repo.rtype, *json.loads((d / MOVED).read_text())["to"].split("/", 1))
+    except (ValueError, KeyError, TypeError, StorageError):
+        return None
+    if hub.store.repo_meta(to.rtype, to.repo_id) is None or not hub.access.can_read(ident, to):
+        return None
+    segs = request.url.path.split("/")
+    at = 3 if request.url.path.startswith("/api/") else (1 if repo.rtype == "model" else 2)
+    git = ".git" if segs[at + 1].endswith(".git") else ""  # the LFS batch URL: ``name.git``
+    segs[at : at + 2] = [quote(to.namespace, safe=""), quote(to.name, safe="") + git]
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse("/".join(segs) + query, status_code=307)
 
 
 async def duplicate_repo(

@@ -324,6 +324,8 @@ async def tag(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | No
     if request.method == "POST":
         rev = check_revision(arg)
         body = await hub.read_json(request)
+        # As the Hub: a missing revision is named before a bad tag name.
+        await run_in_threadpool(st.resolve, repo.rtype, repo.repo_id, rev)
         name = check_tag(body.get("tag"))
 
         def create() -> None:

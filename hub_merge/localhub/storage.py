@@ -55,6 +55,9 @@ OID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 KEEP_CARD = object()  # apply_commit: README.md untouched, the card metadata carries over
+# The Hub's text for a repo that is missing or hidden from the caller: huggingface_hub's own
+# message already names the URL (hence the repo), and repeats no server text it contains.
+REPO_NOT_FOUND = "Repository not found"
 
 
 class StorageError(Exception):
@@ -187,7 +190,7 @@ class Store:
         """Record that the repo proved it holds ``sha256`` (it uploaded the bytes)."""
         with self.lock(repo_type, repo_id):
             if self.repo_meta(repo_type, repo_id) is None:
-                raise StorageError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+                raise StorageError(404, REPO_NOT_FOUND, "RepoNotFound")
             self._grant(repo_type, repo_id, sha256)
 
     def _grant(self, repo_type: str, repo_id: str, sha256: str) -> None:
@@ -244,7 +247,7 @@ class Store:
     def _require(self, repo_type: str, repo_id: str) -> dict[str, Any]:
         meta = self.repo_meta(repo_type, repo_id)
         if meta is None:
-            raise StorageError(404, f"Repository Not Found: {repo_id}", "RepoNotFound")
+            raise StorageError(404, REPO_NOT_FOUND, "RepoNotFound")
         return meta
 
     def set_private(self, repo_type: str, repo_id: str, private: bool) -> None:

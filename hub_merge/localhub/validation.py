@@ -96,6 +96,9 @@ def repo_ref_from_path(rtype: str, raw_ns: str, raw_name: str) -> RepoRef:
 # (U+202E right-to-left override, zero-width spaces), line and paragraph separators, and lone
 # surrogates (which cannot even be written as UTF-8).
 BAD_PATH_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# The Hub answers 422 Unprocessable Entity for a path it refuses (huggingface_hub's own
+# test_create_file_with_relative_path checks that status).
+PATH_REFUSED = 422
 
 
 def check_repo_path(path: object) -> str:
@@ -107,23 +110,29 @@ def check_repo_path(path: object) -> str:
     would write into git's or huggingface_hub's own metadata); the rest is checked here.
     """
     if not isinstance(path, str) or not path or len(path) > MAX_PATH:
-        raise StorageError(400, "Invalid path: it must be a non-empty string of at most 1024 chars")
+        raise StorageError(
+            PATH_REFUSED, "Invalid path: it must be a non-empty string of at most 1024 chars"
+        )
     if path.startswith("/") or "\\" in path:
-        raise StorageError(400, f"Invalid path {safe_text(path)}: no absolute paths or backslashes")
+        raise StorageError(
+            PATH_REFUSED, f"Invalid path {safe_text(path)}: no absolute paths or backslashes"
+        )
     if any(unicodedata.category(c) in BAD_PATH_CATEGORIES for c in path):
         raise StorageError(
-            400,
+            PATH_REFUSED,
             f"Invalid path {safe_text(path)}: no control, format (e.g. U+202E) or line "
             "separator characters",
         )
     parts = path.split("/")
     if any(p in ("", ".", "..") for p in parts):
-        raise StorageError(400, f"Invalid path {safe_text(path)}: no empty, '.' or '..' segments")
+        raise StorageError(
+            PATH_REFUSED, f"Invalid path {safe_text(path)}: no empty, '.' or '..' segments"
+        )
     try:
         CommitOperationDelete(path_in_repo=path)
     except ValueError as e:
         raise StorageError(
-            400,
+            PATH_REFUSED,
             f"Invalid path {safe_text(path)}: huggingface_hub forbids it (no '.git' or '.cache' "
             "folders)",
         ) from e
