@@ -121,10 +121,7 @@ class SearchCore:
         self.scorer = Scorer(
             backend,
             base=base_source,
-            metric=settings.metric,
-            weights=settings.weights,
-            combine=settings.combine,
-            kinship_metric=settings.kinship_metric,
+            settings=settings,
             fingerprints=fingerprints or {},
             run=run,
         )

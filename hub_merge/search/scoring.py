@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..evaluate import ScoreCache, fitness_from_scores
 from ..merge.recipe import MergeRecipe
 from .state import KinshipCache, RunFolder
+
+if TYPE_CHECKING:  # settings imports the strategies, which the core imports after this module
+    from .settings import RunSettings
 
 
 class SearchBackend(Protocol):
@@ -54,7 +57,8 @@ class Scorer:
     Args:
         backend: evaluates recipes and measures kinship (see :class:`SearchBackend`).
         base: the recipes' base string (its fingerprint, if any, is part of every key).
-        metric, weights, combine: how per-task scores become the fitness (higher is better).
+        settings: the run's settings; their metric, weights and combine turn per-task scores
+            into the fitness (higher is better), their kinship metric reads kinships.
         fingerprints: model string -> content fingerprint (local folders); part of cache keys.
         run: the run folder holding the caches; None keeps them in memory.
     """
@@ -64,19 +68,15 @@ class Scorer:
         backend: SearchBackend,
         *,
         base: str,
-        metric: str,
-        weights: Mapping[str, float],
-        combine: str,
-        kinship_metric: str,
+        settings: RunSettings,
         fingerprints: Mapping[str, str],
         run: RunFolder | None = None,
     ) -> None:
         self.backend = backend
         self.base = base
-        self.metric = metric
-        self.weights = dict(weights)
-        self.combine = combine
-        self.kinship_metric = kinship_metric
+        self.settings = settings
+        metric, combine = settings.metric, settings.combine
+        self.weights = dict(settings.weights or {})
         self.fingerprints = dict(fingerprints)
         # what the scores are of: every score key includes it, so rows never mix (issue 23)
         self.evaluation_key = evaluation_key(
@@ -116,7 +116,8 @@ class Scorer:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
     def fitness(self, scores: Mapping[str, float]) -> float:
-        return fitness_from_scores(scores, self.metric, self.weights, self.combine)
+        s = self.settings
+        return fitness_from_scores(scores, s.metric, self.weights, s.combine)
 
     def new_count(self, recipes: Sequence[MergeRecipe]) -> int:
         """Distinct candidates scored so far plus those of ``recipes`` not scored yet."""
@@ -197,7 +198,7 @@ class Scorer:
             for ko, other in todo.items():
                 self.kin.put(ka, ko, float(self.backend.kinship(anchor, other)))
                 self.kinship_computed += 1
-        same = 0.0 if self.kinship_metric == "euclidean" else 1.0
+        same = 0.0 if self.settings.kinship_metric == "euclidean" else 1.0
         out = []
         for other in others:
             ko = self.key(other)
