@@ -19,6 +19,11 @@ medians over the candidates. A noisy shared machine: compare the ratios, not abs
 across runs.
 
     python benchmarks/search_speed.py --limit 8 --candidates 4 --naive 1 --workers 2
+    python benchmarks/search_speed.py --synthetic 0.5b --device cuda   # no zoo, no download
+
+``--synthetic SIZE`` builds a random-weight zoo of that size first (``benchmarks/synthetic.py``:
+``tiny`` for a CPU smoke run, ``0.5b`` for a GPU); its scores mean nothing, its timings do.
+``--naive 0`` leaves the mergekit-yaml row out (ratios are then against nothing).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.merge_speed import mergekit_yaml_cmd  # noqa: E402
 from hub_merge.evaluate import Evaluator, load_tasks  # noqa: E402
 from hub_merge.merge import MergeSession  # noqa: E402
 from hub_merge.merge.inplace import InPlaceModel  # noqa: E402
@@ -92,7 +98,31 @@ def main() -> None:
     ap.add_argument("--lora-cache", type=Path, help="mergekit's --lora-merge-cache (reused)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--synthetic",
+        choices=["tiny", "0.5b"],
+        help="build a random-weight zoo of this size in a temporary folder and use it",
+    )
     args = ap.parse_args()
+    synth_dir = None
+    if args.synthetic:
+        from benchmarks.synthetic import build_synthetic_zoo
+
+        synth_dir = Path(tempfile.mkdtemp(prefix="synthetic-zoo-"))
+        t0 = time.perf_counter()
+        args.zoo = build_synthetic_zoo(synth_dir, size=args.synthetic)
+        print(
+            f"built synthetic zoo {args.synthetic} in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
+    try:
+        run(args)
+    finally:
+        if synth_dir is not None:
+            shutil.rmtree(synth_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
 
     zoo = json.loads((args.zoo / "zoo.json").read_text())
     base = str(args.zoo / zoo["base"])
@@ -157,7 +187,7 @@ def main() -> None:
             out = work / f"m{i}"
             subprocess.run(
                 [
-                    str(Path(sys.executable).parent / "mergekit-yaml"),
+                    *mergekit_yaml_cmd(),
                     str(cfg),
                     str(out),
                     "--copy-tokenizer",
@@ -171,7 +201,7 @@ def main() -> None:
             )
             return out
 
-        if not (lora_cache.is_dir() and any(lora_cache.iterdir())):
+        if args.naive and not (lora_cache.is_dir() and any(lora_cache.iterdir())):
             cold, out = timed(lambda: mergekit(recipes[-1], 99))
             shutil.rmtree(out)
         for i, r in enumerate(recipes[: args.naive]):
@@ -187,15 +217,16 @@ def main() -> None:
     scores["naive"] = naive_scores
     ref = statistics.median(naive) if naive else None
 
-    rows.append(
-        row(
-            "1 naive: mergekit-yaml + from_pretrained + Evaluator",
-            naive,
-            ref,
-            "warm --lora-merge-cache"
-            + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+    if naive:
+        rows.append(
+            row(
+                "1 naive: mergekit-yaml + from_pretrained + Evaluator",
+                naive,
+                ref,
+                "warm --lora-merge-cache"
+                + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+            )
         )
-    )
     rows.append(
         row(
             "2 in-memory: MergeSession.merge + to_model",
@@ -250,7 +281,7 @@ def main() -> None:
         print(json.dumps({"rows": rows, "max_score_diff_vs_in_place": worst}, indent=2))
         return
     print(
-        f"smol zoo, {len(tasks)} tasks x {args.limit} rows, {len(recipes)} candidates "
+        f"{zoo.get('name', 'zoo')}, {len(tasks)} tasks x {args.limit} rows, {len(recipes)} candidates "
         f"({args.naive} naive), device {args.device}, torch threads {torch.get_num_threads()}"
     )
     print("| path | s / candidate | candidates / hour | vs naive | note |")
