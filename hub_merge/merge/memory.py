@@ -26,7 +26,14 @@ from ..layers import num_layers
 from ..tensors import resolve_device
 from .adapter_mix import factor_weights, is_factor_recipe, open_factor_recipe
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
-from .kernels import ARITHMETIC_FAST, ARITHMETIC_KEY, ARITHMETIC_MERGEKIT
+from .kernels import (
+    ARITHMETIC_FAST,
+    ARITHMETIC_KEY,
+    ARITHMETIC_MERGEKIT,
+    DARE_RNG,
+    DARE_RNG_KEY,
+    uses_philox,
+)
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
 
@@ -93,6 +100,7 @@ class MergeSession:
         self._model = None
         self._factor_mixes: dict[tuple[str, ...], Any] = {}
         self.arithmetic: set[str] = set()  # whose arithmetic the merges so far used (for save)
+        self.dare_rng = False  # whether a merge so far drew DARE masks with Philox (for save)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -191,6 +199,7 @@ class MergeSession:
             m, params, mparams, num_layers=self.num_layers, seed=seed, exact_mergekit=exact_mergekit
         )
         self.arithmetic.add(op.arithmetic)
+        self.dare_rng = self.dare_rng or uses_philox(op.kernel)
         out: StateDict = {}
         with torch.no_grad():
             for name in self.names:
@@ -293,6 +302,8 @@ class MergeSession:
         if self.arithmetic and "metadata" not in kwargs:
             label = ARITHMETIC_FAST if ARITHMETIC_FAST in self.arithmetic else ARITHMETIC_MERGEKIT
             kwargs["metadata"] = {ARITHMETIC_KEY: label}
+            if self.dare_rng:
+                kwargs["metadata"][DARE_RNG_KEY] = DARE_RNG
         return write_state_dict(state_dict, out, config_from=self.base_path, **kwargs)
 
 

@@ -22,7 +22,7 @@ from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, ShardedWriter
 from .adapter_mix import is_factor_recipe, write_factor_recipe
 from .inputs import CheckpointSource, TensorSource, open_source
-from .kernels import ARITHMETIC_KEY
+from .kernels import ARITHMETIC_KEY, DARE_RNG, DARE_RNG_KEY, uses_philox
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
@@ -264,6 +264,7 @@ def merge_to_folder(
     meta = {
         "hub_merge_recipe": recipe.canonical_json(),
         ARITHMETIC_KEY: op.arithmetic,
+        **({DARE_RNG_KEY: DARE_RNG} if uses_philox(op.kernel) else {}),
     }
 
     try:
