@@ -18,10 +18,11 @@ one model that scores them::
 
 Which recipes go in place is decided here, by the recipe alone (:meth:`InPlaceModel.plan`):
 ``linear`` and ``task_arithmetic`` with only weights (scalars, gradients or filters), ``normalize``
-and ``lambda``; ``lora_factor_sum`` (factor-wise adapter mixes); and a single expert. Anything
-else (TIES, DARE, SLERP, nested recipes, another output or compute dtype) has no affine form or
-would not give the same tensors, so :meth:`plan` returns None and the caller uses the merge path.
-The two paths give the same model up to float32 rounding (tests compare scores to 1e-5).
+and ``lambda``; ``lora_factor_sum`` (factor-wise adapter mixes); and a single expert. The other
+per-tensor methods (TIES, DARE, DELLA, breadcrumbs, SLERP, nuslerp...) have no affine form: they
+run their own kernel on the touched modules only (:mod:`.inplace_kernels`). Nested recipes and
+another output or compute dtype return None, and the caller uses the merge path. The paths give
+the same model up to float32 rounding (tests compare scores to 1e-5).
 
 Written by hand: neither peft (which merges one adapter set into a module and unmerges it with a
 subtraction, not exactly) nor mergekit (which returns new tensors) applies a weighted combination
@@ -41,6 +42,7 @@ import torch
 
 from ..errors import ConfigError
 from .adapter_mix import FACTOR_METHOD, FactorMix, factor_weights
+from .inplace_kernels import KernelPlan, kernel_plan
 from .memory import MergeSession, ModelHandle
 from .methods import get_method, layer_t, resolve
 from .recipe import MergeRecipe
@@ -74,6 +76,7 @@ class InPlacePlan:
     coefficients: Callable[[str], tuple[float, list[float]]] | None = None
     mix_weights: list[float] | None = None
     why: str = ""
+    kernel: KernelPlan | None = None  # a non-affine method, merged module by module
 
 
 @dataclass
@@ -172,6 +175,21 @@ class InPlaceModel:
 
     def plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
         """The in-place form of ``recipe``, or None when it must go through the merge path."""
+        affine = self._affine_plan(recipe)
+        if affine is not None:
+            return affine
+        kernel = kernel_plan(
+            recipe,
+            session=self.session,
+            handle=self._handle,
+            is_base=self._is_base,
+            targets=self.targets,
+        )
+        if kernel is None:
+            return None
+        return InPlacePlan(recipe, [], kernel=kernel, why=f"{recipe.method} kernel")
+
+    def _affine_plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
         if recipe.dtype is not None and getattr(torch, recipe.dtype) != self.session.dtype:
             return None
         if recipe.compute_dtype not in (None, "float32"):
@@ -261,6 +279,8 @@ class InPlaceModel:
     # --- applying ------------------------------------------------------------------------
 
     def _touched(self, plan: InPlacePlan) -> list[str]:
+        if plan.kernel is not None:
+            return plan.kernel.touched
         if plan.mix_weights is not None:
             mix = self._mix(plan)
             return [n for n in mix.modules if n in self.targets]
@@ -337,7 +357,10 @@ class InPlaceModel:
                 if plan.mix_weights is not None:
                     mixed = self._mix(plan).mix(plan.mix_weights)  # low rank: cheap, once
                 for name in touched:
-                    self._write(name, plan, mixed)
+                    if plan.kernel is not None:
+                        plan.kernel.write(name, self.targets[name])
+                    else:
+                        self._write(name, plan, mixed)
             self.applications += 1
             self.touched_last = len(touched)
             yield self.model
