@@ -87,7 +87,9 @@ def measure(zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--zoo", type=Path, default=ZOO)
-    ap.add_argument("--synthetic", choices=["tiny", "0.5b"], help="build a random zoo and use it")
+    ap.add_argument(
+        "--synthetic", choices=["tiny", "smol", "0.5b"], help="build a random zoo and use it"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     ap.add_argument("--rows", type=int, default=16, help="prompts per expert")

@@ -13,8 +13,9 @@ the real ones:
   random A and B, so each adapter really moves the model;
 - the tasks: the zoo's own task generators (``hub_merge.zoo.tasks.make_examples``).
 
-Sizes: ``tiny`` (CPU seconds, for ``--dry-run``) and ``0.5b`` (hidden 1024, 30 layers, MLP 4096:
-0.50B parameters; 2 GB of float32 on disk).
+Sizes: ``tiny`` (CPU seconds, for ``--dry-run``), ``smol`` (SmolLM2-135M's layer shapes: 0.12B
+parameters, for CPU timings) and ``0.5b`` (hidden 1024, 30 layers, MLP 4096: 0.50B parameters;
+2 GB of float32 on disk).
 
     python benchmarks/synthetic.py /tmp/synth --size tiny
 """
@@ -29,6 +30,8 @@ import torch
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": {"hidden_size": 64, "intermediate_size": 192, "num_hidden_layers": 2},
+    # SmolLM2-135M's layer shapes (hidden 576, MLP 1536, 30 layers), full-size K/V: 0.12B
+    "smol": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30},
     "0.5b": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 30},
 }
 TASKS = ("reverse", "sort", "uppercase", "capitalize")

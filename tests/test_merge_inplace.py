@@ -289,3 +289,22 @@ def test_kernel_candidates_of_full_experts_touch_every_tensor(setup, method):
     want = session.merge_recipe(recipe)
     for name in inplace.targets:
         assert torch.equal(live[name], want[name]), (method, name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernel_candidates_in_place_on_cuda(tiny_zoo):
+    session = MergeSession(tiny_zoo.base, device="cuda")
+    inplace = InPlaceModel(session, base_source=str(tiny_zoo.base))
+    before = snapshot(inplace.model)
+    adapters = [str(tiny_zoo.adapters[n]) for n in ("add", "reverse", "uppercase")]
+    for method in ("ties", "dare_ties", "slerp"):
+        recipe = kernel_recipe(method, adapters, str(tiny_zoo.base))
+        plan = inplace.plan(recipe)
+        assert plan is not None and plan.kernel is not None
+        with inplace.applied(plan) as m:
+            live = {k: v.detach().clone() for k, v in m.state_dict().items()}
+        assert_bitwise(before, inplace.model)
+        want = session.merge_recipe(recipe)
+        for name in plan.kernel.touched:
+            assert torch.equal(live[name], want[name]), (method, name)
