@@ -201,6 +201,7 @@ def run(args: argparse.Namespace) -> None:
     # (3) in place: apply, score, restore; apply + restore timed apart from scoring
     ip_total, ip_apply, ip_scores = in_place(inplace, ev, recipes, args.device)
     scores["in-place"] = ip_scores
+    print(f"in place: {statistics.median(ip_total):.2f} s per candidate", file=sys.stderr)
 
     # (2) today's in-memory path (reuses the same model object, so it runs after in-place)
     mem, mem_merge, mem_scores = in_memory(session, ev, recipes, args.device)
