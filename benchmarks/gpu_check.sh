@@ -4,14 +4,14 @@
 #   benchmarks/gpu_check.sh            # on a machine with one CUDA GPU (sized for an H100, < 8 min)
 #   benchmarks/gpu_check.sh --dry-run  # the same steps on CPU at tiny sizes (CI runs this)
 #
-# Steps, each under its own time limit (seconds, real run; 470 s in all):
-#   1. pytest -m gpu on the test files that hold GPU-marked tests                    (60)
-#   2. merge_speed.py --cuda --layers 8: linear, TIES, DARE-TIES vs mergekit-yaml     (120)
+# Steps, each under its own time limit (seconds, real run; 475 s in all, the preflight aside):
+#   1. pytest -m gpu on the test files that hold GPU-marked tests                    (90)
+#   2. merge_speed.py --cuda --layers 8: linear, TIES, DARE-TIES vs mergekit-yaml     (110)
 #   3. kinship_speed.py --device cuda -n 4                                           (60)
 #   4. benchmarks/synthetic.py: a random 0.5B Llama and 4 random LoRA experts, made
 #      here (nothing downloaded or carried)                                          (40)
-#   5. search_speed.py --device cuda on that synthetic zoo                           (140)
-#   6. dam_speed.py --device cuda on the same zoo: DAM steps per second              (50)
+#   5. search_speed.py --device cuda on that synthetic zoo, TIES/DARE-TIES rows too   (130)
+#   6. dam_speed.py --device cuda on the same zoo: DAM steps per second              (45)
 #
 # Writes one report, $OUT/gpu_check_report.md ($OUT: a new temporary folder when unset), with
 # each step's command, exit status, seconds and the tail of its output. Exit status: 1 when a
@@ -56,7 +56,7 @@ else
   KIN_ARGS=(-n 4 --device cuda)
   SEARCH_ARGS=(--limit 8 --candidates 4 --naive 1)
   DAM_ARGS=(--steps 5 --rows 16 --batch 8)
-  LIMITS=(60 120 60 140 50 40)
+  LIMITS=(90 110 60 130 45 40)
 fi
 
 {
