@@ -377,3 +377,27 @@ def test_dare_mask_is_the_same_on_cuda():
     cpu, gpu = run("cpu"), run("cuda")
     assert torch.equal(cpu == tensors[0], gpu == tensors[0])  # the same elements dropped
     torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-7)
+
+
+def test_dare_pool_works_in_a_forked_child(monkeypatch):
+    """A worker forked after a DARE merge draws its masks too (its own pool, not the parent's)."""
+    import multiprocessing
+
+    from hub_merge.merge import random_drop
+
+    monkeypatch.setattr(random_drop, "_CHUNK", 8 * 1024)
+    delta = torch.ones(8 * 1024 * 4)
+    random_drop.random_drop_(delta.clone(), 0.5, False, key=1)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        kept = pool.apply_async(_drop_in_child, (delta,)).get(timeout=60)
+    expected = delta.clone()
+    random_drop.random_drop_(expected, 0.5, False, key=1)
+    assert kept == int(expected.count_nonzero())
+
+
+def _drop_in_child(delta: torch.Tensor) -> int:
+    from hub_merge.merge import random_drop
+
+    random_drop.random_drop_(delta, 0.5, False, key=1)
+    return int(delta.count_nonzero())

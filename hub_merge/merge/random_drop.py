@@ -43,18 +43,25 @@ DARE_RNG = "philox4x64-10 (numpy), key per tensor and expert from sha256(seed:na
 
 _CHUNK = 1 << 20  # elements per piece of the mask (a multiple of 8: one Philox block = 8 draws)
 _BLOCK = 8  # 32-bit draws per Philox4x64 counter value (four 64-bit outputs)
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (owning pid, pool)
 
 
 def _pool() -> ThreadPoolExecutor:
-    """One pool for the process: numpy's generators and torch's ops release the GIL."""
+    """One pool per process: numpy's generators and torch's ops release the GIL.
+
+    Keyed by pid: a forked child (a worker process) inherits the parent's pool object without
+    its threads, and work submitted to it would never run.
+    """
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(
-            max_workers=max(1, min(torch.get_num_threads(), os.cpu_count() or 1)),
-            thread_name_prefix="dare-philox",
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (
+            os.getpid(),
+            ThreadPoolExecutor(
+                max_workers=max(1, min(torch.get_num_threads(), os.cpu_count() or 1)),
+                thread_name_prefix="dare-philox",
+            ),
         )
-    return _POOL
+    return _POOL[1]
 
 
 def draw_key() -> int:
