@@ -110,6 +110,17 @@ _FLOOR = (
 )
 
 
+def tool_cmd(script: str, module: str) -> list[str]:
+    """The console script beside this Python, else ``python -m module`` (wheels installed with
+    ``pip --target`` have no scripts, as on the GPU check's bare machine)."""
+    path = Path(sys.executable).parent / script
+    return [str(path)] if path.exists() else [sys.executable, "-m", module]
+
+
+def mergekit_yaml_cmd() -> list[str]:
+    return tool_cmd("mergekit-yaml", "mergekit.scripts.run_yaml")
+
+
 def measure(cmd: list[str]) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", _WRAP, json.dumps(cmd)], capture_output=True, text=True
@@ -136,7 +147,6 @@ def main() -> None:
     )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="merge-bench-"))
     base, *experts = build_models(work / "models", **dims)
-    bin_dir = Path(sys.executable).parent
     print(f"models: {dims}, bf16, in {work}; torch threads {torch.get_num_threads()}")
     header = f"{'method':10} {'tool':10} {'wall s':>8} {'peak RSS MB':>12} {'/mergekit':>10} {'/floor':>8}"
     print(header)
@@ -157,7 +167,7 @@ def main() -> None:
             (
                 "mergekit",
                 [
-                    str(bin_dir / "mergekit-yaml"),
+                    *mergekit_yaml_cmd(),
                     str(work / f"{method}.mk.yaml"),
                     str(work / f"out-mk-{method}"),
                     "--quiet",
@@ -168,7 +178,7 @@ def main() -> None:
             (
                 "hub-merge",
                 [
-                    str(bin_dir / "hub-merge"),
+                    *tool_cmd("hub-merge", "hub_merge"),
                     "merge",
                     str(work / f"{method}.yaml"),
                     "--out",

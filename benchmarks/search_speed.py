@@ -19,6 +19,11 @@ medians over the candidates. A noisy shared machine: compare the ratios, not abs
 across runs.
 
     python benchmarks/search_speed.py --limit 8 --candidates 4 --naive 1 --workers 2
+    python benchmarks/search_speed.py --synthetic 0.5b --device cuda   # no zoo, no download
+
+``--synthetic SIZE`` builds a random-weight zoo of that size first (``benchmarks/synthetic.py``:
+``tiny`` for a CPU smoke run, ``0.5b`` for a GPU); its scores mean nothing, its timings do.
+``--naive 0`` leaves the mergekit-yaml row out (ratios are then against nothing).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.merge_speed import mergekit_yaml_cmd  # noqa: E402
 from hub_merge.evaluate import Evaluator, load_tasks  # noqa: E402
 from hub_merge.merge import MergeSession  # noqa: E402
 from hub_merge.merge.inplace import InPlaceModel  # noqa: E402
@@ -48,24 +54,73 @@ from hub_merge.merge.recipe import MergeRecipe, ModelEntry  # noqa: E402
 ZOO = Path.home() / ".cache/hub_merge/zoo/smol-v1"
 
 
-def candidates(base: str, adapters: list[str], n: int, seed: int) -> list[MergeRecipe]:
-    """Seeded task-arithmetic mixes, weights on the simplex (a swarm particle's position)."""
+def candidates(
+    base: str, adapters: list[str], n: int, seed: int, method: str = "task_arithmetic"
+) -> list[MergeRecipe]:
+    """Seeded mixes, weights on the simplex (a swarm particle's position).
+
+    ``task_arithmetic`` (the default rows) is affine; ``ties`` and ``dare_ties`` (density 0.5,
+    DARE seeded) are the extra rows: their kernels run on the adapted modules in place.
+    """
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         w = rng.dirichlet(np.ones(len(adapters)))
+        extra = {} if method == "task_arithmetic" else {"density": 0.5}
         out.append(
             MergeRecipe(
-                method="task_arithmetic",
+                method=method,
                 base=base,
                 models=[
-                    ModelEntry(model=a, parameters={"weight": float(x)})
+                    ModelEntry(model=a, parameters={"weight": float(x), **extra})
                     for a, x in zip(adapters, w, strict=True)
                 ],
-                parameters={"normalize": False},
+                parameters={"normalize": False} if method == "task_arithmetic" else {},
+                seed=seed if method.startswith("dare") else None,
             )
         )
     return out
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def in_place(inplace: InPlaceModel, ev: Evaluator, recipes: list[MergeRecipe], device: str):
+    """Per candidate: total seconds, apply + restore seconds, scores (plan built on the clock)."""
+    total, apply, got = [], [], []
+    for r in recipes:
+        t0 = time.perf_counter()
+        plan = inplace.plan(r)
+        assert plan is not None, r.method
+        with inplace.applied(plan) as m:
+            _sync(device)
+            t1 = time.perf_counter()
+            got.append(ev.score(m))
+            t2 = time.perf_counter()
+        _sync(device)
+        t3 = time.perf_counter()
+        total.append(t3 - t0)
+        apply.append((t1 - t0) + (t3 - t2))
+    return total, apply, got
+
+
+def in_memory(session: MergeSession, ev: Evaluator, recipes: list[MergeRecipe], device: str):
+    """Per candidate: total seconds, merge + load seconds, scores (the merge path)."""
+    total, merge, got = [], [], []
+    for r in recipes:
+        t0 = time.perf_counter()
+        state = session.merge_recipe(r)
+        m = session.to_model(state)
+        _sync(device)
+        t1 = time.perf_counter()
+        got.append(ev.score(m))
+        total.append(time.perf_counter() - t0)
+        merge.append(t1 - t0)
+        del state, m
+    session.to_model(session.base.state)
+    return total, merge, got
 
 
 def timed(fn) -> tuple[float, object]:
@@ -92,7 +147,36 @@ def main() -> None:
     ap.add_argument("--lora-cache", type=Path, help="mergekit's --lora-merge-cache (reused)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--methods",
+        default="ties,dare_ties",
+        help="extra rows: candidates of these methods, in place and in memory ('' for none)",
+    )
+    ap.add_argument(
+        "--synthetic",
+        choices=["tiny", "smol", "0.5b"],
+        help="build a random-weight zoo of this size in a temporary folder and use it",
+    )
     args = ap.parse_args()
+    synth_dir = None
+    if args.synthetic:
+        from benchmarks.synthetic import build_synthetic_zoo
+
+        synth_dir = Path(tempfile.mkdtemp(prefix="synthetic-zoo-"))
+        t0 = time.perf_counter()
+        args.zoo = build_synthetic_zoo(synth_dir, size=args.synthetic)
+        print(
+            f"built synthetic zoo {args.synthetic} in {time.perf_counter() - t0:.1f} s",
+            file=sys.stderr,
+        )
+    try:
+        run(args)
+    finally:
+        if synth_dir is not None:
+            shutil.rmtree(synth_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> None:
 
     zoo = json.loads((args.zoo / "zoo.json").read_text())
     base = str(args.zoo / zoo["base"])
@@ -115,33 +199,26 @@ def main() -> None:
     floor = [timed(lambda: ev.score(model))[0] for _ in recipes]
 
     # (3) in place: apply, score, restore; apply + restore timed apart from scoring
-    ip_total, ip_apply, ip_scores = [], [], []
-    for r in recipes:
-        plan = inplace.plan(r)
-        assert plan is not None
-        t0 = time.perf_counter()
-        with inplace.applied(plan) as m:
-            t1 = time.perf_counter()
-            ip_scores.append(ev.score(m))
-            t2 = time.perf_counter()
-        t3 = time.perf_counter()
-        ip_total.append(t3 - t0)
-        ip_apply.append((t1 - t0) + (t3 - t2))
+    ip_total, ip_apply, ip_scores = in_place(inplace, ev, recipes, args.device)
     scores["in-place"] = ip_scores
+    print(f"in place: {statistics.median(ip_total):.2f} s per candidate", file=sys.stderr)
 
     # (2) today's in-memory path (reuses the same model object, so it runs after in-place)
-    mem, mem_merge, mem_scores = [], [], []
-    for r in recipes:
-        t0 = time.perf_counter()
-        state = session.merge_recipe(r)
-        m = session.to_model(state)
-        t1 = time.perf_counter()
-        mem_scores.append(ev.score(m))
-        mem.append(time.perf_counter() - t0)
-        mem_merge.append(t1 - t0)
-        del state, m
+    mem, mem_merge, mem_scores = in_memory(session, ev, recipes, args.device)
     scores["in-memory"] = mem_scores
-    session.to_model(session.base.state)
+
+    # (3m, 2m) TIES / DARE-TIES candidates: the kernel in place, and the merge path
+    extra: list[tuple[str, list[float], list[float], list[float], list[float]]] = []
+    for method in [m for m in args.methods.split(",") if m]:
+        rs = candidates(base, adapters, args.candidates, args.seed, method)
+        ip_t, ip_a, ip_s = in_place(inplace, ev, rs, args.device)
+        mem_t, mem_m, mem_s = in_memory(session, ev, rs, args.device)
+        worst_m = max(abs(a[t] - b[t]) for a, b in zip(ip_s, mem_s, strict=True) for t in a)
+        extra.append((method, ip_t, ip_a, mem_t, mem_m))
+        print(
+            f"{method}: largest score difference in place vs merge path {worst_m:.2e}",
+            file=sys.stderr,
+        )
 
     # (1) naive: mergekit-yaml to disk, from_pretrained, the same Evaluator. mergekit needs a
     # cache folder for base+LoRA models; a user's script would keep one for the whole search,
@@ -157,7 +234,7 @@ def main() -> None:
             out = work / f"m{i}"
             subprocess.run(
                 [
-                    str(Path(sys.executable).parent / "mergekit-yaml"),
+                    *mergekit_yaml_cmd(),
                     str(cfg),
                     str(out),
                     "--copy-tokenizer",
@@ -171,7 +248,7 @@ def main() -> None:
             )
             return out
 
-        if not (lora_cache.is_dir() and any(lora_cache.iterdir())):
+        if args.naive and not (lora_cache.is_dir() and any(lora_cache.iterdir())):
             cold, out = timed(lambda: mergekit(recipes[-1], 99))
             shutil.rmtree(out)
         for i, r in enumerate(recipes[: args.naive]):
@@ -187,15 +264,16 @@ def main() -> None:
     scores["naive"] = naive_scores
     ref = statistics.median(naive) if naive else None
 
-    rows.append(
-        row(
-            "1 naive: mergekit-yaml + from_pretrained + Evaluator",
-            naive,
-            ref,
-            "warm --lora-merge-cache"
-            + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+    if naive:
+        rows.append(
+            row(
+                "1 naive: mergekit-yaml + from_pretrained + Evaluator",
+                naive,
+                ref,
+                "warm --lora-merge-cache"
+                + ("" if cold is None else f" (cold first merge {cold:.0f} s)"),
+            )
         )
-    )
     rows.append(
         row(
             "2 in-memory: MergeSession.merge + to_model",
@@ -213,6 +291,25 @@ def main() -> None:
         )
     )
     rows.append(row("4 floor: scoring alone, model in place", floor, ref))
+    affine = statistics.median(ip_total)
+    for method, ip_t, ip_a, mem_t, mem_m in extra:
+        rows.append(
+            row(
+                f"3 in-place, {method} candidates (its kernel on the adapted modules)",
+                ip_t,
+                ref,
+                f"apply+restore {statistics.median(ip_a) / statistics.median(floor):.1%} of "
+                f"scoring; {statistics.median(ip_t) / affine:.2f}x an affine in-place candidate",
+            )
+        )
+        rows.append(
+            row(
+                f"2 in-memory, {method} candidates (MergeSession.merge + to_model)",
+                mem_t,
+                ref,
+                f"merge+load {statistics.median(mem_m) / statistics.median(floor):.0%} of scoring",
+            )
+        )
 
     for r in rows:
         print("row", json.dumps(r), flush=True, file=sys.stderr)
@@ -250,7 +347,7 @@ def main() -> None:
         print(json.dumps({"rows": rows, "max_score_diff_vs_in_place": worst}, indent=2))
         return
     print(
-        f"smol zoo, {len(tasks)} tasks x {args.limit} rows, {len(recipes)} candidates "
+        f"{zoo.get('name', 'zoo')}, {len(tasks)} tasks x {args.limit} rows, {len(recipes)} candidates "
         f"({args.naive} naive), device {args.device}, torch threads {torch.get_num_threads()}"
     )
     print("| path | s / candidate | candidates / hour | vs naive | note |")

@@ -21,7 +21,8 @@ from hub_merge.merge.kernels import (
     magnitude_outliers,
     rank_mask,
 )
-from hub_merge.merge.methods import TensorMerge, get_method
+from hub_merge.merge.methods import TensorMerge, get_method, tensor_seed
+from hub_merge.merge.random_drop import DARE_RNG, DARE_RNG_KEY, draw_key, drop_mask
 
 FAST_METHODS = [
     "ties",
@@ -40,6 +41,21 @@ def _inputs(shape, n, dtype=torch.float32, seed=0):
     base = torch.randn(shape, generator=gen) * 0.02
     experts = [base + 0.002 * torch.randn(shape, generator=gen) for _ in range(n)]
     return [t.to(dtype) for t in (base, *experts)]
+
+
+def _philox_bernoulli(tensor, density, rescale_norm=None):
+    """mergekit's ``bernoulli`` with the Philox mask instead of torch's draws (the reference)."""
+    if density >= 1:
+        return tensor
+    drop = drop_mask(draw_key(), 0, tensor.numel(), density)
+    keep = torch.from_numpy(~drop).reshape(tensor.shape).to(tensor.dtype)
+    return mk_sparsify.rescaled_masked_tensor(tensor, keep, rescale_norm)
+
+
+@pytest.fixture
+def philox_mergekit(monkeypatch):
+    """mergekit's own arithmetic, its DARE draws replaced by the Philox rule."""
+    monkeypatch.setattr(mk_sparsify, "bernoulli", _philox_bernoulli)
 
 
 def _merge(method, tensors, params, *, fast: bool, seed: int = 7):
@@ -69,7 +85,8 @@ def _params(method, n):
 # 300x1000 is above the size where the threshold is bracketed by a sample (4 * 65536 elements).
 @pytest.mark.parametrize("shape", [(300, 1000), (64, 48), (333,)])
 @pytest.mark.parametrize("method", FAST_METHODS)
-def test_float32_equals_mergekit(method, shape):
+def test_float32_equals_mergekit(method, shape, philox_mergekit):
+    """Bit for bit mergekit's tensors (for DARE: with the Philox mask, see the next tests)."""
     for n in (2, 3):
         tensors = _inputs(shape, n, seed=n)
         ours = _merge(method, tensors, _params(method, n), fast=True)
@@ -79,7 +96,7 @@ def test_float32_equals_mergekit(method, shape):
 
 
 @pytest.mark.parametrize("method", ["ties", "breadcrumbs_ties", "dare_ties"])
-def test_float32_equals_mergekit_with_options(method):
+def test_float32_equals_mergekit_with_options(method, philox_mergekit):
     tensors = _inputs((300, 1000), 2, seed=5)
     for extra in (
         {"rescale": True},
@@ -192,6 +209,14 @@ def test_output_records_whose_arithmetic_ran(tiny_models, tmp_path):
     assert _header_metadata(out / "model.safetensors")[ARITHMETIC_KEY] == ARITHMETIC_MERGEKIT
     assert merge_arithmetic(fast) == ARITHMETIC_FAST
     assert merge_arithmetic(exact) == ARITHMETIC_MERGEKIT
+    # DARE's generator is recorded where Philox drew the masks, and only there
+    assert DARE_RNG_KEY not in _header_metadata(fast / "model.safetensors")
+    dare = recipe.model_copy(update={"method": "dare_ties", "seed": 3})
+    out = merge_to_folder(dare, tmp_path / "dare", device="cpu", progress=False)
+    assert _header_metadata(out / "model.safetensors")[DARE_RNG_KEY] == DARE_RNG
+    exact_dare = dare.model_copy(update={"exact_mergekit": True})
+    out = merge_to_folder(exact_dare, tmp_path / "dare-exact", device="cpu", progress=False)
+    assert DARE_RNG_KEY not in _header_metadata(out / "model.safetensors")
 
 
 def test_card_says_which_arithmetic_ran():
@@ -200,8 +225,10 @@ def test_card_says_which_arithmetic_ran():
     tree = make_tree()
     fast = str(build_card(tree, arithmetic=ARITHMETIC_FAST))
     assert "keeps the lower element indices" in fast and "--exact-mergekit" in fast
+    assert "counter-based Philox" in fast
     exact = str(build_card(tree, arithmetic=ARITHMETIC_MERGEKIT))
     assert "mergekit's own arithmetic" in exact and "lower element indices" not in exact
+    assert "Philox" not in exact
     assert "lower element indices" not in str(build_card(tree))
 
 
@@ -236,3 +263,141 @@ def test_read_ahead_failure_leaves_nothing_and_reads_stay_bounded(
     assert list(tmp_path.iterdir()) == []
     # It read ahead of the merge, but not further than its bound (3 tensors).
     assert len(merged) < 6 and len(set(reads)) - len(merged) <= 4
+
+
+# --- DARE's Philox mask -------------------------------------------------------------------------
+
+
+def _dare_mask(density: float, shape=(1000, 1000), *, fast: bool, n: int = 1, seed: int = 7):
+    """The kept elements of a dare_linear merge of all-ones experts over a zero base."""
+    zeros = torch.zeros(shape)
+    params = {
+        "weight": {f"m{i}": 1.0 for i in range(n)},
+        "density": {f"m{i}": density for i in range(n)},
+        "rescale": False,
+        "normalize": False,
+    }
+    if n == 1:
+        return _merge("dare_linear", [zeros, torch.ones(shape)], params, fast=fast, seed=seed) != 0
+    # n experts with distinct powers of two: each one's mask is one bit of the sum
+    experts = [torch.full(shape, float(2**i)) for i in range(n)]
+    out = _merge("dare_linear", [zeros, *experts], params, fast=fast, seed=seed).to(torch.int64)
+    return [(out >> i) & 1 == 1 for i in range(n)]
+
+
+def _lag_correlation(mask: torch.Tensor, lag: int) -> float:
+    x = mask.reshape(-1).double()
+    return float(torch.corrcoef(torch.stack((x[:-lag], x[lag:])))[0, 1])
+
+
+@pytest.mark.parametrize("density", [0.1, 0.5, 0.9])
+def test_dare_mask_is_bernoulli_like_mergekits(density):
+    """Same keep rate, no correlation between neighbours, binomial counts per row: as mergekit."""
+    for fast in (True, False):
+        mask = _dare_mask(density, fast=fast)
+        n = mask.numel()
+        sigma = (density * (1 - density) / n) ** 0.5
+        assert abs(mask.float().mean().item() - density) < 5 * sigma, (fast, density)
+        for lag in (1, 2, 7, 8, 9, 1000):  # 8: one Philox block; 1000: the next row
+            assert abs(_lag_correlation(mask, lag)) < 5 / n**0.5, (fast, lag)
+        per_row = mask.sum(dim=1).double()
+        # 1000 rows of Binomial(1000, p): the sample variance is within 20% of n p (1 - p)
+        assert 0.8 < per_row.var().item() / (1000 * density * (1 - density)) < 1.2, fast
+    ours, theirs = _dare_mask(density, fast=True), _dare_mask(density, fast=False)
+    assert not torch.equal(ours, theirs)  # other draws than torch's generator
+
+
+def test_dare_masks_of_two_experts_are_independent():
+    first, second = _dare_mask(0.3, (600, 500), fast=True, n=2)
+    n = first.numel()
+    both = (first & second).float().mean().item()
+    assert abs(both - 0.09) < 5 * (0.09 * 0.91 / n) ** 0.5
+    assert abs(first.float().mean().item() - 0.3) < 5 * (0.21 / n) ** 0.5
+
+
+def test_dare_mask_does_not_depend_on_chunking(monkeypatch):
+    from hub_merge.merge import kernels, random_drop
+
+    tensors = _inputs((300, 1000), 3, seed=11)
+    params = {**_params("dare_ties", 3), "rescale": True}
+    whole = _merge("dare_ties", tensors, params, fast=True)
+    monkeypatch.setattr(random_drop, "_CHUNK", 8 * 4099)  # 10 pieces, on the thread pool
+    monkeypatch.setattr(kernels, "_CHUNK_ELEMENTS", 1 << 14)
+    assert torch.equal(_merge("dare_ties", tensors, params, fast=True), whole)
+    # a piece of the mask drawn alone is that piece of the whole mask
+    key = 12345
+    full = drop_mask(key, 0, 100_003, 0.4)
+    for start, stop in ((0, 8), (8 * 77, 8 * 77 + 5), (8 * 12000, 100_003)):
+        assert (drop_mask(key, start, stop, 0.4) == full[start:stop]).all()
+    with pytest.raises(ValueError, match="multiple of 8"):
+        drop_mask(key, 3, 10, 0.4)
+
+
+def test_dare_mask_follows_seed_and_tensor_name():
+    tensors = _inputs((64, 48), 2, seed=2)
+    params = {"weight": 0.5, "density": 0.5}
+
+    def run(seed, name):
+        op = TensorMerge(get_method("dare_ties"), params, [{}, {}], seed=seed)
+        return op(name, tensors[1:], tensors[0])
+
+    a = run(3, "model.layers.0.mlp.up_proj.weight")
+    assert torch.equal(a, run(3, "model.layers.0.mlp.up_proj.weight"))  # deterministic
+    assert not torch.equal(a, run(3, "model.layers.1.mlp.up_proj.weight"))  # another name
+    assert not torch.equal(a, run(4, "model.layers.0.mlp.up_proj.weight"))  # another seed
+    assert tensor_seed(3, "a") != tensor_seed(3, "b")
+
+
+def test_exact_mergekit_gives_mergekits_dare_draws():
+    tensors = _inputs((64, 48), 2)
+    params = {"weight": 0.5, "density": 0.4}
+    op = TensorMerge(get_method("dare_ties"), params, [{}, {}], exact_mergekit=True)
+    torch.manual_seed(7)
+    ours = op("w", tensors[1:], tensors[0])
+    expected = _merge(
+        "dare_ties",
+        tensors,
+        {"weight": {"m0": 0.5, "m1": 0.5}, "density": {"m0": 0.4, "m1": 0.4}},
+        fast=False,
+    )
+    assert torch.equal(ours, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dare_mask_is_the_same_on_cuda():
+    tensors = _inputs((300, 1000), 2, seed=4)
+    params = {"weight": 0.5, "density": 0.3}
+
+    def run(device):
+        op = TensorMerge(get_method("dare_ties"), params, [{}, {}], seed=1)
+        on = [t.to(device) for t in tensors]
+        return op("model.layers.0.mlp.up_proj.weight", on[1:], on[0]).cpu()
+
+    cpu, gpu = run("cpu"), run("cuda")
+    assert torch.equal(cpu == tensors[0], gpu == tensors[0])  # the same elements dropped
+    torch.testing.assert_close(gpu, cpu, rtol=1e-5, atol=1e-7)
+
+
+def test_dare_pool_works_in_a_forked_child(monkeypatch):
+    """A worker forked after a DARE merge draws its masks too (its own pool, not the parent's)."""
+    import multiprocessing
+
+    from hub_merge.merge import random_drop
+
+    monkeypatch.setattr(random_drop, "_CHUNK", 8 * 1024)
+    delta = torch.ones(8 * 1024 * 4)
+    random_drop.random_drop_(delta.clone(), 0.5, False, key=1)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        kept = pool.apply_async(_drop_in_child, (delta,)).get(timeout=60)
+    expected = delta.clone()
+    random_drop.random_drop_(expected, 0.5, False, key=1)
+    assert kept == int(expected.count_nonzero())
+
+
+def _drop_in_child(delta: torch.Tensor) -> int:
+    from hub_merge.merge import random_drop
+
+    random_drop.random_drop_(delta, 0.5, False, key=1)
+    return int(delta.count_nonzero())

@@ -68,7 +68,8 @@ def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
     "--exact-mergekit",
     is_flag=True,
     help="Use mergekit's own arithmetic (bit-identical, slower) instead of hub-merge's "
-    "linear-time sparsification for ties/dare/breadcrumbs/della (ties broken by index).",
+    "linear-time sparsification for ties/dare/breadcrumbs/della (ties broken by index) and its "
+    "Philox DARE masks (mergekit draws from torch's generator).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @endpoint_option

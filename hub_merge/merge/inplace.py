@@ -18,10 +18,11 @@ one model that scores them::
 
 Which recipes go in place is decided here, by the recipe alone (:meth:`InPlaceModel.plan`):
 ``linear`` and ``task_arithmetic`` with only weights (scalars, gradients or filters), ``normalize``
-and ``lambda``; ``lora_factor_sum`` (factor-wise adapter mixes); and a single expert. Anything
-else (TIES, DARE, SLERP, nested recipes, another output or compute dtype) has no affine form or
-would not give the same tensors, so :meth:`plan` returns None and the caller uses the merge path.
-The two paths give the same model up to float32 rounding (tests compare scores to 1e-5).
+and ``lambda``; ``lora_factor_sum`` (factor-wise adapter mixes); and a single expert. The other
+per-tensor methods (TIES, DARE, DELLA, breadcrumbs, SLERP, nuslerp...) have no affine form: they
+run their own kernel on the touched modules only (:mod:`.inplace_kernels`). Nested recipes and
+another output or compute dtype return None, and the caller uses the merge path. The paths give
+the same model up to float32 rounding (tests compare scores to 1e-5).
 
 Written by hand: neither peft (which merges one adapter set into a module and unmerges it with a
 subtraction, not exactly) nor mergekit (which returns new tensors) applies a weighted combination
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from .inplace_kernels import KernelPlan, kernel_plan
 from .memory import MergeSession, ModelHandle
 from .methods import get_method, layer_t, resolve
 from .recipe import MergeRecipe
@@ -76,6 +78,7 @@ class InPlacePlan:
     mix_weights: list[float] | None = None
     mix: Callable[[], Any] | None = None
     why: str = ""
+    kernel: KernelPlan | None = None  # a non-affine method, merged module by module
 
 
 @dataclass
@@ -171,17 +174,34 @@ class InPlaceModel:
     # --- planning ------------------------------------------------------------------------
 
     def plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
-        """The in-place form of ``recipe``, or None when it must go through the merge path."""
+        """The in-place form of ``recipe``, or None when it must go through the merge path.
+
+        The recipe's method entry decides (mergekit's: its affine form, else its kernel applied
+        module by module; hub-merge's own methods: theirs, or None).
+        """
         if recipe.dtype is not None and getattr(torch, recipe.dtype) != self.session.dtype:
             return None
         if recipe.compute_dtype not in (None, "float32"):
             return None
-        entries = recipe.models
-        if any(not isinstance(e.model, str) for e in entries):
+        if any(not isinstance(e.model, str) for e in recipe.models):
             return None  # nested recipe: its inputs are merges
         if recipe.base is not None and not isinstance(recipe.base, str):
             return None
         return method_for(recipe.method).in_place(self, recipe)
+
+    def kernel_plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
+        """A per-tensor mergekit method (TIES, DARE, SLERP...) merged module by module with the
+        merge path's own kernel (``inplace_kernels``); None when the method has no such form."""
+        kernel = kernel_plan(
+            recipe,
+            session=self.session,
+            handle=self.handle,
+            is_base=self._is_base,
+            targets=self.targets,
+        )
+        if kernel is None:
+            return None
+        return InPlacePlan(recipe, [], kernel=kernel, why=f"{recipe.method} kernel")
 
     def affine_plan(self, recipe: MergeRecipe) -> InPlacePlan | None:
         """mergekit's affine methods in place: an expert, ``linear``, ``task_arithmetic``.
@@ -260,6 +280,8 @@ class InPlaceModel:
     # --- applying ------------------------------------------------------------------------
 
     def _touched(self, plan: InPlacePlan) -> list[str]:
+        if plan.kernel is not None:
+            return plan.kernel.touched
         if plan.mix is not None:
             return [n for n in plan.mix().modules if n in self.targets]
         assert plan.coefficients is not None
@@ -325,7 +347,10 @@ class InPlaceModel:
                 if plan.mix is not None:
                     mixed = plan.mix().mix(plan.mix_weights)  # low rank: cheap, once
                 for name in touched:
-                    self._write(name, plan, mixed)
+                    if plan.kernel is not None:
+                        plan.kernel.write(name, self.targets[name])
+                    else:
+                        self._write(name, plan, mixed)
             self.applications += 1
             self.touched_last = len(touched)
             yield self.model

@@ -3,9 +3,10 @@
 Why this exists: mergekit's magnitude trimming sorts every whole task vector (``argsort``), which
 makes a TIES merge on CPU ~10x slower than a linear one (``benchmarks/merge_speed.py`` measures it).
 Keeping the k largest magnitudes only needs the k-th largest value, found here in linear time; the
-rest of the arithmetic (delta, masks, sign consensus, normalisation, rescaling, RNG calls) is the
-same sequence of torch operations as mergekit 0.1.5's ``GeneralizedTaskArithmeticMerge``, so the
-results are mergekit's tensors (tested against ``merge_tensors`` in tests/test_merge_kernels.py).
+rest of the arithmetic (delta, masks, sign consensus, normalisation, rescaling) is the same
+sequence of torch operations as mergekit 0.1.5's ``GeneralizedTaskArithmeticMerge``, so the
+results are mergekit's tensors (tested against ``merge_tensors`` in tests/test_merge_kernels.py),
+DARE's draws excepted (below).
 
 **Tie rule.** mergekit keeps exactly ``k = max(1, int(density * numel))`` elements, breaking ties
 at the threshold magnitude in the order of its unstable sort, which cannot be reproduced without
@@ -14,8 +15,14 @@ index: among equal magnitudes the lower index ranks as the larger one (as a stab
 sort would order them). Without ties at the threshold the kept elements are mergekit's exactly.
 DELLA ranks elements within each row by a stable sort, so its tie rule is the same.
 
+**DARE's drops** (``random`` sparsification: dare_ties, dare_linear) come from a counter-based
+Philox generator keyed by the recipe's seed, the tensor's name and the expert's position
+(:mod:`.random_drop`), drawn in parallel pieces: the same keep probability per element as
+mergekit's ``bernoulli``, but other draws (mergekit's need torch's sequential generator). The
+output's metadata records it (``DARE_RNG_KEY``).
+
 ``exact_mergekit=True`` (recipe ``exact_mergekit: true``, CLI ``--exact-mergekit``) runs mergekit's
-own arithmetic instead, for users who need bit identity including its tie order.
+own arithmetic instead, for users who need bit identity including its tie order and DARE draws.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from mergekit.sparsify import (
     bernoulli,
     rescaled_masked_tensor,
 )
+
+from .random_drop import DARE_RNG, DARE_RNG_KEY, random_drop_
 
 _SAMPLE = 1 << 16  # sample size for bracketing a rank before the exact selection
 # Elements per chunk of the merge loop, all experts' rows together (see merge_group).
@@ -250,12 +259,8 @@ class FastTaskArithmetic(GeneralizedTaskArithmeticMerge):
             density = parameters["density"][entry.id]
             if self.sparsification_method == SparsificationMethod.magnitude and rescale is None:
                 thresholds[index] = _magnitude_threshold(delta, density)
-            elif (
-                self.sparsification_method == SparsificationMethod.random
-                and delta.device.type == "cpu"
-                and delta.dtype == torch.float32
-            ):
-                _random_drop_(delta, density, rescale)
+            elif self.sparsification_method == SparsificationMethod.random:
+                random_drop_(delta, density, rescale is not None)
             elif self.sparsification_method:
                 deltas[index] = sparsify(
                     delta.view(base.shape),
@@ -314,28 +319,6 @@ class FastTaskArithmetic(GeneralizedTaskArithmeticMerge):
         return out.view(base.shape)
 
 
-def _random_drop_(delta: torch.Tensor, density: float, rescale: RescaleNorm | None) -> None:
-    """mergekit's DARE drop (``sparsify.bernoulli``) in place, for float32 on CPU.
-
-    On CPU ``torch.bernoulli(full_like(x, p))`` draws exactly ``rand_like(x) < p`` from the same
-    generator state (tests/test_merge_kernels.py checks it against mergekit), at a fraction of
-    the cost; the L1 rescaling is mergekit's ``rescaled_masked_tensor`` arithmetic.
-    """
-    if density >= 1:
-        return
-    drop = torch.rand_like(delta) >= density
-    if rescale is None:
-        delta.masked_fill_(drop, 0)
-        return
-    before = delta.abs().sum()
-    delta.masked_fill_(drop, 0)
-    del drop
-    after = delta.abs().sum()
-    if before < 1e-7 or after < 1e-7:
-        return
-    delta.mul_(before / after)
-
-
 def _magnitude_threshold(delta: torch.Tensor, density: float) -> torch.Tensor | None:
     """Threshold ``v`` such that ``|delta| >= v`` keeps mergekit's count (None: keep all).
 
@@ -376,10 +359,20 @@ def has_fast_kernel(method: MergeMethod) -> bool:
     return fast_method(method) is not method
 
 
+def uses_philox(method: MergeMethod) -> bool:
+    """Whether ``method`` (as it runs: see :func:`fast_method`) draws DARE masks with Philox."""
+    return (
+        isinstance(method, FastTaskArithmetic)
+        and method.sparsification_method == SparsificationMethod.random
+    )
+
+
 __all__ = [
     "ARITHMETIC_FAST",
     "ARITHMETIC_KEY",
     "ARITHMETIC_MERGEKIT",
+    "DARE_RNG",
+    "DARE_RNG_KEY",
     "ConsensusMethod",
     "FastTaskArithmetic",
     "arithmetic_label",
@@ -391,6 +384,7 @@ __all__ = [
     "merge_tensors",
     "rank_mask",
     "sparsify",
+    "uses_philox",
 ]
 
 # Safetensors metadata key of a merge output saying whose arithmetic computed it (the card reads it).

@@ -25,7 +25,14 @@ from ..errors import ConfigError, IncompatibleModelsError
 from ..layers import num_layers
 from ..tensors import resolve_device
 from .inputs import AdapterSource, CheckpointSource, StateDictSource, TensorSource, open_source
-from .kernels import ARITHMETIC_FAST, ARITHMETIC_KEY, ARITHMETIC_MERGEKIT
+from .kernels import (
+    ARITHMETIC_FAST,
+    ARITHMETIC_KEY,
+    ARITHMETIC_MERGEKIT,
+    DARE_RNG,
+    DARE_RNG_KEY,
+    uses_philox,
+)
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
 from .registry import MergeInputs, method_for
@@ -94,6 +101,7 @@ class MergeSession:
         # inputs a registered method keeps loaded between merges (a factor mix's adapters)
         self.method_cache: dict[str, Any] = {}
         self.arithmetic: set[str] = set()  # whose arithmetic the merges so far used (for save)
+        self.dare_rng = False  # whether a merge so far drew DARE masks with Philox (for save)
 
     # --- loading -----------------------------------------------------------------------------
 
@@ -193,6 +201,7 @@ class MergeSession:
         )
         op.check(self.names)  # a bad value is one ConfigError, before any tensor is merged
         self.arithmetic.add(op.arithmetic)
+        self.dare_rng = self.dare_rng or uses_philox(op.kernel)
         out: StateDict = {}
         with torch.no_grad():
             for name in self.names:
@@ -274,6 +283,8 @@ class MergeSession:
         if self.arithmetic and "metadata" not in kwargs:
             label = ARITHMETIC_FAST if ARITHMETIC_FAST in self.arithmetic else ARITHMETIC_MERGEKIT
             kwargs["metadata"] = {ARITHMETIC_KEY: label}
+            if self.dare_rng:
+                kwargs["metadata"][DARE_RNG_KEY] = DARE_RNG
         return write_state_dict(state_dict, out, config_from=self.base_path, **kwargs)
 
 

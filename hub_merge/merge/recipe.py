@@ -136,8 +136,9 @@ class MergeRecipe(BaseModel):
     )
     exact_mergekit: bool = Field(
         default=False,
-        description="Run mergekit's own arithmetic (bit identity, its sort's tie order) instead of "
-        "hub-merge's linear-time sparsification for ties/dare/breadcrumbs/della.",
+        description="Run mergekit's own arithmetic (bit identity, its sort's tie order and DARE "
+        "draws) instead of hub-merge's linear-time sparsification for ties/dare/breadcrumbs/della "
+        "and its Philox DARE masks.",
     )
     slices: list[OutputSlice] | None = Field(
         default=None,

@@ -105,7 +105,7 @@ class MergeMethod:
         raise NotImplementedError
 
     def in_place(self, model: InPlaceModel, recipe: MergeRecipe) -> InPlacePlan | None:
-        """How to write the merge into the scoring model in place; None: not affine (merge it)."""
+        """How to write the merge into the scoring model in place; None: the merge path."""
         return None
 
     def card_step(self, recipe: MergeRecipe) -> dict[str, str]:
@@ -173,7 +173,7 @@ class MergekitMethod(MergeMethod):
         return stream_to_folder(recipe, out, device=device, overwrite=overwrite, **(options or {}))
 
     def in_place(self, model: InPlaceModel, recipe: MergeRecipe) -> InPlacePlan | None:
-        return model.affine_plan(recipe)
+        return model.affine_plan(recipe) or model.kernel_plan(recipe)
 
 
 MERGEKIT = MergekitMethod()

@@ -21,7 +21,7 @@ from ..errors import ConfigError, IncompatibleModelsError, MergeError
 from ..layers import num_layers
 from ..tensors import DEFAULT_SHARD_BYTES, CheckpointReader, ShardedWriter
 from .inputs import CheckpointSource, TensorSource, adapters_untie_head, open_source
-from .kernels import ARITHMETIC_KEY
+from .kernels import ARITHMETIC_KEY, DARE_RNG, DARE_RNG_KEY, uses_philox
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
@@ -300,6 +300,7 @@ def stream_to_folder(
     meta = {
         "hub_merge_recipe": recipe.canonical_json(),
         ARITHMETIC_KEY: op.arithmetic,
+        **({DARE_RNG_KEY: DARE_RNG} if uses_philox(op.kernel) else {}),
     }
 
     try:

@@ -1,0 +1,120 @@
+"""DAM training steps per second, with the teacher cache and one step's phases timed apart.
+
+Trains DAM coefficients (``hub_merge.dam``) for a zoo's LoRA experts on their own dev prompts
+and reports: model set-up, the teacher cache (each expert's distributions on its rows, once),
+and the median wall time of a training step (a merged forward and backward plus the optimizer)
+after one warm-up step. On CUDA the clock is read after ``torch.cuda.synchronize()``.
+
+    python benchmarks/dam_speed.py                                   # smol zoo, CPU
+    python benchmarks/dam_speed.py --synthetic 0.5b --device cuda    # no zoo, no download
+    python benchmarks/dam_speed.py --synthetic tiny --steps 2        # a CPU smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+ZOO = Path.home() / ".cache/hub_merge/zoo/smol-v1"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int) -> dict:
+    from hub_merge.dam import DamModel, DamSettings, DamTrainer
+    from hub_merge.evaluate import load_tasks
+
+    zoo = json.loads((zoo_dir / "zoo.json").read_text())
+    names = list(zoo["adapters"])
+    tasks = load_tasks([zoo_dir / p for p in zoo["tasks"].values()], limit=rows)
+    prompts = {t.name: list(t.examples) for t in tasks}
+    t0 = time.perf_counter()
+    model = DamModel(
+        [zoo_dir / zoo["adapters"][n] for n in names],
+        base=zoo_dir / zoo["base"],
+        names=names,
+        device=device,
+    )
+    settings = DamSettings(steps=steps + 1, train_batch_size=batch, max_rows=rows)
+    trainer = DamTrainer(model, prompts, settings)
+    setup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cached = trainer.cache_teacher()
+    _sync(model.device)
+    teacher = time.perf_counter() - t0
+    trainer.train_step()  # warm-up: allocator, kernels, optimizer state
+    times = []
+    for _ in range(steps):
+        _sync(model.device)
+        t0 = time.perf_counter()
+        trainer.train_step()
+        _sync(model.device)
+        times.append(time.perf_counter() - t0)
+    step = statistics.median(times)
+    out = {
+        "zoo": zoo.get("name", str(zoo_dir)),
+        "experts": len(names),
+        "device": str(model.device),
+        "rows_per_expert": rows,
+        "batch_per_expert": batch,
+        "setup_s": setup,
+        "teacher_cache_s": teacher,
+        "teacher_cached": cached,
+        "step_s": step,
+        "steps_per_s": 1 / step,
+        "steps_timed": steps,
+        "loss_history": trainer.history,
+    }
+    if model.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--zoo", type=Path, default=ZOO)
+    ap.add_argument(
+        "--synthetic", choices=["tiny", "smol", "0.5b"], help="build a random zoo and use it"
+    )
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
+    ap.add_argument("--rows", type=int, default=16, help="prompts per expert")
+    ap.add_argument("--batch", type=int, default=8, help="rows per expert in a step")
+    args = ap.parse_args()
+    work = None
+    try:
+        if args.synthetic:
+            from benchmarks.synthetic import build_synthetic_zoo
+
+            work = Path(tempfile.mkdtemp(prefix="dam-speed-"))
+            args.zoo = build_synthetic_zoo(work, size=args.synthetic)
+        result = measure(
+            args.zoo, device=args.device, steps=args.steps, rows=args.rows, batch=args.batch
+        )
+    finally:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    print(
+        f"DAM on {result['zoo']} ({result['experts']} experts, {args.rows} rows each, device "
+        f"{result['device']}): {result['step_s']:.3f} s/step = {result['steps_per_s']:.2f} steps/s; "
+        f"teacher cache {result['teacher_cache_s']:.2f} s, set-up {result['setup_s']:.1f} s"
+    )
+
+
+if __name__ == "__main__":
+    main()
