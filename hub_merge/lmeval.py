@@ -127,7 +127,9 @@ class LmEvalEvaluator:
         self.device = str(device)
         self.evaluations = 0
 
+    @property
     def key(self) -> str:
+        """A fingerprint of what is scored (as ``Evaluator.key``); part of every cache key."""
         spec = [(t.lm_eval_name, t.metric, t.digest, list(t.indices)) for t in self.tasks]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
 
