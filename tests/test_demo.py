@@ -39,6 +39,7 @@ def _rows(data: dict) -> dict[str, dict]:
     return {row["model"]: row for row in data["comparison"]}
 
 
+@pytest.mark.slow  # a whole demo end to end (CI runs it; the --fast loop skips it)
 def test_quick_demo_shows_the_leaderboard_and_publishes_the_row_best_on_dev(
     tmp_path, capsys, monkeypatch
 ):
@@ -119,6 +120,7 @@ def test_quick_demo_shows_the_leaderboard_and_publishes_the_row_best_on_dev(
     assert not any(line.lstrip().startswith(("1.", "4.", "6.")) for line in lines)
 
 
+@pytest.mark.slow  # a whole demo end to end (CI runs it; the --fast loop skips it)
 def test_quick_demo_with_strategies_greedy_keeps_the_shorter_path(tmp_path, capsys):
     out = tmp_path / "demo"
     data = _demo(capsys, "--quick", "--strategies", "greedy", "--out", str(out))

@@ -71,6 +71,7 @@ def cpu_load():
             p.wait()
 
 
+@pytest.mark.slow  # a stress loop: 20 cancels under CPU load (CI runs it)
 def test_a_cancel_before_the_last_candidate_always_interrupts(tmp_path, cpu_load):
     full = Gate()
     expected = _runner(full, tmp_path / "full")(SimpleNamespace(cancel=None))
