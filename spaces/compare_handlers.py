@@ -26,19 +26,11 @@ from workflow import (
     leaderboard_rows,
     publishable_rows,
     task_files,
+    user_token,
 )
-
-from hub_merge import hub
 
 POLL_SECONDS = 1.0  # as the search handler: a cancel or a closed tab lands within a second
 IDLE_SECONDS = 60.0
-
-
-def user_token(typed: str | None, oauth: gr.OAuthToken | None) -> str | bool:
-    """The caller's token, else False (see ``handlers.user_token``)."""
-    from handlers import user_token as token_of
-
-    return token_of(typed, oauth)
 
 
 def build_compare_handlers(
@@ -50,6 +42,7 @@ def build_compare_handlers(
     error: Callable[[BaseException, Any, Session], gr.Error],
     check_tokens: Callable[[Any], None],
     models: Callable[..., Any],
+    publish_as: Callable[..., tuple[Any, str]],
 ) -> dict[str, Any]:
     """The Compare tab's handlers, sharing the Search tab's session, error and token helpers."""
     _session, _owned, _error, _check_tokens, _models = session, owned, error, check_tokens, models
@@ -196,30 +189,20 @@ def build_compare_handlers(
         row = (row or "").strip()
         if not row or len(row) > 64:
             raise gr.Error("Name the leaderboard row to push, e.g. dam.")
-        if not token:
-            raise gr.Error(
-                "Pushing needs your Hugging Face account: sign in (on the Space) or paste a "
-                "token with write access."
-            )
-        repo_id = (repo_id or "").strip()
-        if not repo_id:
-            raise gr.Error("Enter the repo to create, e.g. your-name/my-merge.")
-        try:
-            if "/" not in repo_id:
-                user = hub.get_api(endpoint, token).whoami()["name"]
-                repo_id = f"{user}/{repo_id}"
-            result = publish_row(
+        result, url = publish_as(
+            session,
+            token,
+            repo_id,
+            lambda repo: publish_row(
                 folder,
-                repo_id,
+                repo,
                 row=row,
                 license=(license or "").strip() or None,
                 private=bool(private),
                 endpoint=endpoint,
                 token=token,
-            )
-        except Exception as err:
-            raise _error(err, token, session) from None
-        url = f"{hub.resolve_endpoint(endpoint).rstrip('/')}/{result.push.repo_id}"
+            ),
+        )
         return (
             session,
             f"Pushed row **{row}** to **{result.push.repo_id}** in commit "

@@ -10,7 +10,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from workflow import (
     parse_ids,
     strategy_settings,
     task_files,
+    user_token,
 )
 
 from hub_merge.errors import HubMergeError
@@ -37,19 +38,6 @@ logger = logging.getLogger("hub_merge.space")
 RELATIONS = ["finetune", "adapter", "merge"]
 POLL_SECONDS = 1.0  # the search handler yields this often, so a cancel or a closed tab lands
 IDLE_SECONDS = 60.0  # a search nobody has polled for this long is cancelled
-
-
-def user_token(typed: str | None, oauth: gr.OAuthToken | None) -> str | bool:
-    """The caller's token, else False.
-
-    False (not None) stops huggingface_hub from falling back to the server's own HF_TOKEN or
-    login: an anonymous visitor must never act with the Space owner's rights.
-    """
-    if typed and typed.strip():
-        return typed.strip()
-    if oauth is not None and oauth.token:
-        return oauth.token
-    return False
 
 
 def _user_error(
@@ -399,6 +387,28 @@ def build_handlers(
             raise gr.Error("Run a search first; the card describes its winner.")
         return _card_text(session.run_dir, repo_id, license)
 
+    def _publish_as(
+        session: Session, token: str | bool, repo_id: str, publish: Callable[[str], Any]
+    ) -> tuple[Any, str]:
+        """Publish for the visitor: their token required, ``name`` made ``user/name``, any
+        failure one scrubbed line; returns the publish result and the repo's URL."""
+        if not token:
+            raise gr.Error(
+                "Pushing needs your Hugging Face account: sign in (on the Space) or paste a "
+                "token with write access."
+            )
+        repo_id = (repo_id or "").strip()
+        if not repo_id:
+            raise gr.Error("Enter the repo to create, e.g. your-name/my-merge.")
+        try:
+            if "/" not in repo_id:
+                user = hub.get_api(endpoint, token).whoami()["name"]
+                repo_id = f"{user}/{repo_id}"
+            result = publish(repo_id)
+        except Exception as err:
+            raise _error(err, token, session) from None
+        return result, f"{hub.resolve_endpoint(endpoint).rstrip('/')}/{result.push.repo_id}"
+
     def push(
         state: Session | None,
         repo_id: str,
@@ -422,29 +432,19 @@ def build_handlers(
                 "Run a search first: the last one was cancelled before it finished, so it has "
                 "no winner to publish."
             )
-        if not token:
-            raise gr.Error(
-                "Pushing needs your Hugging Face account: sign in (on the Space) or paste a "
-                "token with write access."
-            )
-        repo_id = (repo_id or "").strip()
-        if not repo_id:
-            raise gr.Error("Enter the repo to create, e.g. your-name/my-merge.")
-        try:
-            if "/" not in repo_id:
-                user = hub.get_api(endpoint, token).whoami()["name"]
-                repo_id = f"{user}/{repo_id}"
-            result = publish(
+        result, url = _publish_as(
+            session,
+            token,
+            repo_id,
+            lambda repo: publish(
                 session.run_dir,
-                repo_id,
+                repo,
                 license=(license or "").strip() or None,
                 private=bool(private),
                 endpoint=endpoint,
                 token=token,
-            )
-        except Exception as err:
-            raise _error(err, token, session) from None
-        url = f"{hub.resolve_endpoint(endpoint).rstrip('/')}/{result.push.repo_id}"
+            ),
+        )
         return (
             session,
             f"Pushed **{result.push.repo_id}** in commit `{result.push.commit_sha[:10]}`: "
@@ -467,6 +467,7 @@ def build_handlers(
             error=_error,
             check_tokens=_check_tokens,
             models=_models,
+            publish_as=_publish_as,
         ),
     }
 

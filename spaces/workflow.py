@@ -465,3 +465,16 @@ def publishable_rows(folder: Path) -> list[str]:
         names.remove(rec.name)
         names.insert(0, rec.name)
     return names
+
+
+def user_token(typed: str | None, oauth: Any) -> str | bool:
+    """The caller's token (typed, else the OAuth login's ``gr.OAuthToken``), else False.
+
+    False (not None) stops huggingface_hub from falling back to the server's own HF_TOKEN or
+    login: an anonymous visitor must never act with the Space owner's rights.
+    """
+    if typed and typed.strip():
+        return typed.strip()
+    if oauth is not None and oauth.token:
+        return oauth.token
+    return False
