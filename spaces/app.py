@@ -39,6 +39,21 @@ ZOO_TOKEN = "hf_hubmergezoo_local_write"
 DEMO_USER, DEMO_TOKEN = "demo", "hf_demo_local_write"
 
 
+def _task_inputs(prefix: str) -> tuple[gr.CheckboxGroup, gr.Slider, gr.File]:
+    """One row of task inputs (built-in tasks, examples per task, JSONL uploads) for a tab."""
+    from hub_merge.zoo import TASKS
+
+    with gr.Row():
+        builtin = gr.CheckboxGroup(list(TASKS), label="Built-in tasks", elem_id=f"{prefix}builtin")
+        n_examples = gr.Slider(8, 256, value=32, step=8, label="Examples per built-in task")
+        uploads = gr.File(
+            label="…or upload JSONL tasks ({prompt, answer} per line)",
+            file_count="multiple",
+            file_types=[".jsonl"],
+        )
+    return builtin, n_examples, uploads
+
+
 def on_oauth_space() -> bool:
     """True on a Space with ``hf_oauth: true`` (the Hub then sets OAUTH_CLIENT_ID)."""
     return bool(os.environ.get("SPACE_ID") and os.environ.get("OAUTH_CLIENT_ID"))
@@ -62,7 +77,6 @@ def build_demo(
     defaults, each overridable by a ``HUB_MERGE_SPACE_<NAME>`` environment variable).
     """
     from hub_merge.hub import resolve_endpoint
-    from hub_merge.zoo import TASKS
 
     limits = limits or SpaceLimits.from_env()
     h = build_handlers(endpoint, work_dir, limits)
@@ -113,18 +127,7 @@ def build_demo(
                     kin_table = gr.Dataframe(label="Kinship (Pearson)", interactive=False)
 
                 gr.Markdown("## 3. Search")
-                with gr.Row():
-                    builtin = gr.CheckboxGroup(
-                        list(TASKS), label="Built-in tasks", elem_id="builtin"
-                    )
-                    n_examples = gr.Slider(
-                        8, 256, value=32, step=8, label="Examples per built-in task"
-                    )
-                    uploads = gr.File(
-                        label="…or upload JSONL tasks ({prompt, answer} per line)",
-                        file_count="multiple",
-                        file_types=[".jsonl"],
-                    )
+                builtin, n_examples, uploads = _task_inputs("")
                 with gr.Row():
                     strategy = gr.Dropdown(
                         strategy_names(),
@@ -211,18 +214,7 @@ def build_demo(
                     "dev rows, never on the test rows; push any row that is one model. "
                     "DAM trains on the dev rows the searches read, so the rows stay comparable."
                 )
-                with gr.Row():
-                    cmp_builtin = gr.CheckboxGroup(
-                        list(TASKS), label="Built-in tasks", elem_id="cmp-builtin"
-                    )
-                    cmp_n_examples = gr.Slider(
-                        8, 256, value=32, step=8, label="Examples per built-in task"
-                    )
-                    cmp_uploads = gr.File(
-                        label="…or upload JSONL tasks ({prompt, answer} per line)",
-                        file_count="multiple",
-                        file_types=[".jsonl"],
-                    )
+                cmp_builtin, cmp_n_examples, cmp_uploads = _task_inputs("cmp-")
                 with gr.Row():
                     cmp_strategies = gr.CheckboxGroup(
                         strategy_names(),
