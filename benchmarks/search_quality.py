@@ -72,15 +72,19 @@ def write_split(
 
 def settings(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Each strategy's settings from the flags (only what the flags set; the rest: defaults)."""
-    out: dict[str, dict[str, Any]] = {
-        "greedy": {"generations": args.generations},
-        "evolve": {"method": args.evolve_method},
-        "dam": {"max_rows": args.dam_rows},
-    }
+    out: dict[str, dict[str, Any]] = {"greedy": {}, "evolve": {}, "dam": {}}
+    if args.generations:
+        out["greedy"]["generations"] = args.generations
+    if args.evolve_method:
+        out["evolve"]["method"] = args.evolve_method
     if args.layer_groups:
         out["evolve"]["layer_groups"] = args.layer_groups
     if args.dam_steps:
         out["dam"]["steps"] = args.dam_steps
+    if args.dam_rows:
+        out["dam"]["max_rows"] = args.dam_rows
+    for name, extra in json.loads(args.settings or "{}").items():
+        out.setdefault(name, {}).update(extra)
     return out
 
 
@@ -111,13 +115,28 @@ def main() -> None:
     add("--test-limit", type=int, default=None, help="test rows per task (default: all)")
     add("--test-fraction", type=float, default=0.3, help="share of each task's rows held out")
     add("--budget", type=int, default=60, help="evaluations per evolve and swarm run")
-    add("--generations", type=int, default=4, help="greedy's maximum generations")
-    add("--evolve-method", default="ties")
-    add("--layer-groups", type=int, default=None, help="evolve per layer group (default: global)")
+    add(
+        "--generations",
+        type=int,
+        default=None,
+        help="greedy's maximum generations (default: its own)",
+    )
+    add("--evolve-method", default=None, help="evolve's merge method (default: its own, dare_ties)")
+    add("--layer-groups", type=int, default=None, help="evolve's layer groups (default: its own)")
+    add(
+        "--settings",
+        default=None,
+        help='more settings as JSON, e.g. \'{"swarm": {"space": "dense"}}\'',
+    )
     add("--seeds", type=int, default=3, help="seeds of each strategy")
     add("--first-seed", type=int, default=0, help="seeds first-seed ... first-seed + seeds - 1")
     add("--dam-steps", type=int, default=None, help="DAM's gradient steps (default: DAM's)")
-    add("--dam-rows", type=int, default=16, help="DAM's training prompts per expert")
+    add(
+        "--dam-rows",
+        type=int,
+        default=None,
+        help="DAM's training prompts per expert (default: all)",
+    )
     add("--train", action="store_true", help="add DAM on the zoo's training rows")
     add("--moe", action="store_true", help="add the MoE row")
     add("--moe-top-k", type=int, default=1)
