@@ -104,6 +104,31 @@ parameters:
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
+def test_a_slice_filter_that_misses_a_tensor_falls_back_to_the_global_value(tiny_models, tmp_path):
+    # mergekit reads a source's, then the slice's, then the config's parameters, and a filter list
+    # that matches nothing for a tensor falls through to the next scope
+    e0, e1 = (str(p) for p in tiny_models.experts[:2])
+    recipe = MergeRecipe.from_yaml(
+        f"""
+merge_method: slerp
+base_model: {e0}
+slices:
+  - sources:
+      - {{model: {e0}, layer_range: [0, 3]}}
+      - {{model: {e1}, layer_range: [0, 3]}}
+    parameters:
+      t: [{{filter: self_attn, value: 0}}]
+parameters:
+  t: 1
+"""
+    )
+    merged = load_folder(merge_to_folder(recipe, tmp_path / "out", progress=False))
+    a, b = load_folder(e0), load_folder(e1)
+    attn, mlp = "model.layers.1.self_attn.q_proj.weight", "model.layers.1.mlp.up_proj.weight"
+    torch.testing.assert_close(merged[attn], a[attn])  # the slice's filter: t = 0
+    torch.testing.assert_close(merged[mlp], b[mlp])  # no filter matched: the config's t = 1
+
+
 def test_slice_parameters_the_method_does_not_read_are_named_by_slice():
     text = """
 merge_method: passthrough

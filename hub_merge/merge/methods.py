@@ -238,10 +238,14 @@ def resolve(
     t: float,
     global_params: Mapping[str, Any],
     model_params: Sequence[Mapping[str, Any]],
+    outer_params: Sequence[Mapping[str, Any]] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Parameter values for one tensor: (shared values, one dict per non-base input).
 
-    Precedence as in mergekit: a model's own settings, then the global ones, then the default.
+    Precedence as in mergekit: a model's own settings, then the global ones (for a slice: the
+    slice's, then the config's, ``outer_params``), then the default. A scope whose value is a
+    filter list that matches nothing for this tensor falls through to the next, as mergekit's
+    ``ConfigReader.parameter`` does.
     """
     shared: dict[str, Any] = {}
     per_model: list[dict[str, Any]] = [{} for _ in model_params]
@@ -260,10 +264,10 @@ def resolve(
             return p.validate(p.default)
 
         if p.scope == ParameterScope.SHARED:
-            shared[p.name] = value_from(global_params)
+            shared[p.name] = value_from(global_params, *outer_params)
         else:
             for i, mp in enumerate(model_params):
-                per_model[i][p.name] = value_from(mp, global_params)
+                per_model[i][p.name] = value_from(mp, global_params, *outer_params)
     return shared, per_model
 
 
@@ -273,13 +277,14 @@ def check_tensor_parameters(
     model_params: Sequence[Mapping[str, Any]],
     names: Iterable[str],
     num_layers: int | None,
+    outer_params: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """See :meth:`TensorMerge.check`: the same resolution as the merge, for every tensor name."""
     della = getattr(method, "sparsification_method", None) == SparsificationMethod.della_magprune
     for name in names:
         try:
             _, per_model = resolve(
-                method, name, layer_t(name, num_layers), global_params, model_params
+                method, name, layer_t(name, num_layers), global_params, model_params, outer_params
             )
         except ValueError as err:  # pydantic's ValidationError too: a value of the wrong type
             if isinstance(err, ConfigError):
@@ -321,6 +326,8 @@ class TensorMerge:
     # does when its config names none), so a bf16 config gives mergekit's bf16 tensors.
     compute_dtype: torch.dtype | None = torch.float32
     exact_mergekit: bool = False
+    # scopes read after ``global_params`` (a slice's merge: the config's global parameters)
+    outer_params: Sequence[Mapping[str, Any]] = ()
 
     def check(self, names: Iterable[str]) -> None:
         """Resolve every tensor's parameters and check what the method would refuse mid-merge.
@@ -331,7 +338,12 @@ class TensorMerge:
         :class:`ConfigError` naming the parameter and a tensor, not a traceback halfway through.
         """
         check_tensor_parameters(
-            self.method, self.global_params, self.model_params, names, self.num_layers
+            self.method,
+            self.global_params,
+            self.model_params,
+            names,
+            self.num_layers,
+            self.outer_params,
         )
 
     @property
@@ -365,7 +377,9 @@ class TensorMerge:
         is mergekit's own arithmetic.
         """
         where = layer_t(name, self.num_layers) if t is None else t
-        shared, per_model = resolve(self.method, name, where, self.global_params, self.model_params)
+        shared, per_model = resolve(
+            self.method, name, where, self.global_params, self.model_params, self.outer_params
+        )
         ids: list[str] = [f"m{i}" for i in range(len(models))]
         tensors = list(models)
         base_index = None

@@ -191,8 +191,9 @@ def slices_to_folder(
         )
         op = TensorMerge(
             method,
-            params,
+            dict(sl.parameters),  # the slice's first, then the config's (mergekit's order)
             [s.parameters for s in merged],
+            outer_params=[recipe.parameters],
             seed=recipe.seed,
             compute_dtype=recipe.compute_torch_dtype(),
             exact_mergekit=recipe.exact_mergekit,
