@@ -132,3 +132,45 @@ def test_two_workers_give_the_serial_search(local_ray, tiny_zoo, tmp_path):
     assert (tmp_path / "ray" / "scores.json").read_text() == (
         tmp_path / "serial" / "scores.json"
     ).read_text()
+
+
+@pytest.mark.slow
+def test_a_compare_on_two_workers_gives_the_serial_leaderboard(
+    local_ray, tiny_zoo, tmp_path, monkeypatch
+):
+    from hub_merge.leaderboard import CompareConfig, compare_strategies
+
+    def run(out, **kw):
+        return compare_strategies(
+            CompareConfig(
+                base=str(tiny_zoo.base),
+                experts=[str(tiny_zoo.adapters[n]) for n in NAMES],
+                tasks=[str(tiny_zoo.tasks[n]) for n in NAMES],
+                out=str(out),
+                strategies=["greedy", "swarm"],
+                settings={"greedy": {"generations": 2}, "swarm": {"population": 4, "max_steps": 2}},
+                limit=6,
+                exact_match=False,
+                device="cpu",
+                progress=False,
+                **kw,
+            )
+        )
+
+    serial = run(tmp_path / "serial")
+    scored_remotely = []
+    evaluate_many = RayPool.evaluate_many  # observed, not replaced: the workers still score
+
+    def observed(self, recipes, *args, **kwargs):
+        out = evaluate_many(self, recipes, *args, **kwargs)
+        scored_remotely.extend(recipes)
+        return out
+
+    monkeypatch.setattr(RayPool, "evaluate_many", observed)
+    fanned = run(tmp_path / "ray", workers=2)
+    assert len(scored_remotely) > 4  # the compare's candidates went to the Ray workers
+    assert [r.name for r in fanned.rows] == [r.name for r in serial.rows]
+    for a, b in zip(serial.rows, fanned.rows, strict=True):
+        assert [s.test for s in a.seeds] == [s.test for s in b.seeds], a.name  # identical
+        assert [s.evaluations for s in a.seeds] == [s.evaluations for s in b.seeds], a.name
+    assert fanned.recommended().name == serial.recommended().name

@@ -65,6 +65,16 @@ from .search import ManyValues, ManyValuesCommand, parse_json
 @click.option("--batch-size", default="16", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--max-memory", default=None, help="Memory for cached merged models (e.g. 3GB).")
+@click.option(
+    "--workers",
+    type=int,
+    help="Score candidates on N local Ray workers, shared by every strategy's run (needs "
+    "hub-merge[distributed]).",
+)
+@click.option(
+    "--ray-address",
+    help="Score on the Ray cluster at this address (host:port or ray://host:port).",
+)
 @click.option("--resume", is_flag=True, help="Finish an interrupted compare in --out.")
 @click.option("--no-progress", is_flag=True, help="Hide progress displays.")
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
@@ -95,6 +105,8 @@ def command(
     batch_size: str,
     device: str,
     max_memory: str | None,
+    workers: int | None,
+    ray_address: str | None,
     resume: bool,
     no_progress: bool,
     as_json: bool,
@@ -153,6 +165,8 @@ def command(
         batch_size=batch_size if batch_size == "auto" else int(batch_size),
         device=device,
         max_memory=max_memory,
+        workers=workers,
+        ray_address=ray_address,
         resume=resume,
         progress=not no_progress and not as_json,
         endpoint=endpoint,

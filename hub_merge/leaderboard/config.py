@@ -84,6 +84,8 @@ class CompareConfig:
     device: str = "auto"
     keep_models: int | None = None
     max_memory: int | str | None = None
+    workers: int | None = None  # score every run's candidates on N local Ray workers
+    ray_address: str | None = None  # or on the Ray cluster at this address
     resume: bool = False
     progress: bool = True
     allow_pickle: bool = False
