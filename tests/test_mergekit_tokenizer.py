@@ -1,0 +1,201 @@
+"""mergekit's tokenizer settings (tokenizer_source, tokenizer, chat_template) against mergekit-yaml.
+
+The configs live in tests/data/mergekit_examples/tokenizer/, model names as placeholders filled
+here with tiny Llamas whose vocabularies differ (``tokenizer_models``): the output must have
+mergekit-yaml's tensors, vocabulary, vocab_size and chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_merge.cli import main
+from hub_merge.errors import ConfigError
+from hub_merge.merge import MergeRecipe, merge_to_folder
+from tests.fixtures.merge import load_folder, run_mergekit_yaml
+
+EXAMPLES = Path(__file__).parent / "data" / "mergekit_examples" / "tokenizer"
+FILES = sorted(EXAMPLES.glob("*.yml"))
+# mergekit numbers a union's new plain words in a Rust HashMap's order (another one each run);
+# hub-merge by id: the same rows for the same tokens, under ids that may differ.
+RANDOM_IDS = {"tokens"}
+
+
+def _config(path: Path, models, root: Path) -> Path:
+    text = path.read_text()
+    for key in ("base", "extended", "other", "same"):
+        text = text.replace("{" + key + "}", str(getattr(models, key)))
+    out = root / path.name
+    out.write_text(text)
+    return out
+
+
+def _vocab(folder: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder).get_vocab()
+
+
+def test_the_tokenizer_examples_are_there():
+    assert [p.stem for p in FILES] == [
+        "slices_union",
+        "source_base",
+        "source_model",
+        "tokens",
+        "union",
+    ]
+    assert all("expect: mergekit" in p.read_text().splitlines()[0] for p in FILES)
+
+
+@pytest.fixture(scope="module")
+def mergekit_tokenizer_outputs(tokenizer_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("mk_tokenizer")
+    configs = {p.stem: _config(p, tokenizer_models, root) for p in FILES}
+    run_mergekit_yaml([(str(c), str(root / f"out_{n}")) for n, c in configs.items()])
+    return configs, {n: root / f"out_{n}" for n in configs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [p.stem for p in FILES])
+def test_tokenizer_examples_give_mergekit_yaml_tensors_and_tokenizer(
+    name, mergekit_tokenizer_outputs, tmp_path
+):
+    configs, outputs = mergekit_tokenizer_outputs
+    recipe = MergeRecipe.from_yaml(configs[name])
+    out = merge_to_folder(recipe, tmp_path / "ours", device="cpu", progress=False)
+    ours, theirs = load_folder(out), load_folder(outputs[name])
+    v_ours, v_theirs = _vocab(out), _vocab(outputs[name])
+    assert set(ours) == set(theirs)
+    assert set(v_ours) == set(v_theirs)
+    cfg_ours = json.loads((out / "config.json").read_text())
+    cfg_theirs = json.loads((outputs[name] / "config.json").read_text())
+    assert cfg_ours["vocab_size"] == cfg_theirs["vocab_size"] == ours["lm_head.weight"].shape[0]
+    template = outputs[name] / "chat_template.jinja"  # where transformers 5 saves it
+    if template.exists():
+        assert (out / "chat_template.jinja").read_text() == template.read_text()
+    else:
+        assert not (out / "chat_template.jinja").exists()
+    for tensor in theirs:
+        a, b = ours[tensor], theirs[tensor]
+        assert a.dtype == b.dtype and a.shape == b.shape, tensor
+        if name not in RANDOM_IDS:
+            assert v_ours == v_theirs
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+            continue
+        # the same row for each token; the padding rows are the mean of the token rows, which
+        # are summed in another order
+        for token, i in v_ours.items():
+            assert torch.equal(a[i], b[v_theirs[token]]), (tensor, token)
+        torch.testing.assert_close(a[len(v_ours) :], b[len(v_theirs) :], rtol=1e-6, atol=1e-6)
+
+
+def test_a_union_adds_the_inputs_tokens_with_their_own_rows(tokenizer_models, tmp_path):
+    config = _config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path)
+    out = merge_to_folder(MergeRecipe.from_yaml(config), tmp_path / "m", progress=False)
+    vocab, merged = _vocab(out), load_folder(out)
+    base_vocab = _vocab(tokenizer_models.base)
+    assert {"<|im_start|>", "<|im_end|>", "<tool>", "<new>", "x0", "x5"} <= set(vocab)
+    assert len(vocab) == 106 and merged["model.embed_tokens.weight"].shape == (112, 32)
+    extended = load_folder(tokenizer_models.extended)
+    im_start = _vocab(tokenizer_models.extended)["<|im_start|>"]
+    # one model has it: every input's row is the extended model's, so the merge gives it back
+    torch.testing.assert_close(
+        merged["model.embed_tokens.weight"][vocab["<|im_start|>"]],
+        extended["model.embed_tokens.weight"][im_start],
+    )
+    assert not merged["model.embed_tokens.weight"][vocab["<new>"]].any()  # kind: zero
+    assert all(vocab[t] == i for t, i in base_vocab.items())  # the base's tokens keep their ids
+
+
+def test_the_union_is_the_same_in_every_process(tokenizer_models, tmp_path):
+    """mergekit-yaml's union ids change with the process (a HashMap's order); hub-merge's not."""
+    config = _config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path)
+    script = (
+        "import sys, json\n"
+        "from hub_merge.merge import MergeRecipe\n"
+        "from hub_merge.merge.vocab import build_vocabulary\n"
+        "r = MergeRecipe.from_yaml(sys.argv[1])\n"
+        "v = build_vocabulary(r.tokenizer, r.base, [r.base] + [e.model for e in r.models], "
+        "r.base)\n"
+        "print(json.dumps(sorted(v.tokenizer.get_vocab().items(), key=lambda kv: kv[1])))\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script, str(config)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.splitlines()[-1]
+        for _ in range(2)
+    ]
+    assert runs[0] == runs[1]
+    assert [t for t, _ in json.loads(runs[0])][96:102] == [f"x{i}" for i in range(6)]
+
+
+def test_chat_template_alone_saves_the_donors_tokenizer_with_it(tokenizer_models, tmp_path):
+    b, s = tokenizer_models.base, tokenizer_models.same
+    recipe = MergeRecipe.from_yaml(
+        f"merge_method: linear\nmodels:\n  - {{model: {b}, parameters: {{weight: 0.5}}}}\n"
+        f"  - {{model: {s}, parameters: {{weight: 0.5}}}}\nchat_template: chatml\n"
+    )
+    out = merge_to_folder(recipe, tmp_path / "m", progress=False)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "<|im_start|>" in tok.chat_template
+    assert tok.get_vocab() == _vocab(b)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 96
+
+
+def test_tokenizer_settings_are_refused_in_one_line_when_wrong(tokenizer_models, tmp_path):
+    b, e = tokenizer_models.base, tokenizer_models.extended
+    head = f"merge_method: linear\nmodels:\n  - {{model: {b}, parameters: {{weight: 1}}}}\n"
+    cases = [
+        ("tokenizer_source: union\ntokenizer: {source: base}\n", "not both"),
+        ("chat_template: nosuchtemplate\n", "nosuchtemplate"),
+        ("tokenizer:\n  tokens:\n    a: {source: {kind: nope}}\n", "tokens['a']"),
+        ("tokenizer:\n  pad_to_multiple_of: 0\n", "pad_to_multiple_of"),
+        (f"tokenizer:\n  tokens:\n    a: {{source: {e}}}\n", "not an input of the merge"),
+    ]
+    for tail, words in cases:
+        with pytest.raises(ConfigError) as err:
+            recipe = MergeRecipe.from_yaml(head + tail)
+            merge_to_folder(recipe, tmp_path / "out", progress=False)
+        assert words in str(err.value) and "\n" not in str(err.value), tail
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_model_without_tokenizer_files_is_refused_by_name(tiny_models, tmp_path):
+    b, e = tiny_models.base, tiny_models.experts[0]
+    recipe = MergeRecipe.from_yaml(
+        f"merge_method: linear\nmodels:\n  - {{model: {b}, parameters: {{weight: 0.5}}}}\n"
+        f"  - {{model: {e}, parameters: {{weight: 0.5}}}}\ntokenizer_source: union\n"
+    )
+    with pytest.raises(ConfigError, match="tokenizer files"):
+        merge_to_folder(recipe, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_recipe_exports_its_tokenizer_to_mergekit_yaml(tokenizer_models, tmp_path):
+    recipe = MergeRecipe.from_yaml(_config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path))
+    again = MergeRecipe.from_yaml(recipe.to_mergekit_yaml())
+    assert again.tokenizer == recipe.tokenizer and again.chat_template == "chatml"
+
+
+def test_plan_and_merge_cli_accept_a_union(tokenizer_models, tmp_path, capsys):
+    config = _config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path)
+    assert main(["plan", str(config), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not [i for i in plan["issues"] if i.get("blocking", True)]
+    assert main(["merge", str(config), "--out", str(tmp_path / "m")]) == 0
+    tensors = load_folder(tmp_path / "m")
+    written = sum(t.numel() * t.element_size() for t in tensors.values())
+    # the estimate counts the 112-row embeddings and head, not the base's 96 rows
+    assert tensors["lm_head.weight"].shape[0] == 112
+    assert plan["estimates"]["output_bytes"] == written
