@@ -386,38 +386,47 @@ def donor_tokenizer(donor: str) -> Any:
 
 
 def set_chat_template(tokenizer: Any, template: str, referenced: list[str]) -> None:
-    """``template`` set on ``tokenizer`` by mergekit's own rules: ``auto`` (the inputs' most
-    common), a built-in name (``chatml``, ``llama3``, ...) or a Jinja template itself."""
-    from mergekit.common import ModelReference
-    from mergekit.merge import _set_chat_template
+    """``template`` set on ``tokenizer`` by mergekit's rules: ``auto`` (the inputs' most common
+    template), a built-in name (``chatml``, ``llama3``, ...) or a Jinja template itself.
 
-    class _Config:  # the two things _set_chat_template reads of mergekit's MergeConfiguration
-        chat_template = template
+    Written by hand after mergekit's ``_set_chat_template`` (private to ``mergekit.merge``, so
+    not imported here): the same rules, the same built-in templates (mergekit's own files).
+    """
+    text = _builtin_or_text(template)
+    if text is None:  # auto: the plurality of the inputs' templates, as mergekit picks it
+        from collections import Counter
 
-        @staticmethod
-        def referenced_models() -> list[Any]:
-            return [ModelReference.parse(m) for m in referenced]
+        import transformers
 
-    try:
-        _set_chat_template(tokenizer, _Config())  # type: ignore[arg-type]
-    except RuntimeError as err:
-        raise ConfigError(
-            f"chat_template {template[:40]!r}: {err}; give a built-in name (chatml, llama3, "
-            "alpaca, ...), `auto`, or a Jinja template."
-        ) from None
+        found = []
+        for model in referenced:
+            try:
+                tpl = transformers.AutoTokenizer.from_pretrained(model).chat_template
+            except (OSError, ValueError, TypeError):
+                continue  # mergekit skips an input whose tokenizer does not load
+            if isinstance(tpl, dict):
+                tpl = tpl.get("default")
+            if tpl:
+                found.append(tpl.strip())
+        if not found:
+            return
+        text = Counter(found).most_common(1)[0][0]
+    tokenizer.chat_template = text
 
 
-def check_chat_template(template: str) -> None:
-    """The template's mergekit rules, without a tokenizer: a built-in name or a Jinja text."""
+def _builtin_or_text(template: str) -> str | None:
+    """A built-in template's text, the template itself, or None for ``auto``; ConfigError for
+    anything else (mergekit's RuntimeError, said with the names to use)."""
     import importlib.resources
 
     from mergekit._data import chat_templates
 
     if template == "auto":
-        return
+        return None
     if len(template) < 256 and "\n" not in template and "{" not in template:
-        if importlib.resources.files(chat_templates).joinpath(template + ".jinja").is_file():
-            return
+        path = importlib.resources.files(chat_templates).joinpath(template + ".jinja")
+        if path.is_file():
+            return path.read_text()
     if len(template) < 20 or "{" not in template:
         names = sorted(
             p.name.removesuffix(".jinja")
@@ -428,6 +437,12 @@ def check_chat_template(template: str) -> None:
             f"chat_template {template!r} is neither a built-in template ({', '.join(names)}), "
             "`auto`, nor a Jinja template."
         )
+    return template
+
+
+def check_chat_template(template: str) -> None:
+    """The template's mergekit rules, before any tokenizer is read (ConfigError, one line)."""
+    _builtin_or_text(template)
 
 
 __all__ = [
