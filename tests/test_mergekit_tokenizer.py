@@ -202,3 +202,32 @@ def test_plan_and_merge_cli_accept_a_union(tokenizer_models, tmp_path, capsys):
     # the estimate counts the 112-row embeddings and head, not the base's 96 rows
     assert tensors["lm_head.weight"].shape[0] == 112
     assert plan["estimates"]["output_bytes"] == written
+
+
+def test_the_cli_pulls_the_models_the_tokenizer_settings_name(
+    local_hub, tokenizer_models, tmp_path, capsys
+):
+    from hub_merge.hub import get_api
+
+    api = get_api(local_hub.endpoint, local_hub.token)
+    refs = {}
+    for key in ("base", "extended", "other"):
+        repo_id = f"{local_hub.user}/tok-{key}"
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=getattr(tokenizer_models, key))
+        refs[key] = repo_id
+    text = (EXAMPLES / "tokens.yml").read_text()
+    for key, repo_id in refs.items():
+        text = text.replace("{" + key + "}", repo_id)
+    config = tmp_path / "hub.yml"
+    config.write_text(text)
+    hub = ["--endpoint", local_hub.endpoint, "--token", local_hub.token]
+    assert main(["plan", str(config), "--json", *hub]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not [i for i in plan["issues"] if i.get("blocking", True)]
+    assert main(["merge", str(config), "--out", str(tmp_path / "out"), *hub]) == 0
+    local = _config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path)
+    mine = merge_to_folder(MergeRecipe.from_yaml(local), tmp_path / "local", progress=False)
+    pulled, here = load_folder(tmp_path / "out"), load_folder(mine)
+    assert _vocab(tmp_path / "out") == _vocab(mine)
+    assert set(pulled) == set(here) and all(torch.equal(pulled[k], here[k]) for k in here)
