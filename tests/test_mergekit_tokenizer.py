@@ -170,6 +170,11 @@ def test_tokenizer_settings_are_refused_in_one_line_when_wrong(tokenizer_models,
         ("tokenizer:\n  tokens:\n    a: {source: {kind: nope}}\n", "tokens['a']"),
         ("tokenizer:\n  pad_to_multiple_of: 0\n", "pad_to_multiple_of"),
         (f"tokenizer:\n  tokens:\n    a: {{source: {e}}}\n", "not an input of the merge"),
+        (
+            f"tokenizer:\n  tokens:\n    a: {{source: {{kind: model_token, model: {b}, "
+            "token: nope}}\n",
+            "has no such token",
+        ),
     ]
     for tail, words in cases:
         with pytest.raises(ConfigError) as err:

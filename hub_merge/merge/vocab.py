@@ -281,10 +281,19 @@ def build_vocabulary(
             return transformers.AutoTokenizer.from_pretrained(ref.model.path)
         except (OSError, ValueError, TypeError) as err:
             raise ConfigError(
-                f"tokenizer: cannot load the tokenizer of {ref.model.path} ({str(err).splitlines()[0]}); "
-                "a tokenizer merge needs each input's tokenizer files."
+                f"tokenizer: cannot load the tokenizer of {ref.model.path} "
+                f"({str(err).splitlines()[0]}); a tokenizer merge needs each input's tokenizer "
+                "files."
             ) from None
 
+    for token, setting in (spec.tokens or {}).items():  # before any tokenizer is read
+        src = setting.get("source")
+        named = src.get("model") if isinstance(src, dict) else src
+        if isinstance(named, str) and ModelReference.parse(named) not in keys.values():
+            raise ConfigError(
+                f"tokenizer.tokens[{token!r}] takes its embedding from {named}, which is not an "
+                "input of the merge (name base_model or one of models)."
+            )
     try:
         base_tok = get_stripped_tokenizer(base_key.model)
     except (OSError, ValueError, TypeError, RuntimeError) as err:
@@ -316,11 +325,20 @@ def build_vocabulary(
         size = get_vocab_size(key.model, trust_remote_code=False) or len(model_vocab)
         p = {}
         for token, new_idx in vocab_out.items():
-            if token not in model_vocab:
-                p[new_idx] = -1
-            elif model_vocab[token] < size:
-                p[new_idx] = model_vocab[token]
+            # A token past the model's embedding counts as absent from it: mergekit leaves it
+            # out of the permutation and then fails on the missing entry.
+            known = token in model_vocab and model_vocab[token] < size
+            p[new_idx] = model_vocab[token] if known else -1
         permutations[key] = p
+    for token, setting in (spec.tokens or {}).items():  # mergekit asserts this mid-merge
+        src = setting.get("source")
+        if isinstance(src, dict) and src.get("kind") == "model_token" and src.get("token"):
+            vocab = tokenizers[ModelReference.parse(src["model"])].get_vocab()
+            if src["token"] not in vocab:
+                raise ConfigError(
+                    f"tokenizer.tokens[{token!r}] takes the row of {src['token']!r} in "
+                    f"{src['model']}, whose tokenizer has no such token."
+                )
     info = TokenizerInfo(
         tokenizer=out,
         permutations=permutations,
@@ -330,14 +348,6 @@ def build_vocabulary(
     pad = spec.pad_to_multiple_of
     if pad and size % pad:
         size += pad - size % pad
-    for model, setting in (spec.tokens or {}).items():
-        src = setting.get("source")
-        named = src.get("model") if isinstance(src, dict) else src
-        if isinstance(named, str) and ModelReference.parse(named) not in keys.values():
-            raise ConfigError(
-                f"tokenizer.tokens[{model!r}] takes its embedding from {named}, which is not an "
-                "input of the merge (name base_model or one of models)."
-            )
     return Vocabulary(
         tokenizer=out,
         info=info,
