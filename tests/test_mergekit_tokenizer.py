@@ -44,6 +44,7 @@ def _vocab(folder: Path) -> dict[str, int]:
 
 def test_the_tokenizer_examples_are_there():
     assert [p.stem for p in FILES] == [
+        "chat_auto",
         "slices_union",
         "source_base",
         "source_model",
