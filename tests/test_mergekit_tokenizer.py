@@ -29,7 +29,7 @@ RANDOM_IDS = {"tokens"}
 
 def _config(path: Path, models, root: Path) -> Path:
     text = path.read_text()
-    for key in ("base", "extended", "other", "same"):
+    for key in ("base", "extended", "other", "same", "adapter"):
         text = text.replace("{" + key + "}", str(getattr(models, key)))
     out = root / path.name
     out.write_text(text)
@@ -45,6 +45,7 @@ def _vocab(folder: Path) -> dict[str, int]:
 def test_the_tokenizer_examples_are_there():
     assert [p.stem for p in FILES] == [
         "chat_auto",
+        "lora_union",
         "slices_union",
         "source_base",
         "source_model",
@@ -58,7 +59,8 @@ def test_the_tokenizer_examples_are_there():
 def mergekit_tokenizer_outputs(tokenizer_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("mk_tokenizer")
     configs = {p.stem: _config(p, tokenizer_models, root) for p in FILES}
-    run_mergekit_yaml([(str(c), str(root / f"out_{n}")) for n, c in configs.items()])
+    jobs = [(str(c), str(root / f"out_{n}")) for n, c in configs.items()]
+    run_mergekit_yaml(jobs, extra=("--lora-merge-cache", str(root / "lora_cache")))
     return configs, {n: root / f"out_{n}" for n in configs}
 
 
