@@ -204,6 +204,25 @@ def test_the_recipe_exports_its_tokenizer_to_mergekit_yaml(tokenizer_models, tmp
     assert again.tokenizer == recipe.tokenizer and again.chat_template == "chatml"
 
 
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_plan_accepts_each_tokenizer_example(path, tokenizer_models, tmp_path, capsys):
+    assert main(["plan", str(_config(path, tokenizer_models, tmp_path)), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not [i for i in plan["issues"] if i.get("blocking", True)]
+
+
+def test_plan_refuses_a_union_whose_inputs_lack_tokenizers(tiny_models, tmp_path, capsys):
+    b, e = tiny_models.base, tiny_models.experts[0]
+    config = tmp_path / "c.yml"
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - {{model: {b}, parameters: {{weight: 0.5}}}}\n"
+        f"  - {{model: {e}, parameters: {{weight: 0.5}}}}\ntokenizer_source: union\n"
+    )
+    assert main(["plan", str(config), "--json"]) != 0
+    issues = json.loads(capsys.readouterr().out)["issues"]
+    assert any(i["what"] == "tokenizer" and "tokenizer files" in i["detail"] for i in issues)
+
+
 def test_plan_and_merge_cli_accept_a_union(tokenizer_models, tmp_path, capsys):
     config = _config(EXAMPLES / "tokens.yml", tokenizer_models, tmp_path)
     assert main(["plan", str(config), "--json"]) == 0
