@@ -89,9 +89,14 @@ def output_tokenizer(
 ) -> tuple[dict[str, bytes] | None, tuple[str, int] | None]:
     """The tokenizer files and (config key, vocabulary size) a merge writes; (None, None) when
     it copies the donor's files as they are (no tokenizer settings, no chat template)."""
+    from ..tensors import is_adapter_folder
     from .vocab import donor_tokenizer, tokenizer_files, vocab_size_key
 
-    leaves = [m for m in recipe.leaves() if isinstance(m, str)]
+    # mergekit reads a LoRA input's tokenizer (and template) from its base (`base+lora`)
+    leaves = [
+        str(recipe.base) if recipe.base and is_adapter_folder(Path(m)) else m
+        for m in recipe.leaves()
+    ]
     if vocab is not None:
         files = tokenizer_files(vocab.tokenizer, recipe.chat_template, leaves)
         return files, (vocab_size_key(donor), vocab.size)
