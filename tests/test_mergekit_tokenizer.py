@@ -172,6 +172,7 @@ def test_tokenizer_settings_are_refused_in_one_line_when_wrong(tokenizer_models,
             "token: nope}}\n",
             "has no such token",
         ),
+        ("tokenizer:\n  tokens:\n    brand_new: {}\n", "needs a `source`"),
     ]
     for tail, words in cases:
         with pytest.raises(ConfigError) as err:

@@ -228,6 +228,11 @@ class Vocabulary:
         keyed = {self.keys[m]: t for m, t in tensors.items()}
         try:
             out = task.execute(tokenizer_info=self.info, tensors=keyed)
+        except NotImplementedError:  # mergekit's answer to a setting without a source
+            raise ConfigError(
+                "tokenizer.tokens: a token some input lacks needs a `source` (a model, "
+                "{kind: zero} or {kind: model_token, ...})."
+            ) from None
         except (AssertionError, ValueError, KeyError) as err:
             raise ConfigError(f"tokenizer: {name}: {err}") from None
         back = {v: k for k, v in self.keys.items()}
