@@ -310,3 +310,57 @@ def test_cli_serve_prints_url_and_serves(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_an_upload_through_xet_fails_in_one_message_that_names_the_fix(
+    local_hub, api, tmp_path, monkeypatch
+):
+    """huggingface_hub uploads LFS files through Xet whenever hf_xet is installed; this Hub has
+    no Xet storage, so the error (raised by hf_xet itself) must say to set HF_HUB_DISABLE_XET."""
+    pytest.importorskip("hf_xet")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    api.create_repo("alice/xet")
+    with pytest.raises(Exception) as err:
+        api.upload_folder(folder_path=_folder(tmp_path, os.urandom(3000)), repo_id="alice/xet")
+    assert "HF_HUB_DISABLE_XET=1" in str(err.value)
+    assert [f for f in api.list_repo_files("alice/xet") if f.endswith(".safetensors")] == []
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fix it names works
+    api.upload_folder(folder_path=_folder(tmp_path, os.urandom(3000)), repo_id="alice/xet")
+    assert "adapter_model.safetensors" in api.list_repo_files("alice/xet")
+
+
+def test_xet_token_routes_answer_one_line_after_the_usual_checks(local_hub, api):
+    """The Python side of huggingface_hub follows the redirect and shows X-Error-Message."""
+    from huggingface_hub.utils import get_session, hf_raise_for_status
+
+    api.create_repo("alice/xt", private=True)
+    api.create_repo("alice/ds", repo_type="dataset")
+    auth = {"authorization": f"Bearer {local_hub.token}"}
+    base = local_hub.endpoint + "/api"
+    for url in (
+        f"{base}/models/alice/xt/xet-write-token/main",
+        f"{base}/models/alice/xt/xet-read-token/refs%2Fpr%2F1",
+        f"{base}/datasets/alice/ds/xet-read-token/None",
+        f"{base}/datasets/alice/ds/xet-write-token",
+    ):
+        r = get_session().get(url, headers=auth)
+        assert r.status_code == 501, url
+        message = r.headers["X-Error-Message"]
+        assert "\n" not in message and "HF_HUB_DISABLE_XET=1" in message
+        assert r.json()["error"] == message
+        with pytest.raises(HfHubHTTPError, match="no Xet storage: set HF_HUB_DISABLE_XET=1"):
+            hf_raise_for_status(r)
+    # The rights check and the repo id check come first, as on every repo route.
+    anonymous = httpx.get(f"{base}/models/alice/xt/xet-write-token/main")
+    assert anonymous.status_code in (401, 404) and "Xet" not in anonymous.text
+    reader = httpx.get(
+        f"{base}/models/alice/xt/xet-write-token/main",
+        headers={"authorization": f"Bearer {local_hub.read_token}"},
+    )
+    assert reader.status_code == 403
+    bad = httpx.get(f"{base}/models/alice/a--b/xet-write-token/main", headers=auth)
+    assert bad.status_code == 400
+    bad_rev = httpx.get(f"{base}/models/alice/xt/xet-write-token/a%0Ab", headers=auth)
+    assert bad_rev.status_code == 400

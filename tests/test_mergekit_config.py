@@ -118,13 +118,16 @@ def test_the_cli_merges_a_mergekit_config(mergekit_results, tmp_path, capsys):
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
-def test_tokenizer_source_naming_the_base_is_accepted(mergekit_results):
-    """(mergekit itself needs a real tokenizer for it, so it is compared as a recipe here.)"""
+def test_tokenizer_source_becomes_the_recipes_tokenizer(mergekit_results):
+    """(mergekit needs real tokenizers for it: tests/test_mergekit_tokenizer.py merges them.)"""
     configs, _ = mergekit_results
     text = configs["ties_bf16"].read_text()
     plain = MergeRecipe.from_yaml(text)
-    assert MergeRecipe.from_yaml(text + "tokenizer_source: base\n") == plain
-    assert MergeRecipe.from_yaml(text + f"tokenizer_source: {plain.base}\n") == plain
+    for source in ("base", "union", plain.base):
+        recipe = MergeRecipe.from_yaml(text + f"tokenizer_source: {source}\n")
+        assert recipe.tokenizer is not None and recipe.tokenizer.source == source
+        assert recipe.model_copy(update={"tokenizer": None}) == plain
+        assert recipe.recipe_hash() != plain.recipe_hash()
 
 
 def test_own_recipes_still_export_to_equivalent_mergekit_yaml(bf16_models, tmp_path):
@@ -157,7 +160,8 @@ def test_own_recipes_still_export_to_equivalent_mergekit_yaml(bf16_models, tmp_p
         ),
         ("merge_method: linear\nmodels: [{model: a}]\nmodulez: 1\n", "modulez"),
         (
-            "merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: union\n",
+            "merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: union\n"
+            "tokenizer: {source: base}\n",
             "tokenizer_source",
         ),
         ("merge_method: ties\nbase_model: b\nmodels: [{model: c+lora}]\n", "models[0]"),

@@ -47,6 +47,8 @@ def _pull_refs(recipe, *, endpoint: str | None, token: str | None):
             )
             for sl in recipe.slices
         ]
+    if recipe.tokenizer is not None:  # the models its settings name: the same pulled folders
+        update["tokenizer"] = recipe.tokenizer.with_models(local)
     return recipe.model_copy(update=update)
 
 
@@ -101,7 +103,7 @@ def command(
       seed: 0
 
     A mergekit-yaml config works as written (models or slices, parameters, dtype, out_dtype,
-    random_seed); parameters its method does not read are ignored with one warning, as mergekit
+    random_seed, tokenizer_source or tokenizer, chat_template); parameters its method does not read are ignored with one warning, as mergekit
     ignores them. A random method (dare, della, arcee_fusion) without a seed gets one, printed
     and recorded in the output.
 

@@ -147,7 +147,15 @@ class HubApp:
                 methods=["POST"],
             ),
             Route("/lfs-upload/{rtype}/{ns}/{name}/{oid}", self._lfs_put, methods=["PUT"]),
+            Route(write.NO_XET_PATH, self._plain(write.no_xet), methods=["GET"]),
         ]
+        # No Xet storage here: the token routes point the client at the fix (write.xet_token).
+        for kind, needs_write in (("read", False), ("write", True)):
+            xet = self._repo(
+                write.xet_token, needs_write, contribute=PR_ONLY if needs_write else None
+            )
+            for suffix in ("", "/{rev:path}"):
+                routes.append(Route(f"{api}/xet-{kind}-token{suffix}", xet, methods=["GET"]))
         # Git-style URLs: no prefix for models, ``datasets/`` or ``spaces/`` for the others.
         for prefix, rtype in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
             batch = prefix + "/{ns}/{name}.git/info/lfs/objects/batch"

@@ -227,6 +227,11 @@ class MergeSession:
                 "A recipe with `slices` changes the layer count; merge it to a folder "
                 "(merge_to_folder, `hub-merge merge`)."
             )
+        if recipe.tokenizer is not None:  # a new vocabulary: a new shape, as slices
+            raise ConfigError(
+                "A recipe with `tokenizer` changes the vocabulary; merge it to a folder "
+                "(merge_to_folder, `hub-merge merge`)."
+            )
 
         def get(ref: Any) -> ModelLike:
             return models.get(ref, ref)

@@ -15,7 +15,9 @@ mergekit key              hub-merge recipe
 ``parameters``            ``parameters``
 ``dtype``                 ``compute_dtype`` (mergekit computes in it; absent: the inputs')
 ``out_dtype``             ``dtype`` (the stored dtype; mergekit's default: ``dtype``)
-``tokenizer_source``      accepted when it names the base (``base`` or the base's id)
+``tokenizer_source``      ``tokenizer: {source: ...}`` (``base``, ``union`` or a model)
+``tokenizer``             ``tokenizer`` (``source``, ``tokens``, ``pad_to_multiple_of``)
+``chat_template``         ``chat_template`` (a built-in name, ``auto`` or a Jinja template)
 ``random_seed``           ``seed``
 ========================  ==============================================================
 
@@ -48,16 +50,14 @@ _SUPPORTED = {
     "dtype",
     "out_dtype",
     "tokenizer_source",
+    "tokenizer",
+    "chat_template",
     "random_seed",
     "name",
 }
 _WHY_NOT = {
     "modules": "per-module merges (`modules`) are not built by hub-merge; use `models:` or "
     "mergekit-yaml",
-    "tokenizer": "tokenizer surgery (`tokenizer`) is not supported; hub-merge keeps the base's "
-    "tokenizer (drop the key)",
-    "chat_template": "`chat_template` is not supported; hub-merge copies the base's tokenizer "
-    "files (drop the key, or set the template on the result)",
 }
 
 
@@ -161,13 +161,14 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
         entries = _entries(data.get("models"), base)
         entries, global_params = _drop_unused(method, base, entries, dict(global_params))
         shape = {"models": entries}
-    tok = data.get("tokenizer_source")
-    if tok is not None and tok != "base" and tok != base:
-        raise ConfigError(
-            f"tokenizer_source {tok!r}: hub-merge keeps the base's tokenizer; set it to `base` "
-            "(or drop it) - vocabulary unions are not supported."
-        )
     recipe: dict[str, Any] = {"method": data["merge_method"], **shape}
+    tokenizer = _tokenizer(data)
+    if tokenizer is not None:
+        recipe["tokenizer"] = tokenizer
+    if data.get("chat_template") is not None:
+        if not isinstance(data["chat_template"], str):
+            raise ConfigError("chat_template must be a template name, `auto` or a Jinja template.")
+        recipe["chat_template"] = data["chat_template"]
     if base is not None:
         recipe["base"] = base
     if global_params:
@@ -180,6 +181,28 @@ def from_mergekit(data: dict[str, Any]) -> dict[str, Any]:
     if data.get("random_seed") is not None:
         recipe["seed"] = data["random_seed"]
     return recipe
+
+
+def _tokenizer(data: dict[str, Any]) -> dict[str, Any] | None:
+    """``tokenizer_source`` / ``tokenizer`` as the recipe's ``tokenizer`` (mergekit reads one)."""
+    source, spec = data.get("tokenizer_source"), data.get("tokenizer")
+    if source is not None and spec is not None:
+        raise ConfigError(
+            "Give `tokenizer_source` or `tokenizer`, not both (mergekit refuses both too)."
+        )
+    if source is not None:
+        spec = {"source": source}
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError("tokenizer must be a mapping (source, tokens, pad_to_multiple_of).")
+    spec = dict(spec)
+    src = spec.get("source", "union")
+    if not isinstance(src, str) or not src.strip():
+        raise ConfigError(f"tokenizer source {src!r}: give `base`, `union` or a model.")
+    if src not in ("base", "union"):  # mergekit loads `model+lora`'s tokenizer from the model
+        spec["source"] = src.partition("+")[0]
+    return spec
 
 
 def _entries(models: Any, base: str | None) -> list[dict[str, Any]]:

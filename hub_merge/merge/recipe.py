@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from ..errors import ConfigError
+from .vocab import TokenizerSpec
 
 Scalar = bool | int | float | str
 ScalarOrGradient = Scalar | list[Scalar]
@@ -140,6 +141,16 @@ class MergeRecipe(BaseModel):
         "draws) instead of hub-merge's linear-time sparsification for ties/dare/breadcrumbs/della "
         "and its Philox DARE masks.",
     )
+    tokenizer: TokenizerSpec | None = Field(
+        default=None,
+        description="mergekit's tokenizer settings: the output's vocabulary (base, union or a "
+        "model's), per-token embedding sources, padding; token-indexed tensors follow it.",
+    )
+    chat_template: str | None = Field(
+        default=None,
+        description="mergekit's chat_template: a built-in name (chatml, llama3, ...), `auto` or "
+        "a Jinja template, saved with the output's tokenizer.",
+    )
     slices: list[OutputSlice] | None = Field(
         default=None,
         description="mergekit's layer slices: output layers built slice by slice from layer "
@@ -204,6 +215,8 @@ class MergeRecipe(BaseModel):
             and not self.parameters
             and self.dtype is None
             and self.slices is None
+            and self.tokenizer is None
+            and self.chat_template is None
         )
 
     def as_input(self) -> str | MergeRecipe:
@@ -411,6 +424,10 @@ class MergeRecipe(BaseModel):
             config["out_dtype"] = out_dtype
         if self.seed is not None:
             config["random_seed"] = self.seed
+        if self.tokenizer is not None:
+            config["tokenizer"] = self.tokenizer.model_dump(mode="json", exclude_none=True)
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         lines = yaml.safe_dump(config, sort_keys=False)
         if self.seed is not None and self.method in RANDOM_METHODS:
             lines = (
@@ -451,7 +468,7 @@ def one_line_error(err: ValidationError) -> str:
         elif e["type"] == "extra_forbidden":
             msg = (
                 "is not a recipe field (fields: method, base, models, parameters, dtype, "
-                "compute_dtype, seed, exact_mergekit, slices)"
+                "compute_dtype, seed, exact_mergekit, slices, tokenizer, chat_template)"
             )
         parts.append(f"`{where or 'recipe'}` {msg}")
     return "Invalid merge recipe: " + "; ".join(parts) + "."

@@ -25,7 +25,8 @@ from .kernels import ARITHMETIC_KEY, DARE_RNG, DARE_RNG_KEY, uses_philox
 from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
-from .registry import method_for
+from .registry import MERGEKIT, method_for
+from .vocab import Vocabulary, build_vocabulary, check_shapes
 
 # Files copied from the base (or the first model) so the output loads and tokenizes like it.
 SIDE_FILES = (
@@ -49,14 +50,24 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _copy_side_files(
-    writer: ShardedWriter, source: Path, out_dtype: torch.dtype | None, *, untied_head: bool = False
+    writer: ShardedWriter,
+    source: Path,
+    out_dtype: torch.dtype | None,
+    *,
+    untied_head: bool = False,
+    tokenizer: dict[str, bytes] | None = None,
+    vocab_size: tuple[str, int] | None = None,
 ) -> None:
+    """config.json (dtype, tied head, vocabulary size set), the generation config and the
+    tokenizer files: the base's, or ``tokenizer`` (a merge that builds its own) in their place."""
+    from .vocab import TOKENIZER_FILES, set_config_value
+
     for name in SIDE_FILES:
         path = source / name
-        if not path.is_file():
+        if not path.is_file() or (tokenizer is not None and name in TOKENIZER_FILES):
             continue
         data = path.read_bytes()
-        if name == "config.json" and (out_dtype is not None or untied_head):
+        if name == "config.json" and (out_dtype is not None or untied_head or vocab_size):
             cfg = json.loads(data)
             for key in ("torch_dtype", "dtype"):
                 if key in cfg and out_dtype is not None:
@@ -65,8 +76,43 @@ def _copy_side_files(
                 cfg["tie_word_embeddings"] = False
                 if isinstance(cfg.get("text_config"), dict):
                     cfg["text_config"]["tie_word_embeddings"] = False
+            if vocab_size is not None:
+                set_config_value(cfg, *vocab_size)
             data = json.dumps(cfg, indent=2).encode()
         writer.add_file(name, data)
+    for name, data in (tokenizer or {}).items():
+        writer.add_file(name, data)
+
+
+def output_tokenizer(
+    recipe: MergeRecipe, vocab: Vocabulary | None, donor: Path
+) -> tuple[dict[str, bytes] | None, tuple[str, int] | None]:
+    """The tokenizer files and (config key, vocabulary size) a merge writes; (None, None) when
+    it copies the donor's files as they are (no tokenizer settings, no chat template)."""
+    from ..tensors import is_adapter_folder
+    from .vocab import donor_tokenizer, tokenizer_files, vocab_size_key
+
+    # mergekit reads a LoRA input's tokenizer (and template) from its base (`base+lora`)
+    leaves = [
+        str(recipe.base) if recipe.base and is_adapter_folder(Path(m)) else m
+        for m in recipe.leaves()
+    ]
+    if vocab is not None:
+        files = tokenizer_files(vocab.tokenizer, recipe.chat_template, leaves)
+        return files, (vocab_size_key(donor), vocab.size)
+    if recipe.chat_template:  # mergekit saves the donor's tokenizer again, with the template
+        return tokenizer_files(donor_tokenizer(str(donor)), recipe.chat_template, leaves), None
+    return None, None
+
+
+def refuse_tokenizer_settings(recipe: MergeRecipe) -> None:
+    """A method hub-merge writes itself (not mergekit's family) builds no tokenizer: refused."""
+    if recipe.tokenizer is not None or recipe.chat_template is not None:
+        key = "tokenizer" if recipe.tokenizer is not None else "chat_template"
+        raise ConfigError(
+            f"`{key}` is built for mergekit's methods only, not {recipe.method!r}; drop it and "
+            "set the tokenizer on the result."
+        )
 
 
 class _BackgroundWriter:
@@ -175,7 +221,9 @@ class _ReadAhead:
         self.thread.join()
 
 
-def _check_inputs(names: list[str], sources: list[TensorSource]) -> None:
+def _check_inputs(
+    names: list[str], sources: list[TensorSource], vocab: Vocabulary | None = None
+) -> None:
     for src in sources:
         have = set(src.names)
         missing = [n for n in names if n not in have]
@@ -185,7 +233,7 @@ def _check_inputs(names: list[str], sources: list[TensorSource]) -> None:
             )
         for n in names:
             a, b = tuple(src.shape(n)), tuple(sources[0].shape(n))
-            if a != b:
+            if not check_shapes(vocab, n, a, b):
                 vocab = (
                     " They have different vocabularies." if ("embed" in n or "lm_head" in n) else ""
                 )
@@ -219,6 +267,8 @@ def merge_to_folder(
         MergeError: the write failed (e.g. a full disk); nothing was left behind.
     """
     # mergekit's methods stream below (stream_to_folder); hub-merge's own write their own output
+    if method_for(recipe.method) is not MERGEKIT:
+        refuse_tokenizer_settings(recipe)
     return method_for(recipe.method).write(
         recipe,
         out,
@@ -274,18 +324,30 @@ def stream_to_folder(
     base_in = base_src if (base_src is not None and uses_base(method)) else None
     reference = base_src or sources[0]
     names = reference.names
-    _check_inputs(names, ([base_in] if base_in else []) + sources)
+    config_dir = Path(recipe.base) if recipe.base is not None else Path(recipe.models[0].model)
+    vocab, by_input = None, {}
+    if recipe.tokenizer is not None:
+        # mergekit's inputs of every tensor: the models as listed, then the base unless listed
+        by_input = {e.model: s for e, s in zip(recipe.models, sources, strict=True)}
+        if recipe.base is not None and base_src is not None:
+            by_input.setdefault(recipe.base, base_src)
+        leaves = ([recipe.base] if recipe.base else []) + list(by_input)
+        vocab = build_vocabulary(
+            recipe.tokenizer, recipe.base, list(dict.fromkeys(leaves)), str(config_dir)
+        )
+    _check_inputs(names, ([base_in] if base_in else []) + sources, vocab)
     first_float = next((n for n in names if reference.dtype(n).is_floating_point), None)
     in_dtype = reference.dtype(first_float) if first_float else torch.float32
     out_dtype = _STR_DTYPES[recipe.dtype] if recipe.dtype else in_dtype
     layout = {
         n: (
-            reference.shape(n),
+            vocab.output_shape(n, reference.shape(n))
+            if vocab is not None and n in vocab.axes
+            else reference.shape(n),
             out_dtype if reference.dtype(n).is_floating_point else reference.dtype(n),
         )
         for n in names
     }
-    config_dir = Path(recipe.base) if recipe.base is not None else Path(recipe.models[0].model)
     n_layers = num_layers(names, config=config_dir)
     op = TensorMerge(
         method,
@@ -322,6 +384,10 @@ def stream_to_folder(
             t = src.get(name, device=dev)
             return t.to(cast_to) if (cast_to is not None and t.is_floating_point()) else t
 
+        if vocab is not None and name in vocab.axes:  # one row per output token, each input
+            rows = vocab.permute(name, {m: one(src) for m, src in by_input.items()})
+            base_t = rows[recipe.base] if base_in is not None else None
+            return [rows[e.model] for e in recipe.models], base_t
         base_t = one(base_in) if base_in is not None else None
         return [one(s) for s in sources], base_t
 
@@ -333,7 +399,15 @@ def stream_to_folder(
     bg = None
     ahead = None
     try:
-        _copy_side_files(writer, config_dir, out_dtype, untied_head=untie)
+        files, vocab_size = output_tokenizer(recipe, vocab, config_dir)
+        _copy_side_files(
+            writer,
+            config_dir,
+            out_dtype,
+            untied_head=untie,
+            tokenizer=files,
+            vocab_size=vocab_size,
+        )
         bg = _BackgroundWriter(writer)
         ahead = _ReadAhead(names, load, checkpoints)
         iterator = names

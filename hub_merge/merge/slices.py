@@ -200,6 +200,13 @@ def slices_to_folder(
         )
         ops.append((sl, op, base_at))
     plan = _Plan(recipe, sources)
+    config_dir = Path(recipe.base) if recipe.base else Path(models[0])
+    vocab = None
+    if recipe.tokenizer is not None:
+        from .vocab import build_vocabulary
+
+        inputs = list(dict.fromkeys(([recipe.base] if recipe.base else []) + models))
+        vocab = build_vocabulary(recipe.tokenizer, recipe.base, inputs, str(config_dir))
     ref = sources[slices[0].sources[0].model]
     first_float = next((n for n in ref.names if ref.dtype(n).is_floating_point), None)
     in_dtype = ref.dtype(first_float) if first_float else torch.float32
@@ -208,13 +215,15 @@ def slices_to_folder(
     for name, inputs, _, _ in plan.items:
         src, in_name = inputs[0]
         shapes = {tuple(sources[m].shape(n)) for m, n in inputs}
+        if vocab is not None and name in vocab.axes:  # one row per output token (vocab.py)
+            shapes = {vocab.output_shape(name, next(iter(shapes)))}
         if len(shapes) != 1:
             raise IncompatibleModelsError(
                 f"{name}: the slice's sources have different shapes {sorted(shapes)}."
             )
         dtype = sources[src].dtype(in_name)
         layout[name] = (
-            tuple(sources[src].shape(in_name)),
+            next(iter(shapes)),
             out_dtype if dtype.is_floating_point else dtype,
         )
     for sl, op, _ in ops:  # every tensor's parameters, before a weight is read
@@ -231,16 +240,25 @@ def slices_to_folder(
     except FileExistsError as err:
         raise ConfigError(str(err)) from None
     by_slice = {id(sl): (op, base_at) for sl, op, base_at in ops}
-    config_dir = Path(recipe.base) if recipe.base else Path(models[0])
     try:
+        from .run import output_tokenizer
+        from .vocab import TOKENIZER_FILES, set_config_value
+
+        files, vocab_size = output_tokenizer(recipe, vocab, config_dir)
         for side in SIDE_FILES:
             path = config_dir / side
             if side == "config.json":
                 data = _output_config(config_dir, recipe, out_dtype)
+                if data is not None and vocab_size is not None:
+                    cfg = json.loads(data)
+                    set_config_value(cfg, *vocab_size)
+                    data = json.dumps(cfg, indent=2).encode()
                 if data is not None:
                     writer.add_file(side, data)
-            elif path.is_file():
+            elif path.is_file() and not (files is not None and side in TOKENIZER_FILES):
                 writer.add_file(side, path.read_bytes())
+        for side, data in (files or {}).items():
+            writer.add_file(side, data)
         items = plan.items
         if progress:
             from tqdm.auto import tqdm
@@ -256,6 +274,11 @@ def slices_to_folder(
                     continue
                 if cast is not None:
                     tensors = [x.to(cast) for x in tensors]
+                if vocab is not None and name in vocab.axes:  # mergekit's inputs: the sources
+                    rows = vocab.permute(
+                        name, {m: x for (m, _), x in zip(inputs, tensors, strict=True)}
+                    )
+                    tensors = [rows[m] for m, _ in inputs]
                 base_t = tensors[base_at] if base_at is not None else None
                 models_t = [x for j, x in enumerate(tensors) if j != base_at]
                 writer.write(name, op(name, models_t, base_t, out_dtype=out_dtype, t=t))

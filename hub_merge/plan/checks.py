@@ -59,7 +59,11 @@ def vocab_issue(ref: ModelMeta, m: ModelMeta) -> Issue | None:
     return Issue(m.id, "vocabulary", f"{a[0]} differs")
 
 
-def pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
+def pair_issues(
+    ref: ModelMeta, m: ModelMeta, token_axes: dict[str, int] | None = None
+) -> list[Issue]:
+    """``m`` against the reference; ``token_axes``: tensors a tokenizer merge gives one row
+    per output token, which may differ along that axis."""
     if m.kind == "adapter":
         declared = (m.adapter_config or {}).get("base_model_name_or_path")
         issues = []
@@ -94,7 +98,11 @@ def pair_issues(ref: ModelMeta, m: ModelMeta) -> list[Issue]:
     if extra:
         issues.append(Issue(m.id, "extra tensors", f"{len(extra)}, e.g. {extra[0]!r}"))
     for name, (shape, _) in ref.tensors.items():
-        if name in m.tensors and tuple(m.tensors[name][0]) != tuple(shape):
+        theirs = tuple(m.tensors.get(name, (shape,))[0])
+        if name in (token_axes or {}) and len(theirs) == len(shape):
+            axis = token_axes[name]  # type: ignore[index]
+            theirs = theirs[:axis] + tuple(shape)[axis : axis + 1] + theirs[axis + 1 :]
+        if name in m.tensors and theirs != tuple(shape):
             vocab = (
                 " (a different vocabulary size)" if ("embed" in name or "lm_head" in name) else ""
             )
@@ -123,11 +131,18 @@ def check_method(recipe: Any) -> None:
 
 
 def _check_step(recipe: Any) -> None:
-    from ..merge.registry import method_for
+    from ..merge.registry import MERGEKIT, method_for
+    from ..merge.run import refuse_tokenizer_settings
+    from ..merge.vocab import check_chat_template
 
     if recipe.is_leaf:
         return
-    method_for(recipe.method).check(recipe)  # mergekit's contract, or hub-merge's own method's
+    method = method_for(recipe.method)
+    method.check(recipe)  # mergekit's contract, or hub-merge's own method's
+    if method is not MERGEKIT:
+        refuse_tokenizer_settings(recipe)
+    if recipe.chat_template is not None:
+        check_chat_template(recipe.chat_template)
 
 
 def check_tensor_values(recipe: Any, ref: ModelMeta | None) -> None:

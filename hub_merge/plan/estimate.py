@@ -16,10 +16,17 @@ def size_estimates(
     ref: ModelMeta | None,
     method: str | None,
     out_layers: int | None = None,
+    token_rows: tuple[dict[str, int], int] | None = None,
 ) -> dict[str, float]:
     download = sum(m.download_bytes for m in metas)
     inputs = sum(m.weight_bytes for m in metas)
-    tensors = ref.tensors if ref else {}
+    tensors = dict(ref.tensors) if ref else {}
+    if token_rows is not None:  # a tokenizer merge: one row per output token (padded)
+        axes, rows = token_rows
+        for name, axis in axes.items():
+            if name in tensors and axis < len(tensors[name][0]):
+                shape, size = tensors[name]
+                tensors[name] = (tuple(shape[:axis]) + (rows,) + tuple(shape[axis + 1 :]), size)
     out_bytes = sum(math.prod(s) * size for s, size in tensors.values())
     if out_layers is not None and ref is not None and ref.layers:
         # slices: the tensors outside the layers once, plus the reference's mean layer size

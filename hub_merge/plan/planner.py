@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import HubMergeError
 from .checks import method_issues, pair_issues, slice_issues, vocab_issue
 from .estimate import size_estimates
-from .meta import read_model
+from .meta import ModelMeta, read_model
 from .report import Issue, MergePlan
 
 _DEPTH_ISSUES = ("layer count", "missing tensors", "extra tensors")
@@ -59,13 +59,14 @@ def plan_models(
             issues.append(Issue(m.id, "note", m.note, blocking=False))
     if base_meta is not None and base_meta.kind == "adapter":
         issues.append(Issue(base_meta.id, "base", "the base must be a full model, not an adapter"))
+    tokens = _output_vocabulary(recipe, base, base_meta, models, metas, ref, issues)
     if ref is not None and not ref.problem:
         for m in ([base_meta] if base_meta and base_meta is not ref else []) + metas:
             if m is ref or m.problem:
                 continue
-            issues += pair_issues(ref, m)
+            issues += pair_issues(ref, m, tokens[0] if tokens else None)
             vocab = vocab_issue(ref, m)
-            if vocab is not None:
+            if vocab is not None and tokens is None:  # a tokenizer merge aligns vocabularies
                 issues.append(vocab)
     out_layers = None
     if recipe is not None and getattr(recipe, "slices", None):
@@ -89,8 +90,53 @@ def plan_models(
         )
     all_inputs = ([base_meta] if base_meta else []) + metas
     return MergePlan(
-        method, base_meta, metas, issues, size_estimates(all_inputs, ref, method, out_layers)
+        method,
+        base_meta,
+        metas,
+        issues,
+        size_estimates(all_inputs, ref, method, out_layers, tokens),
     )
+
+
+def _output_vocabulary(
+    recipe: Any,
+    base: str | Path | None,
+    base_meta: ModelMeta | None,
+    models: Sequence[str | Path],
+    metas: list[ModelMeta],
+    ref: ModelMeta | None,
+    issues: list[Issue],
+) -> tuple[dict[str, int], int] | None:
+    """(token axes, rows) of a recipe's token-indexed tensors when it builds a tokenizer, from
+    the inputs' tokenizer and config files (mergekit's own tokenizer code, as the merge runs it);
+    a problem building it is an issue of the plan."""
+    spec = getattr(recipe, "tokenizer", None)
+    if spec is None or ref is None or ref.folder is None:
+        return None
+    from ..merge.vocab import build_vocabulary
+
+    folders = {str(m): meta.folder for m, meta in zip(models, metas, strict=True)}
+    if base is not None and base_meta is not None:
+        folders[str(base)] = base_meta.folder
+    if any(f is None for f in folders.values()):
+        return None
+
+    def local(model: str) -> str:
+        if model not in folders:
+            raise HubMergeError(f"tokenizer: {model} is not an input of the merge.")
+        return str(folders[model])
+
+    try:
+        vocab = build_vocabulary(
+            spec.with_models(local),
+            local(str(base)) if base is not None else None,
+            list(dict.fromkeys(str(f) for f in folders.values())),
+            str(ref.folder),
+        )
+    except HubMergeError as err:
+        issues.append(Issue(recipe.method, "tokenizer", str(err)))
+        return None
+    return vocab.axes, vocab.size
 
 
 def plan_recipe(recipe: Any, **kw: Any) -> MergePlan:
