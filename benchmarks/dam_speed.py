@@ -8,6 +8,11 @@ after one warm-up step. On CUDA the clock is read after ``torch.cuda.synchronize
     python benchmarks/dam_speed.py                                   # smol zoo, CPU
     python benchmarks/dam_speed.py --synthetic 0.5b --device cuda    # no zoo, no download
     python benchmarks/dam_speed.py --synthetic tiny --steps 2        # a CPU smoke run
+    python benchmarks/dam_speed.py --profile 2                       # + torch.profiler top ops
+
+``--profile N`` runs N more steps under ``torch.profiler`` after the timed ones and prints the
+operators with the most self time, and the share of a step in the forward, the backward and the
+optimizer (the profiler's own overhead inflates the absolute times, not the shares much).
 """
 
 from __future__ import annotations
@@ -34,7 +39,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int) -> dict:
+def profile_steps(trainer, steps: int, top: int = 15) -> str:
+    """The top operators by self CPU time over ``steps`` training steps, as the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            with record_function("dam_step"):
+                trainer.train_step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+
+
+def measure(
+    zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int, profile: int = 0
+) -> dict:
     from hub_merge.dam import DamModel, DamSettings, DamTrainer
     from hub_merge.evaluate import load_tasks
 
@@ -65,6 +83,7 @@ def measure(zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int) ->
         _sync(model.device)
         times.append(time.perf_counter() - t0)
     step = statistics.median(times)
+    profiled = profile_steps(trainer, profile) if profile else None
     out = {
         "zoo": zoo.get("name", str(zoo_dir)),
         "experts": len(names),
@@ -79,6 +98,8 @@ def measure(zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int) ->
         "steps_timed": steps,
         "loss_history": trainer.history,
     }
+    if profiled is not None:
+        out["profile"] = profiled
     if model.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
     return out
@@ -94,6 +115,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after one warm-up)")
     ap.add_argument("--rows", type=int, default=16, help="prompts per expert")
     ap.add_argument("--batch", type=int, default=8, help="rows per expert in a step")
+    ap.add_argument("--profile", type=int, default=0, help="profile N more steps (torch.profiler)")
     args = ap.parse_args()
     work = None
     try:
@@ -103,12 +125,20 @@ def main() -> None:
             work = Path(tempfile.mkdtemp(prefix="dam-speed-"))
             args.zoo = build_synthetic_zoo(work, size=args.synthetic)
         result = measure(
-            args.zoo, device=args.device, steps=args.steps, rows=args.rows, batch=args.batch
+            args.zoo,
+            device=args.device,
+            steps=args.steps,
+            rows=args.rows,
+            batch=args.batch,
+            profile=args.profile,
         )
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
+    profiled = result.pop("profile", None)
     print(json.dumps(result, indent=2))
+    if profiled:
+        print(profiled)
     print(
         f"DAM on {result['zoo']} ({result['experts']} experts, {args.rows} rows each, device "
         f"{result['device']}): {result['step_s']:.3f} s/step = {result['steps_per_s']:.2f} steps/s; "
