@@ -26,21 +26,10 @@ from .memory import resolve_device
 from .methods import TensorMerge, get_method, needs_base, uses_base, validate_parameters
 from .recipe import MergeRecipe
 from .registry import MERGEKIT, method_for
-from .vocab import Vocabulary, build_vocabulary, check_shapes
+from .vocab import TOKENIZER_FILES, Vocabulary, build_vocabulary, check_shapes
 
 # Files copied from the base (or the first model) so the output loads and tokenizes like it.
-SIDE_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
+SIDE_FILES = ("config.json", "generation_config.json", *TOKENIZER_FILES)
 
 _STR_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -60,7 +49,7 @@ def _copy_side_files(
 ) -> None:
     """config.json (dtype, tied head, vocabulary size set), the generation config and the
     tokenizer files: the base's, or ``tokenizer`` (a merge that builds its own) in their place."""
-    from .vocab import TOKENIZER_FILES, set_config_value
+    from .vocab import set_config_value
 
     for name in SIDE_FILES:
         path = source / name
