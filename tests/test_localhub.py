@@ -312,28 +312,11 @@ def test_cli_serve_prints_url_and_serves(tmp_path):
         proc.wait(timeout=10)
 
 
-def test_an_upload_through_xet_fails_in_one_message_that_names_the_fix(
-    local_hub, api, tmp_path, monkeypatch
-):
-    """huggingface_hub uploads LFS files through Xet whenever hf_xet is installed; this Hub has
-    no Xet storage, so the error (raised by hf_xet itself) must say to set HF_HUB_DISABLE_XET."""
-    pytest.importorskip("hf_xet")
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
-    api.create_repo("alice/xet")
-    with pytest.raises(Exception) as err:
-        api.upload_folder(folder_path=_folder(tmp_path, os.urandom(3000)), repo_id="alice/xet")
-    assert "HF_HUB_DISABLE_XET=1" in str(err.value)
-    assert [f for f in api.list_repo_files("alice/xet") if f.endswith(".safetensors")] == []
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the fix it names works
-    api.upload_folder(folder_path=_folder(tmp_path, os.urandom(3000)), repo_id="alice/xet")
-    assert "adapter_model.safetensors" in api.list_repo_files("alice/xet")
-
-
-def test_xet_token_routes_answer_one_line_after_the_usual_checks(local_hub, api):
-    """The Python side of huggingface_hub follows the redirect and shows X-Error-Message."""
-    from huggingface_hub.utils import get_session, hf_raise_for_status
+def test_xet_token_routes_answer_after_the_usual_checks(local_hub, api):
+    """Every scope, repo type and revision spelling gets a CAS URL and token (what
+    huggingface_hub's _xet.py parses); the rights and id checks come first."""
+    from huggingface_hub.utils import get_session
+    from huggingface_hub.utils._xet import parse_xet_connection_info_from_headers
 
     api.create_repo("alice/xt", private=True)
     api.create_repo("alice/ds", repo_type="dataset")
@@ -346,12 +329,10 @@ def test_xet_token_routes_answer_one_line_after_the_usual_checks(local_hub, api)
         f"{base}/datasets/alice/ds/xet-write-token",
     ):
         r = get_session().get(url, headers=auth)
-        assert r.status_code == 501, url
-        message = r.headers["X-Error-Message"]
-        assert "\n" not in message and "HF_HUB_DISABLE_XET=1" in message
-        assert r.json()["error"] == message
-        with pytest.raises(HfHubHTTPError, match="no Xet storage: set HF_HUB_DISABLE_XET=1"):
-            hf_raise_for_status(r)
+        assert r.status_code == 200, url
+        info = parse_xet_connection_info_from_headers(r.headers)
+        assert info is not None and info.endpoint == local_hub.endpoint + "/xet-cas"
+        assert r.json()["accessToken"] == info.access_token != local_hub.token
     # The rights check and the repo id check come first, as on every repo route.
     anonymous = httpx.get(f"{base}/models/alice/xt/xet-write-token/main")
     assert anonymous.status_code in (401, 404) and "Xet" not in anonymous.text

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from . import limits
+from . import limits, xet
 from . import routes_read as read
 from . import routes_repos as repos
 from . import routes_write as write
@@ -57,7 +57,7 @@ class HubApp:
         max_request_bytes: int = limits.COMMIT_BODY,
         max_lfs_bytes: int = 20 * 1024**3,
     ) -> None:
-        self.store, self.signer = store, Signer()
+        self.store, self.signer, self.xet_tokens = store, Signer(), xet.XetTokens()
         self.access = Access(store, tokens)
         self.max_request_bytes, self.max_lfs_bytes = max_request_bytes, max_lfs_bytes
         self.fail_downloads: dict[str, int] = {}  # path in repo -> bytes to send before dropping
@@ -147,15 +147,19 @@ class HubApp:
                 methods=["POST"],
             ),
             Route("/lfs-upload/{rtype}/{ns}/{name}/{oid}", self._lfs_put, methods=["PUT"]),
-            Route(write.NO_XET_PATH, self._plain(write.no_xet), methods=["GET"]),
         ]
-        # No Xet storage here: the token routes point the client at the fix (write.xet_token).
+        # Xet uploads (xet.py): a token route per scope, then the CAS routes that token opens.
         for kind, needs_write in (("read", False), ("write", True)):
-            xet = self._repo(
-                write.xet_token, needs_write, contribute=PR_ONLY if needs_write else None
-            )
+            token = self._repo(xet.token, needs_write, contribute=PR_ONLY if needs_write else None)
             for suffix in ("", "/{rev:path}"):
-                routes.append(Route(f"{api}/xet-{kind}-token{suffix}", xet, methods=["GET"]))
+                routes.append(Route(f"{api}/xet-{kind}-token{suffix}", token, methods=["GET"]))
+        cas = xet.CAS_PREFIX + "/v1"
+        routes += [
+            Route(cas + "/chunks/{prefix}/{hash}", self._cas(xet.dedup_query), methods=["GET"]),
+            Route(cas + "/xorbs/{prefix}/{hash}", self._cas(xet.head_xorb), methods=["HEAD"]),
+            Route(cas + "/xorbs/{prefix}/{hash}", self._cas(xet.post_xorb), methods=["POST"]),
+            Route(cas + "/shards", self._cas(xet.post_shard), methods=["POST"]),
+        ]
         # Git-style URLs: no prefix for models, ``datasets/`` or ``spaces/`` for the others.
         for prefix, rtype in (("/datasets", "dataset"), ("/spaces", "space"), ("", "model")):
             batch = prefix + "/{ns}/{name}.git/info/lfs/objects/batch"
@@ -173,6 +177,14 @@ class HubApp:
     def _plain(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             return await handler(self, request, self._ident(request))
+
+        return endpoint
+
+    def _cas(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """A CAS route: its credential is a Xet token (checked by the handler), not a Hub token."""
+
+        async def endpoint(request: Request) -> Response:
+            return await handler(self, request)
 
         return endpoint
 

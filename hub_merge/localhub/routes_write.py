@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 
 from ..card_rules import check_readme
 from .auth import Identity
@@ -110,34 +110,6 @@ async def validate_yaml(hub: HubApp, request: Request, ident: Identity | None) -
 
 
 # --- uploads ----------------------------------------------------------------------------------
-NO_XET_MESSAGE = (
-    "This local Hub has no Xet storage: set HF_HUB_DISABLE_XET=1 for uploads (huggingface_hub "
-    "then uses the LFS protocol it serves)."
-)
-# Where the Xet token routes send the client. hf_xet (huggingface_hub's uploader whenever it is
-# installed) fetches the token itself, in Rust, and reports a failure as its status and URL only,
-# never the X-Error-Message or the body: so the fix is spelled in the URL it ends on as well.
-NO_XET_PATH = "/api/no-xet-storage/set-HF_HUB_DISABLE_XET=1-for-uploads"
-
-
-async def xet_token(
-    hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
-) -> Response:
-    """``xet-{read,write}-token``: a redirect (after the usual rights check) to ``no_xet``.
-
-    Both clients follow it: huggingface_hub's Python side then raises an ``HfHubHTTPError``
-    carrying ``NO_XET_MESSAGE``, and hf_xet a ``ConnectionError`` naming ``NO_XET_PATH``.
-    """
-    _rev(request)  # validated like any revision, though no Xet token exists for any
-    return RedirectResponse(NO_XET_PATH, status_code=307)
-
-
-async def no_xet(hub: HubApp, request: Request, ident: Identity | None) -> Response:
-    """501 Not Implemented: neither client retries it (huggingface_hub retries 5xx only for
-    500/502/503/504), and it is true - the server does not implement Xet storage."""
-    raise StorageError(501, NO_XET_MESSAGE, "XetStorageNotAvailable")
-
-
 async def preupload(
     hub: HubApp, request: Request, repo: RepoRef, ident: Identity | None
 ) -> Response:

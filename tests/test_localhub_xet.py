@@ -1,0 +1,219 @@
+"""Uploads through Xet (hf_xet installed, HF_HUB_DISABLE_XET unset) to the local Hub's CAS routes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from huggingface_hub import HfApi, hf_hub_download
+
+from hub_merge.localhub import xet
+
+pytest.importorskip("hf_xet")
+
+
+@pytest.fixture
+def xet_on(monkeypatch, tmp_path):
+    """Xet as a default install has it (conftest turns it off for every other test), with its
+    caches in this test's folder so no earlier upload is deduplicated against."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    monkeypatch.setenv("HF_XET_CACHE", str(tmp_path / "xet-cache"))
+
+
+def _folder(tmp: Path) -> tuple[Path, dict[str, bytes]]:
+    files = {
+        "notes.txt": b"hello xet\n",
+        "big.bin": os.urandom(1_500_000) + bytes(600_000),  # random and compressible parts
+        "model.safetensors": b"\x10\x00\x00\x00\x00\x00\x00\x00{}              " + bytes(70_000),
+    }
+    d = tmp / "up"
+    d.mkdir()
+    for name, data in files.items():
+        (d / name).write_bytes(data)
+    return d, files
+
+
+def _token(hub, repo: str, token: str, kind: str = "write") -> dict:
+    r = httpx.get(
+        f"{hub.endpoint}/api/models/{repo}/xet-{kind}-token/main",
+        headers={"authorization": f"Bearer {token}"},
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+def test_upload_folder_through_xet_then_download_the_same_bytes(local_hub, xet_on, tmp_path):
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/x")
+    folder, files = _folder(tmp_path)
+    info = api.upload_folder(folder_path=folder, repo_id="alice/x")
+    assert info.oid in [c.commit_id for c in api.list_repo_commits("alice/x")]
+    for name, data in files.items():
+        p = hf_hub_download(
+            "alice/x",
+            name,
+            endpoint=local_hub.endpoint,
+            token=local_hub.token,
+            cache_dir=tmp_path / "cache",
+        )
+        assert Path(p).read_bytes() == data, name
+    lfs = {s.rfilename: s.lfs for s in api.model_info("alice/x", files_metadata=True).siblings}
+    assert lfs["big.bin"] is not None and lfs["big.bin"].size == len(files["big.bin"])
+    assert _xorbs(local_hub, "alice"), "the upload did not go through Xet"
+
+
+def _xorbs(hub, user: str) -> list[Path]:
+    return [p for p in (hub.data_dir / "xet" / "xorbs" / user).rglob("*") if p.is_file()]
+
+
+def test_each_chunk_compression_scheme_decodes():
+    """None, LZ4, and LZ4 over bytes grouped by position mod 4 (hf_xet picks per chunk)."""
+    import lz4.frame
+
+    data = bytes(range(256)) * 3 + b"xyz"  # a length that is not a multiple of 4
+    grouped = b"".join(data[k::4] for k in range(4))
+    assert xet.decompress(data, 0, len(data)) == data
+    assert xet.decompress(lz4.frame.compress(data), 1, len(data)) == data
+    assert xet.decompress(lz4.frame.compress(grouped), 2, len(data)) == data
+    with pytest.raises(Exception, match="not a valid LZ4 frame"):
+        xet.decompress(b"garbage", 1, 7)
+
+
+def test_token_route_answers_as_the_hub_and_never_with_the_hub_token(local_hub):
+    HfApi(endpoint=local_hub.endpoint, token=local_hub.token).create_repo("alice/t")
+    r = httpx.get(
+        f"{local_hub.endpoint}/api/models/alice/t/xet-write-token/main",
+        headers={"authorization": f"Bearer {local_hub.token}"},
+    )
+    body = r.json()
+    assert body["casUrl"] == local_hub.endpoint + "/xet-cas"
+    assert r.headers["X-Xet-Access-Token"] == body["accessToken"]
+    assert int(r.headers["X-Xet-Token-Expiration"]) == body["exp"]
+    assert local_hub.token not in body["accessToken"]
+    reader = httpx.get(
+        f"{local_hub.endpoint}/api/models/alice/t/xet-write-token/main",
+        headers={"authorization": f"Bearer {local_hub.read_token}"},
+    )
+    assert reader.status_code == 403
+
+
+def test_cas_requests_need_a_token_for_that_repo_and_a_write_token_to_upload(local_hub):
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    api.create_repo("alice/a")
+    api.create_repo("alice/b")
+    cas = local_hub.endpoint + xet.CAS_PREFIX + "/v1"
+    h = "ab" * 32
+    assert httpx.post(f"{cas}/xorbs/default/{h}", content=b"").status_code == 401
+    hub_token = {"authorization": f"Bearer {local_hub.token}"}
+    assert httpx.post(f"{cas}/shards", content=b"x", headers=hub_token).status_code == 401
+    read = _token(local_hub, "alice/a", local_hub.token, "read")["accessToken"]
+    r = httpx.post(f"{cas}/shards", content=b"x", headers={"authorization": f"Bearer {read}"})
+    assert r.status_code == 403
+    forged = read.replace("xet_", "xet_A", 1)
+    r = httpx.post(f"{cas}/shards", content=b"x", headers={"authorization": f"Bearer {forged}"})
+    assert r.status_code == 401
+    # A xorb uploaded with alice/a's token is not in bob's store: bob's shard cannot name it.
+    write_a = _token(local_hub, "alice/a", local_hub.token)["accessToken"]
+    chunk = b"data" * 10
+    xorb_bytes = bytes([0]) + len(chunk).to_bytes(3, "little") + b"\x00"
+    xorb_bytes += len(chunk).to_bytes(3, "little") + chunk
+    auth_a = {"authorization": f"Bearer {write_a}"}
+    assert httpx.post(f"{cas}/xorbs/default/{h}", content=xorb_bytes, headers=auth_a).json() == {
+        "was_inserted": True
+    }
+    assert httpx.head(f"{cas}/xorbs/default/{h}", headers=auth_a).status_code == 200
+    api_bob = HfApi(endpoint=local_hub.endpoint, token="hf_bob_write")
+    api_bob.create_repo("bob/c")
+    write_c = _token(local_hub, "bob/c", "hf_bob_write")["accessToken"]
+    import hashlib
+
+    sha = hashlib.sha256(chunk).hexdigest()
+    shard = _shard(h, sha, len(chunk))
+    r = httpx.post(f"{cas}/shards", content=shard, headers={"authorization": f"Bearer {write_c}"})
+    assert r.status_code == 400 and "not uploaded" in r.headers["X-Error-Message"]
+    # The same shard from alice's token rebuilds the file and grants it to alice/a only.
+    r = httpx.post(f"{cas}/shards", content=shard, headers=auth_a)
+    assert r.status_code == 200, r.text
+    assert (local_hub.data_dir / "repos/models/alice/a/lfs" / sha).is_file()
+    assert not (local_hub.data_dir / "repos/models/alice/b/lfs" / sha).exists()
+
+
+def test_a_shard_whose_sha256_does_not_match_its_data_is_refused(local_hub):
+    HfApi(endpoint=local_hub.endpoint, token=local_hub.token).create_repo("alice/s")
+    cas = local_hub.endpoint + xet.CAS_PREFIX + "/v1"
+    auth = {
+        "authorization": f"Bearer {_token(local_hub, 'alice/s', local_hub.token)['accessToken']}"
+    }
+    chunk = b"payload!" * 100
+    import lz4.frame
+
+    packed = lz4.frame.compress(chunk)
+    xorb_bytes = b"\x00" + len(packed).to_bytes(3, "little") + b"\x01"
+    xorb_bytes += len(chunk).to_bytes(3, "little") + packed
+    h = "cd" * 32
+    assert (
+        httpx.post(f"{cas}/xorbs/default/{h}", content=xorb_bytes, headers=auth).status_code == 200
+    )
+    wrong = "00" * 32
+    r = httpx.post(f"{cas}/shards", content=_shard(h, wrong, len(chunk)), headers=auth)
+    assert r.status_code == 400 and "does not match" in r.headers["X-Error-Message"]
+    assert not (local_hub.data_dir / "repos/models/alice/s/lfs" / wrong).exists()
+    for junk in (b"", b"not a shard" * 10, _shard(h, wrong, len(chunk))[:-60]):
+        r = httpx.post(f"{cas}/shards", content=junk, headers=auth)
+        assert r.status_code == 400 and "\n" not in r.headers["X-Error-Message"]
+    r = httpx.post(f"{cas}/xorbs/default/{h}", content=b"\x07" * 20, headers=auth)
+    assert r.status_code == 400
+
+
+def test_hf_upload_cli_with_only_endpoint_and_token(local_hub, tmp_path):
+    HfApi(endpoint=local_hub.endpoint, token=local_hub.token).create_repo("alice/cli")
+    folder, files = _folder(tmp_path)
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "home"),
+        "HF_ENDPOINT": local_hub.endpoint,
+        "HF_TOKEN": local_hub.token,
+    }
+    hf = Path(sys.executable).with_name("hf")
+    out = subprocess.run(
+        [str(hf), "upload", "alice/cli", str(folder), "."],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _xorbs(local_hub, "alice"), "the upload did not go through Xet"
+    api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
+    assert set(files) <= set(api.list_repo_files("alice/cli"))
+    p = hf_hub_download(
+        "alice/cli",
+        "big.bin",
+        endpoint=local_hub.endpoint,
+        token=local_hub.token,
+        cache_dir=tmp_path / "cache",
+    )
+    assert Path(p).read_bytes() == files["big.bin"]
+
+
+def _shard_hash_bytes(hex64: str) -> bytes:
+    """The inverse of xet.hash_hex."""
+    return b"".join(bytes.fromhex(hex64[i : i + 16])[::-1] for i in range(0, 64, 16))
+
+
+def _shard(xorb_hex: str, sha_hex: str, nbytes: int) -> bytes:
+    """A minimal shard as hf_xet uploads one: header (footer size 0), one file (one segment:
+    chunk 0 of the xorb, plus its sha256), the bookend, then the xorb-info section's bookend."""
+    header = xet._SHARD_TAG + struct.pack("<QQ", 2, 0)
+    file_header = b"\x11" * 32 + struct.pack("<IIQ", 1 << 30, 1, 0)
+    entry = _shard_hash_bytes(xorb_hex) + struct.pack("<IIII", 0, nbytes, 0, 1)
+    ext = _shard_hash_bytes(sha_hex) + bytes(16)
+    bookend = b"\xff" * 32 + bytes(16)
+    return header + file_header + entry + ext + bookend + bookend
