@@ -21,7 +21,7 @@ def command() -> None:
     Example:
       printf 'alice:hf_alice:write\\n' > tokens.txt && chmod 600 tokens.txt
       hub-merge hub serve --data hub-data --port 8000 --token-file tokens.txt
-      HF_ENDPOINT=http://127.0.0.1:8000 HF_HUB_DISABLE_XET=1 hf download alice/model
+      HF_ENDPOINT=http://127.0.0.1:8000 hf download alice/model
     """
 
 
@@ -62,7 +62,7 @@ def serve(
     Example:
       export HUB_MERGE_HUB_TOKENS=alice:hf_alice:write,bob:hf_bob:read
       hub-merge hub serve --data ./hub-data --port 8080
-      HF_ENDPOINT=http://127.0.0.1:8080 HF_HUB_DISABLE_XET=1 hf download alice/model
+      HF_ENDPOINT=http://127.0.0.1:8080 hf download alice/model
     """
     from ..localhub import LocalHub, load_tokens
 
@@ -79,9 +79,7 @@ def serve(
         click.echo(f"Warning: {token_file} is readable by other users; chmod 600 it.", err=True)
     with LocalHub(data_dir, host=host, port=port, tokens=table) as hub:
         click.echo(hub.endpoint, nl=True)
-        click.echo(
-            "Set HF_ENDPOINT to this URL and HF_HUB_DISABLE_XET=1. Ctrl-C to stop.", err=True
-        )
+        click.echo("Set HF_ENDPOINT to this URL (and HF_TOKEN). Ctrl-C to stop.", err=True)
         try:
             while True:
                 time.sleep(3600)

@@ -44,8 +44,8 @@ def configure_transfers(endpoint: str | None = None) -> None:
     """Switch Xet transfers off for any endpoint that is not the public Hub.
 
     ``hf_xet`` is a dependency of huggingface_hub and is used whenever importable, but only the
-    public Hub serves Xet; other servers then fail uploads at ``/xet-write-token/`` (a 404, or
-    the local Hub's one line that names HF_HUB_DISABLE_XET).
+    public Hub (and the local Hub, which takes either) is sure to serve Xet; other servers then
+    fail uploads at ``/xet-write-token/`` (a 404).
     The client reads ``constants.HF_HUB_DISABLE_XET`` at call time, so setting it here suffices.
     """
     if not is_public_hub(endpoint):

@@ -1,7 +1,7 @@
 """A Hub-compatible local server for tests, the demo and offline use.
 
 ``LocalHub`` runs the app under uvicorn in a background thread; the real huggingface_hub client
-talks to it through ``HfApi(endpoint=hub.endpoint)`` or ``HF_ENDPOINT`` (with HF_HUB_DISABLE_XET=1).
+talks to it through ``HfApi(endpoint=hub.endpoint)`` or ``HF_ENDPOINT`` (uploads through Xet or LFS).
 
 Example:
     >>> with LocalHub("data", tokens={"hf_x": ("alice", "write")}) as hub:  # doctest: +SKIP
