@@ -93,7 +93,8 @@ def test_token_route_answers_as_the_hub_and_never_with_the_hub_token(local_hub):
         headers={"authorization": f"Bearer {local_hub.token}"},
     )
     body = r.json()
-    assert body["casUrl"] == local_hub.endpoint + "/xet-cas"
+    assert body["casUrl"].startswith(local_hub.endpoint + "/xet-cas/")
+    assert body["casUrl"].endswith("/alice")  # hf_xet's dedup cache is per URL: one per user
     assert r.headers["X-Xet-Access-Token"] == body["accessToken"]
     assert int(r.headers["X-Xet-Token-Expiration"]) == body["exp"]
     assert local_hub.token not in body["accessToken"]
@@ -108,18 +109,17 @@ def test_cas_requests_need_a_token_for_that_repo_and_a_write_token_to_upload(loc
     api = HfApi(endpoint=local_hub.endpoint, token=local_hub.token)
     api.create_repo("alice/a")
     api.create_repo("alice/b")
-    cas = local_hub.endpoint + xet.CAS_PREFIX + "/v1"
+    read_a = _token(local_hub, "alice/a", local_hub.token, "read")
+    read, cas = read_a["accessToken"], read_a["casUrl"] + "/v1"
     h = "ab" * 32
     assert httpx.post(f"{cas}/xorbs/default/{h}", content=b"").status_code == 401
     hub_token = {"authorization": f"Bearer {local_hub.token}"}
     assert httpx.post(f"{cas}/shards", content=b"x", headers=hub_token).status_code == 401
-    read = _token(local_hub, "alice/a", local_hub.token, "read")["accessToken"]
     r = httpx.post(f"{cas}/shards", content=b"x", headers={"authorization": f"Bearer {read}"})
     assert r.status_code == 403
     forged = read.replace("xet_", "xet_A", 1)
     r = httpx.post(f"{cas}/shards", content=b"x", headers={"authorization": f"Bearer {forged}"})
     assert r.status_code == 401
-    # A xorb uploaded with alice/a's token is not in bob's store: bob's shard cannot name it.
     write_a = _token(local_hub, "alice/a", local_hub.token)["accessToken"]
     chunk = b"data" * 10
     xorb_bytes = bytes([0]) + len(chunk).to_bytes(3, "little") + b"\x00"
@@ -129,15 +129,21 @@ def test_cas_requests_need_a_token_for_that_repo_and_a_write_token_to_upload(loc
         "was_inserted": True
     }
     assert httpx.head(f"{cas}/xorbs/default/{h}", headers=auth_a).status_code == 200
+    # Bob's token opens only his own CAS URL, whose store has none of alice's xorbs.
     api_bob = HfApi(endpoint=local_hub.endpoint, token="hf_bob_write")
     api_bob.create_repo("bob/c")
-    write_c = _token(local_hub, "bob/c", "hf_bob_write")["accessToken"]
+    bob = _token(local_hub, "bob/c", "hf_bob_write")
+    auth_b = {"authorization": f"Bearer {bob['accessToken']}"}
+    assert httpx.head(f"{cas}/xorbs/default/{h}", headers=auth_b).status_code == 403
+    cas_b = bob["casUrl"] + "/v1"
+    assert httpx.head(f"{cas_b}/xorbs/default/{h}", headers=auth_b).status_code == 404
     import hashlib
 
     sha = hashlib.sha256(chunk).hexdigest()
     shard = _shard(h, sha, len(chunk))
-    r = httpx.post(f"{cas}/shards", content=shard, headers={"authorization": f"Bearer {write_c}"})
+    r = httpx.post(f"{cas_b}/shards", content=shard, headers=auth_b)
     assert r.status_code == 400 and "not uploaded" in r.headers["X-Error-Message"]
+    assert not (local_hub.data_dir / "repos/models/bob/c/lfs" / sha).exists()
     # The same shard from alice's token rebuilds the file and grants it to alice/a only.
     r = httpx.post(f"{cas}/shards", content=shard, headers=auth_a)
     assert r.status_code == 200, r.text
@@ -147,10 +153,8 @@ def test_cas_requests_need_a_token_for_that_repo_and_a_write_token_to_upload(loc
 
 def test_a_shard_whose_sha256_does_not_match_its_data_is_refused(local_hub):
     HfApi(endpoint=local_hub.endpoint, token=local_hub.token).create_repo("alice/s")
-    cas = local_hub.endpoint + xet.CAS_PREFIX + "/v1"
-    auth = {
-        "authorization": f"Bearer {_token(local_hub, 'alice/s', local_hub.token)['accessToken']}"
-    }
+    tok = _token(local_hub, "alice/s", local_hub.token)
+    cas, auth = tok["casUrl"] + "/v1", {"authorization": f"Bearer {tok['accessToken']}"}
     chunk = b"payload!" * 100
     import lz4.frame
 
@@ -217,3 +221,37 @@ def _shard(xorb_hex: str, sha_hex: str, nbytes: int) -> bytes:
     ext = _shard_hash_bytes(sha_hex) + bytes(16)
     bookend = b"\xff" * 32 + bytes(16)
     return header + file_header + entry + ext + bookend + bookend
+
+
+def test_uploads_the_client_cache_has_seen_still_work_for_another_user_or_data_folder(
+    xet_on, tmp_path
+):
+    """hf_xet skips xorbs its local cache says the CAS has: with one CAS URL per data folder and
+    user, neither a second user on the same machine nor a fresh server on the same port is told
+    'already there' about xorbs its store lacks."""
+    import socket
+
+    from hub_merge.localhub import LocalHub
+
+    folder, files = _folder(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tokens = {"ta": ("alice", "write"), "tb": ("bob", "write")}
+    for data, pairs in (
+        ("d1", (("ta", "alice/x"), ("ta", "alice/y"), ("tb", "bob/z"))),
+        ("d2", (("ta", "alice/x"),)),
+    ):
+        with LocalHub(tmp_path / data, port=port, tokens=tokens) as hub:
+            for tok, repo in pairs:
+                api = HfApi(endpoint=hub.endpoint, token=tok)
+                api.create_repo(repo)
+                api.upload_folder(folder_path=folder, repo_id=repo)
+                p = hf_hub_download(
+                    repo,
+                    "big.bin",
+                    endpoint=hub.endpoint,
+                    token=tok,
+                    cache_dir=tmp_path / f"c{data}",
+                )
+                assert Path(p).read_bytes() == files["big.bin"]

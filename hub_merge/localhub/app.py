@@ -153,7 +153,7 @@ class HubApp:
             token = self._repo(xet.token, needs_write, contribute=PR_ONLY if needs_write else None)
             for suffix in ("", "/{rev:path}"):
                 routes.append(Route(f"{api}/xet-{kind}-token{suffix}", token, methods=["GET"]))
-        cas = xet.CAS_PREFIX + "/v1"
+        cas = xet.CAS_PREFIX + "/{instance}/{user}/v1"
         routes += [
             Route(cas + "/chunks/{prefix}/{hash}", self._cas(xet.dedup_query), methods=["GET"]),
             Route(cas + "/xorbs/{prefix}/{hash}", self._cas(xet.head_xorb), methods=["HEAD"]),

@@ -21,10 +21,12 @@ compute xorb hashes (keyed BLAKE3 trees), it checks the rebuilt files' sha256 in
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
 import re
+import secrets
 import struct
 import time
 from pathlib import Path
@@ -112,7 +114,10 @@ async def token(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | 
     scope = "write" if "/xet-write-token" in request.url.path else "read"
     user = ident.user if ident is not None else "-"  # no user is named "-"
     access, exp = hub.xet_tokens.issue(user, repo, scope)
-    cas = str(request.base_url).rstrip("/") + CAS_PREFIX
+    # hf_xet keeps a deduplication cache per CAS URL and skips uploading xorbs it has seen there:
+    # a URL per data folder and user keeps it from skipping xorbs this store (or this user's
+    # space in it) does not have - a new data folder on the same port, another user's upload.
+    cas = f"{str(request.base_url).rstrip('/')}{CAS_PREFIX}/{instance_id(hub.store)}/{user}"
     headers = {
         "X-Xet-Cas-Url": cas,
         "X-Xet-Access-Token": access,
@@ -121,7 +126,32 @@ async def token(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | 
     return JSONResponse({"casUrl": cas, "accessToken": access, "exp": exp}, headers=headers)
 
 
+def instance_id(store: Store) -> str:
+    """A random id made once per data folder (shared by the server processes using it)."""
+    path = store.root / "xet" / "instance"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(8))
+    for _ in range(100):  # another process may be between creating and writing it
+        text = path.read_text().strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    raise StorageError(500, f"{path} is empty; delete it and retry")
+
+
 # --- CAS routes -------------------------------------------------------------------------------
+def _caller(hub: HubApp, request: Request, write: bool) -> tuple[str, RepoRef]:
+    """The token's (user, repo); the user in the CAS URL must be the token's."""
+    user, repo = hub.xet_tokens.check(request.headers.get("authorization", ""), write)
+    if request.path_params.get("user") != user:
+        raise StorageError(403, "This Xet token belongs to another user's CAS URL")
+    return user, repo
+
+
 def _xorb_path(store: Store, user: str, xorb: str) -> Path:
     return store.root / "xet" / "xorbs" / user / xorb[:2] / xorb
 
@@ -135,18 +165,18 @@ def _hash_param(request: Request) -> str:
 
 async def dedup_query(hub: HubApp, request: Request) -> Response:
     """Global deduplication: nothing is shared between uploads here, so every chunk is new."""
-    hub.xet_tokens.check(request.headers.get("authorization", ""), write=False)
+    _caller(hub, request, write=False)
     return JSONResponse({"error": "No deduplication data"}, status_code=404)
 
 
 async def head_xorb(hub: HubApp, request: Request) -> Response:
-    user, _ = hub.xet_tokens.check(request.headers.get("authorization", ""), write=False)
+    user, _ = _caller(hub, request, write=False)
     found = _xorb_path(hub.store, user, _hash_param(request)).is_file()
     return Response(status_code=200 if found else 404)
 
 
 async def post_xorb(hub: HubApp, request: Request) -> Response:
-    user, _ = hub.xet_tokens.check(request.headers.get("authorization", ""), write=True)
+    user, _ = _caller(hub, request, write=True)
     xorb = _hash_param(request)
     data = await hub.read_body(request, XORB_BODY)
     await run_in_threadpool(xorb_chunks, data)  # refuse a malformed xorb now, not at the shard
@@ -159,7 +189,7 @@ async def post_xorb(hub: HubApp, request: Request) -> Response:
 
 
 async def post_shard(hub: HubApp, request: Request) -> Response:
-    user, repo = hub.xet_tokens.check(request.headers.get("authorization", ""), write=True)
+    user, repo = _caller(hub, request, write=True)
     data = await hub.read_body(request, SHARD_BODY)
     files = await run_in_threadpool(shard_files, data)
     for sha, entries in files:
@@ -237,7 +267,8 @@ def decompress(raw: bytes, scheme: int, size: int) -> bytes:
     """One chunk's bytes: stored (0), an LZ4 frame (1), or an LZ4 frame of the bytes grouped by
     position mod 4 (2, "ByteGrouping4"), which is regrouped here."""
     try:
-        out = raw if scheme == 0 else lz4.frame.decompress(raw)
+        # At most size + 1 bytes: a forged frame cannot expand past its header's claim.
+        out = raw if scheme == 0 else lz4.frame.LZ4FrameDecompressor().decompress(raw, size + 1)
     except RuntimeError:
         raise bad("Xet chunk is not a valid LZ4 frame") from None
     if len(out) != size:
