@@ -255,3 +255,27 @@ def test_uploads_the_client_cache_has_seen_still_work_for_another_user_or_data_f
                     cache_dir=tmp_path / f"c{data}",
                 )
                 assert Path(p).read_bytes() == files["big.bin"]
+
+
+def test_xet_tokens_expire_and_cannot_be_altered():
+    from hub_merge.localhub.storage import StorageError
+    from hub_merge.localhub.validation import RepoRef
+
+    repo = RepoRef("model", "alice", "m")
+    tokens = xet.XetTokens()
+    tok, _ = tokens.issue("alice", repo, "write")
+    assert tokens.check(f"Bearer {tok}", write=True) == ("alice", repo)
+    body, mac = tok.split(".")
+    for wrong in (
+        xet.XetTokens().issue("alice", repo, "write")[0],  # another server's key
+        xet.XetTokens(ttl=-1).issue("alice", repo, "write")[0],  # expired (other key too)
+        body + "." + "0" * len(mac),
+        "xet_bm90fGFueXRoaW5n.00",
+        "",
+    ):
+        with pytest.raises(StorageError) as err:
+            tokens.check(f"Bearer {wrong}", write=False)
+        assert err.value.status == 401
+    expired = xet.XetTokens(ttl=-1)
+    with pytest.raises(StorageError, match="expired"):
+        expired.check(f"Bearer {expired.issue('alice', repo, 'read')[0]}", write=False)

@@ -92,13 +92,14 @@ class XetTokens:
         try:
             body, mac = token.removeprefix("xet_").rsplit(".", 1)
             payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-            scope, exp, user, key = payload.split("|", 3)
+            scope, exp_text, user, key = payload.split("|", 3)
             rtype, ns, name = key.split("/", 2)
+            exp = int(exp_text)
         except (ValueError, UnicodeDecodeError):
             raise StorageError(
                 401, "A Xet CAS request needs the token from xet-write-token"
             ) from None
-        if not hmac.compare_digest(self._mac(payload), mac) or int(exp) < time.time():
+        if not hmac.compare_digest(self._mac(payload), mac) or exp < time.time():
             raise StorageError(401, "Xet token is invalid or expired; request a new one")
         if write and scope != "write":
             raise StorageError(403, "A Xet read token cannot upload; request xet-write-token")
@@ -117,7 +118,8 @@ async def token(hub: HubApp, request: Request, repo: RepoRef, ident: Identity | 
     # hf_xet keeps a deduplication cache per CAS URL and skips uploading xorbs it has seen there:
     # a URL per data folder and user keeps it from skipping xorbs this store (or this user's
     # space in it) does not have - a new data folder on the same port, another user's upload.
-    cas = f"{str(request.base_url).rstrip('/')}{CAS_PREFIX}/{instance_id(hub.store)}/{user}"
+    instance = await run_in_threadpool(instance_id, hub.store)
+    cas = f"{str(request.base_url).rstrip('/')}{CAS_PREFIX}/{instance}/{user}"
     headers = {
         "X-Xet-Cas-Url": cas,
         "X-Xet-Access-Token": access,
