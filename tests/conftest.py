@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-# Never talk to the real Hub from tests, and never use Xet against the local server.
+# Never talk to the real Hub from tests; Xet stays off except where a test turns it on
+# (tests/test_localhub_xet.py, the local Hub's Xet CAS routes).
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
