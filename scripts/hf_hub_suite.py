@@ -15,8 +15,9 @@ Used by ``scripts/hf_hub_suite.sh`` (which builds the throwaway venv the tests r
 
 Why a separate venv: the tests are written for the client of their own tag (v1.28.0 is the
 newest tag in the mirror; the project's installed client is newer and its sdist has no
-conftest), so they run against ``huggingface_hub`` of that tag, without ``hf_xet`` (Xet is out
-of scope: the server has no Xet storage). The server itself runs with this interpreter.
+conftest), so they run against ``huggingface_hub`` of that tag, without ``hf_xet``: the server
+takes Xet uploads (``hub_merge/localhub/xet.py``) but serves no Xet downloads (no reconstruction
+API), which the suite's Xet tests need. The server itself runs with this interpreter.
 """
 
 from __future__ import annotations

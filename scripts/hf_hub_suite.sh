@@ -7,7 +7,8 @@
 # the throwaway venv), and a git dir of huggingface/huggingface_hub holding the tag (HF_HUB_GIT, a
 # bare mirror or a clone's .git; HF_HUB_TAG, default v1.28.0). The upstream tests are exported from
 # it at that tag and run by a venv (.cache/hf-hub-suite/, ignored by git) holding the client of the
-# same version, without hf_xet (the local Hub has no Xet storage). Nothing else leaves the machine:
+# same version, without hf_xet (the local Hub takes Xet uploads but serves no Xet downloads, which
+# the suite's Xet tests read). Nothing else leaves the machine:
 # the server listens on a free loopback port, with users and random tokens made up for the run.
 # Not run in CI. Prints "N of M passed"; the deselected tests are listed with reasons.
 set -euo pipefail
