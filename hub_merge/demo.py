@@ -38,7 +38,6 @@ from .demo_board import (
     compare_settings,
     comparison_table,
     held_out_table,
-    peak_rss_bytes,
     row_label,
 )
 from .errors import ConfigError, SearchStateError
@@ -46,6 +45,7 @@ from .kinship import KinshipResult, kinship_matrix
 from .leaderboard import CompareConfig, Leaderboard, compare_strategies
 from .localhub import LocalHub
 from .publish import PublishResult, publish, publish_row
+from .rss import RssLog, RssStep, mark, peak_rss_bytes
 from .search import SearchConfig, SearchResult, search
 from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
@@ -130,6 +130,7 @@ class DemoResult:
     resumed: bool = False
     seconds: float = 0.0
     peak_rss: int = 0  # bytes: the most memory this process held (the goal is <= 3 GB)
+    memory: list[RssStep] = field(default_factory=list)  # RSS at the end of each step
 
     def comparison(self) -> Comparison:
         """The shorter path's winner against each baseline and the oracle router.
@@ -194,9 +195,19 @@ def _generate(folder: Path, zoo: Zoo, tasks: list[str], device: str) -> dict[str
 def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> DemoResult:
     """Run the end-to-end demo; ``echo`` receives step headings and rich tables (default: rich).
 
+    ``DemoResult.memory`` holds the resident memory at the end of each step (and of the
+    compare's phases), so a peak over the demo's 3 GB goal names the step that reached it.
+
     Raises:
         Any HubMergeError of the steps it runs (the message says which step and what to do).
     """
+    with RssLog() as log:
+        result = _run_demo(config, echo, log)
+    result.memory = list(log.steps)
+    return result
+
+
+def _run_demo(config: DemoConfig, echo: Callable[[Any], None] | None, log: RssLog) -> DemoResult:
     if echo is None:
         from rich.console import Console
 
@@ -219,6 +230,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
     echo(
         f"   {zoo.name}: base + {len(zoo.experts)} experts + {len(zoo.adapters)} adapters in {zoo.root}"
     )
+    log.mark("1 zoo")
 
     with LocalHub(out / "hub", tokens=tokens) as server:
         endpoint = server.endpoint
@@ -229,6 +241,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             f"   {len(seeded.repo_ids)} repos of {ZOO_USER}, each with its own card "
             f"({len(seeded.created)} uploaded now, {len(seeded.repo_ids) - len(seeded.created)} kept)"
         )
+        log.mark("2 local Hub, zoo uploaded")
 
         echo(f"[bold]3. Discover[/bold] experts of {base_repo} through the Hub's model tree")
         found = hub.discover(
@@ -244,6 +257,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
                 f"{out / 'hub'} and run the demo again to re-seed it."
             )
 
+        log.mark("3 discover")
         echo("[bold]4. Pull[/bold] what a merge needs, pinned to exact commits")
         hub_kw = {"endpoint": endpoint, "token": user_token, "cache_dir": cache_dir}
         base = hub.pull(base_repo, **hub_kw)
@@ -251,6 +265,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         for p in pulled.values():
             echo(f"   {p.repo_id}@{p.revision[:10]}  {p.kind}  -> {p.path}")
 
+        log.mark("4 pull")
         echo("[bold]5. Kinship[/bold]: how related are the experts? (one pass over the weights)")
         kin = kinship_matrix(
             {task: p.path for task, p in pulled.items()},
@@ -262,6 +277,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         from .plots import plot_kinship
 
         plot_kinship(kin, out / "kinship.png")
+        log.mark("5 kinship")
 
         if config.leaderboard:
             return _leaderboard_demo(
@@ -318,6 +334,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             shutil.rmtree(run_dir)
             search_config.resume, resume = False, False
             result = search(search_config)
+        log.mark("6 search")
         echo(
             f"   winner {result.winner} after {result.generations} generation(s) "
             f"({result.stop_reason}); {result.evaluations} evaluations"
@@ -332,10 +349,12 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         parent = base_models(result.tree, result.winner)[0][0]
         tree_list = hub.discover(parent, ("merge",), endpoint=endpoint, token=user_token)
         listed = any(c.id == repo_id for c in tree_list)
+        log.mark("7 card and push")
 
         echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub and generate")
         back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **hub_kw)
         generated = _generate(back.path, zoo, list(experts), config.device)
+        log.mark("8 pull back, generate")
 
     return DemoResult(
         out=out,
@@ -425,6 +444,7 @@ def _leaderboard_demo(
         shutil.rmtree(compare_dir)
         compare_config.resume = resumed = False
         board = compare_strategies(compare_config)
+    mark("6 compare: done")
     rec = board.recommended()
     if rec is None:
         raise SearchStateError(f"No row of {compare_dir} can be published; see leaderboard.md.")
@@ -447,6 +467,7 @@ def _leaderboard_demo(
     parent = base_models(tree, node)[0][0]
     tree_list = hub.discover(parent, ("merge",), endpoint=stage.endpoint, token=stage.token)
     listed = any(c.id == repo_id for c in tree_list)
+    mark("7 card and push")
 
     echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub; it answers the held-out test prompts")
     back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **stage.hub_kw)
@@ -458,6 +479,7 @@ def _leaderboard_demo(
     )
     answers = answer_test_prompts(back.path, stage.base_path, split, device=config.device)
     echo(f"   {repo_id} {answers.sentence()}")
+    mark("8 pull back, answer the test prompts")
     return DemoResult(
         out=out,
         endpoint=stage.endpoint,

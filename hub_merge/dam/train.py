@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 from ..atomic import atomic_write
 from ..errors import SearchStateError
 from ..evaluate import Example
+from ..rss import mark
 from .data import Batch, Row, assign_tasks, collate, draw, encode
 from .module import COEFFICIENTS_FORMAT, DamModel
 from .mofo import MoFOAdamW
@@ -313,6 +314,7 @@ class DamTrainer:
         start = time.perf_counter()
         if self.step < s.steps and self._teacher is None and s.teacher_cache_mb > 0:
             self.cache_teacher()
+            mark("dam: teacher cache")
         bar = None
         if progress and self.step < s.steps:
             from tqdm.auto import tqdm
@@ -337,6 +339,7 @@ class DamTrainer:
         finally:
             if bar is not None:
                 bar.close()
+        mark("dam: training")
         return time.perf_counter() - start
 
 
@@ -401,6 +404,7 @@ def train_dam(
             train_embeddings_norms=settings.train_embeddings_norms,
             bias_init=settings.bias_init,
         )
+    mark("dam: experts loaded")
     trainer = DamTrainer(model, assigned, settings, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

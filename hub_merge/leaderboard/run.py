@@ -31,6 +31,7 @@ from ..comparison import ComparisonRow
 from ..comparison import compare as compare_tree
 from ..errors import SearchStateError
 from ..lineage import FamilyTree
+from ..rss import mark
 from .alternatives import moa_row, moe_row
 from .board import BoardRow, Leaderboard, SeedResult
 from .config import CompareConfig, RunSpec, row_title
@@ -61,6 +62,7 @@ def compare_strategies(config: CompareConfig) -> Leaderboard:
     root = Path(config.out)
     _open_root(root, config)
     engine = _Engine(config, checked[runs[0].folder])
+    mark("compare: models, evaluators, backend")
     try:
         return _Compare(config, runs, checked, root, engine).run()
     finally:
@@ -122,7 +124,9 @@ class _Compare:
         for i, spec in enumerate(self.runs, 1):
             self._say(f"[{i}/{total}] {row_title(spec.row)}, seed {spec.seed}")
             self._strategy(spec, first=i == 1)
+            mark(f"compare: {spec.folder}")
             self.board().write(self.root)
+            mark(f"compare: leaderboard after {spec.folder}")
         extra = [(self.config.moe, "moe", moe_row), (self.config.moa, "moa", moa_row)]
         done = len(self.runs)
         for wanted, name, build in extra:
