@@ -116,26 +116,19 @@ def answer_test_prompts(
     from transformers import AutoTokenizer
 
     from .evaluate import Evaluator
-    from .merge import MergeSession
 
-    session = MergeSession(base_folder, device=device)
-    handle = session.load(model_folder)
-    if handle.state is not None:
-        state = handle.state
-    else:
-        state = {k: handle.tensor(k, session.device) for k in session.names}
-    model = session.to_model(state).eval()
+    model, on = _answering_model(model_folder, base_folder, device)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     tasks = [t for t in split.test if t.examples]
     scores = Evaluator(
-        tasks, tokenizer, metric="exact_match", batch_size=batch_size, device=session.device
+        tasks, tokenizer, metric="exact_match", batch_size=batch_size, device=on
     ).score(model)
     per_task = {t.name: (round(scores[t.name] * len(t.examples)), len(t.examples)) for t in tasks}
     examples: dict[str, tuple[str, str, str]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for task in tasks:
         ex = task.examples[0]
-        ids = tokenizer(ex.prompt, return_tensors="pt").to(session.device)
+        ids = tokenizer(ex.prompt, return_tensors="pt").to(on)
         with torch.no_grad():
             gen = model.generate(
                 **ids,
@@ -146,6 +139,30 @@ def answer_test_prompts(
         text = tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         examples[task.name] = (ex.prompt, ex.answer, text.strip())
     return Answers(per_task=per_task, examples=examples)
+
+
+def _answering_model(model_folder: Path, base_folder: Path, device: str) -> tuple[Any, Any]:
+    """The model to answer with, and its device: one copy of its weights in memory.
+
+    A full model is read as it is (the base is not loaded beside it: the demo's last step
+    must not hold two models); an adapter is applied to its base through a ``MergeSession``.
+    """
+    import torch
+
+    from .tensors import is_adapter_folder, resolve_device
+
+    if not is_adapter_folder(model_folder):
+        from transformers import AutoModelForCausalLM
+
+        on = resolve_device(device)
+        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
+        return model.to(on).eval(), on
+    from .merge import MergeSession
+
+    session = MergeSession(base_folder, device=device)
+    handle = session.load(model_folder)
+    state = {k: handle.tensor(k, session.device) for k in session.names}
+    return session.to_model(state).eval(), session.device
 
 
 _KEY = (

@@ -355,3 +355,42 @@ def test_bias_coefficients_start_at_one_as_in_the_reference(tmp_path):
     torch.testing.assert_close(
         uniform.merged_state_dict()[name], (states[0][name] + states[1][name]) / 2
     )
+
+
+def test_dam_on_a_sessions_base_shares_it_and_trains_the_same(tiny_zoo, adapters, tmp_path):
+    """A search hands DAM its session's base (Workspace.base_state): the module then holds no
+    second base, never writes to the session's tensors, and trains exactly as from disk."""
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    before = {n: t.clone() for n, t in session.base.state.items()}
+    ptrs = {t.data_ptr() for t in session.base.state.values()}
+    settings = DamSettings(steps=3, **FAST)
+    prompts = _prompts(tiny_zoo, adapters)
+    runs = {}
+    for name, state in (("disk", None), ("shared", session.base.state)):
+        runs[name] = train_dam(
+            adapters,
+            prompts,
+            tmp_path / name,
+            base=tiny_zoo.base,
+            settings=settings,
+            device="cpu",
+            progress=False,
+            base_state=state,
+        )
+    assert runs["shared"].history == runs["disk"].history
+    shared, _ = read_coefficients(runs["shared"].coefficients)
+    disk, _ = read_coefficients(runs["disk"].coefficients)
+    assert shared.keys() == disk.keys()
+    for n, t in disk.items():  # the same coefficients, bit for bit
+        assert torch.equal(shared[n], t), n
+    dam = load_dam(
+        adapters, runs["shared"].coefficients, base=tiny_zoo.base, base_state=session.base.state
+    )
+    own = [p.data_ptr() for p in dam.model.parameters()]
+    assert own and all(p in ptrs for p in own), "the module copied the session's base"
+    merged = dam.merged_state_dict()
+    from_disk = load_dam(adapters, runs["disk"].coefficients, base=tiny_zoo.base)
+    for n, t in from_disk.merged_state_dict().items():
+        torch.testing.assert_close(merged[n], t, rtol=0, atol=0)
+    for n, t in before.items():
+        assert torch.equal(session.base.state[n], t), f"{n}: DAM wrote to the session's base"

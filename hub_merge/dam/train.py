@@ -382,12 +382,14 @@ def train_dam(
     on_step: Callable[[int, float], None] | None = None,
     model: DamModel | None = None,
     seed: int = 0,
+    base_state: Mapping[str, torch.Tensor] | None = None,
 ) -> DamResult:
     """Train DAM coefficients for ``experts`` (name -> folder) and save them in ``out_dir``.
 
     ``prompts`` maps each expert's name (or its task's name, matched as in
     :func:`~hub_merge.dam.data.assign_tasks`) to its examples: the task's training rows when
     there are any, else its dev rows. Resumes from ``out_dir/dam_checkpoint.safetensors``.
+    ``base_state``: the base already in memory (see :class:`DamModel`), so it is not held twice.
 
     Raises:
         ConfigError, TaskFileError, IncompatibleModelsError: before anything is trained.
@@ -403,6 +405,7 @@ def train_dam(
             device=device,
             train_embeddings_norms=settings.train_embeddings_norms,
             bias_init=settings.bias_init,
+            base_state=base_state,
         )
     mark("dam: experts loaded")
     trainer = DamTrainer(model, assigned, settings, seed=seed)

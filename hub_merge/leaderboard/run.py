@@ -93,9 +93,23 @@ class _Engine:
         )
         self.base_params = sum(t.numel() for t in self.session.base.state.values())
 
+    def release(self) -> None:
+        """Free what the last row held: the backend's state dicts and the scoring model.
+
+        One backend serves every row, so without this the cache a search filled (up to
+        ``max_memory``) and the scoring model would still be held while the next strategy
+        trains (DAM holds its own module and activations), and the compare's peak would grow
+        with each row instead of being the largest row's.
+        """
+        import gc
+
+        self.backend.release()
+        gc.collect()  # the in-place model and the backend refer to each other: free it now
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.release()
 
 
 class _Compare:
@@ -126,6 +140,7 @@ class _Compare:
             self._strategy(spec, first=i == 1)
             mark(f"compare: {spec.folder}")
             self.board().write(self.root)
+            self.engine.release()  # nothing of a finished row is held while the next one runs
             mark(f"compare: leaderboard after {spec.folder}")
         extra = [(self.config.moe, "moe", moe_row), (self.config.moa, "moa", moa_row)]
         done = len(self.runs)
@@ -136,6 +151,7 @@ class _Compare:
             self._say(f"[{done}/{total}] {name}")
             self._alternative(name, build)
             self.board().write(self.root)
+            self.engine.release()
         board = self.board()
         board.write(self.root)
         return board

@@ -274,6 +274,16 @@ class MergeSession:
             self._model.tie_weights()
         return self._model
 
+    def release_model(self) -> None:
+        """Drop the scoring model of :meth:`to_model` and the methods' cached inputs.
+
+        A caller that runs several searches over one session (``hub-merge compare``) calls it
+        between them, so a finished search does not keep a model-sized copy while the next one
+        trains or merges; the next ``to_model`` builds the model again (a second or two).
+        """
+        self._model = None
+        self.method_cache.clear()
+
     def save(self, state_dict: Mapping[str, torch.Tensor], out: str | Path, **kwargs: Any) -> Path:
         """Write an in-memory merge as a model folder (base config and tokenizer), atomically."""
         from .run import write_state_dict

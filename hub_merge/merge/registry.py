@@ -101,7 +101,9 @@ class MergeMethod:
         overwrite: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write the merge as a folder, atomically (``options``: the streaming run's extras)."""
+        """Write the merge as a folder, atomically (``options``: the streaming run's extras; a
+        search backend passes ``base_state``, the base it holds in memory, for a method that
+        would otherwise read the base again)."""
         raise NotImplementedError
 
     def in_place(self, model: InPlaceModel, recipe: MergeRecipe) -> InPlacePlan | None:

@@ -266,6 +266,21 @@ class EngineBackend:
                 values[c.recipe_hash()] = float(result.pair(0, i))
         return [values[c.recipe_hash()] for c in others]
 
+    def release(self) -> None:
+        """Drop every state dict, adapter and the scoring model this backend holds.
+
+        ``hub-merge compare`` runs each strategy over one backend; between them it releases,
+        so what a finished strategy merged (its cached nodes, the scoring model with its last
+        candidate) is not held while the next one trains. Everything is rebuilt on demand: a
+        cache miss re-merges a node from its inputs.
+        """
+        self._lru.clear()
+        self._sizes.clear()
+        self.cached_bytes = 0
+        self._adapters.clear()
+        self._inplace = None
+        self.session.release_model()
+
     # -- output ------------------------------------------------------------------------------
 
     def materialize(self, recipe: MergeRecipe, out: str | Path) -> Path:
@@ -290,5 +305,6 @@ class EngineBackend:
                 folders=self.folders,
                 base_folder=self.session.base_path,
                 device=self.session.device,
+                options={"base_state": self.session.base.state},  # not a second copy of it
             )
         return Path(self.session.save(self.state(recipe), out))

@@ -70,6 +70,7 @@ class DamStrategy(Strategy):
             device=ws.device,
             progress=bool(getattr(ws, "progress", True)),
             seed=self.ctx.seed,
+            base_state=getattr(ws, "base_state", None),
         )
         self.recipe = dam_recipe(
             self.ctx.base,
