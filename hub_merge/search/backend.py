@@ -78,7 +78,8 @@ class EngineBackend:
         self.cached_bytes = 0
         self.peak_cached_bytes = 0
         self._adapters: dict[str, Any] = {}  # source -> factored adapter handle, loaded once
-        self.merges = 0
+        self.merges = 0  # full state dicts merged
+        self.lazy_merges = 0  # nested recipes given to a merge lazily (merged tensor by tensor)
         self._inplace: Any = None  # the one scoring model, candidates applied in place
         self.in_place = 0  # candidates scored without building a state dict
 
@@ -149,9 +150,24 @@ class EngineBackend:
         return self._remember(key, handle.state)
 
     def _input(self, item: str | MergeRecipe) -> Any:
-        """A merge input as the session takes it: 'session' (the base), a handle or a state."""
+        """A merge input as the session takes it: 'session' (the base), a handle or a state.
+
+        A nested recipe not in the cache is given lazily when its method allows (each tensor
+        merged when read): a child of two merged parents then holds its own state dict only,
+        not both parents' as well (on the smol zoo, greedy's second generation held three
+        0.54 GB state dicts at once).
+        """
         if isinstance(item, MergeRecipe):
-            return self.state(item)
+            key = item.recipe_hash()
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return self._lru[key]
+            inputs = MergeInputs(self.session, folders=self.folders, resolve=self._input)
+            lazy = method_for(item.method).lazy(item, inputs)
+            if lazy is None:
+                return self.state(item)
+            self.lazy_merges += 1
+            return lazy
         if item == self.base_source:
             return "session"
         return self._expert(item)
