@@ -315,6 +315,7 @@ class EngineBackend:
             return out
         entry = method_for(recipe.method)
         if not entry.writes_state:  # e.g. an adapter, or a model with its coefficient file
+            self._make_room()  # it merges from its own inputs: room for its result, as state()
             return entry.write(
                 recipe,
                 out,

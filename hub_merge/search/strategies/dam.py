@@ -72,6 +72,9 @@ class DamStrategy(Strategy):
             seed=self.ctx.seed,
             base_state=getattr(ws, "base_state", None),
         )
+        import gc
+
+        gc.collect()  # the trained module and its optimizer, before the core scores the merge
         self.recipe = dam_recipe(
             self.ctx.base,
             [e.source for e in self.ctx.experts],
