@@ -408,6 +408,11 @@ def test_a_child_of_merged_parents_holds_no_parent_state_dict(tiny_zoo):
     assert free.lazy_merges == 0
     assert got.keys() == want.keys()
     assert all(torch.equal(got[k], want[k]) for k in want)
+    # kinship of merged nodes not in the cache: read tensor by tensor, no state dict built
+    merges = one.merges
+    lazy = one.kinship_many(g1[0], [g2[0], g2[1]])
+    assert one.merges == merges
+    assert lazy == pytest.approx(free.kinship_many(g1[0], [g2[0], g2[1]]), rel=1e-9, abs=1e-12)
 
 
 def test_a_retrained_local_expert_is_scored_again_on_resume(tiny_zoo, tmp_path):
