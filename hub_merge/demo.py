@@ -45,7 +45,7 @@ from .kinship import KinshipResult, kinship_matrix
 from .leaderboard import CompareConfig, Leaderboard, compare_strategies
 from .localhub import LocalHub
 from .publish import PublishResult, publish, publish_row
-from .rss import RssLog, RssStep, mark, peak_rss_bytes
+from .rss import RssLog, RssStep, mark, peak_rss_bytes, return_freed_memory
 from .search import SearchConfig, SearchResult, search
 from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
@@ -476,6 +476,7 @@ def _leaderboard_demo(
     import gc
 
     gc.collect()  # nothing of the compare (its session, backend, models) is held from here on
+    return_freed_memory()
     back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **stage.hub_kw)
     split = split_tasks(
         compare_config.tasks,

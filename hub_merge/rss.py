@@ -19,8 +19,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["RssLog", "RssStep", "mark", "peak_rss_bytes", "rss_bytes"]
+__all__ = ["RssLog", "RssStep", "mark", "peak_rss_bytes", "return_freed_memory", "rss_bytes"]
 
 _STATUS = "/proc/self/status"
 _ACTIVE: RssLog | None = None  # the running log that mark() writes to, if any
@@ -39,6 +40,33 @@ def _status() -> tuple[int | None, int | None]:
     except OSError:
         pass
     return now, hwm
+
+
+_LIBC: Any = None
+
+
+def return_freed_memory() -> None:
+    """Give the heap's freed pages back to the OS (glibc's ``malloc_trim``; elsewhere nothing).
+
+    glibc serves tensors of up to 32 MB from its heap once a few have been freed, and keeps
+    what is freed there: on the smol zoo a search's evicted state dicts left 1.2 GB resident
+    that no tensor used (RSS 2.7 GiB, 1.6 GiB after a trim). Callers that just dropped a
+    model-sized set of tensors (an evicted state dict, a finished strategy) call this. Written
+    by hand: neither torch nor the standard library exposes it.
+    """
+    global _LIBC
+    if not sys.platform.startswith("linux"):
+        return
+    if _LIBC is None:
+        import ctypes
+
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - musl and others lack it
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
 
 
 def rss_bytes() -> int | None:

@@ -30,3 +30,23 @@ def test_a_step_that_allocated_and_freed_shows_its_peak_not_just_its_end():
     assert idle.step_peak < spike.step_peak - 200 * mib  # the next step does not inherit it
     assert start.peak <= spike.peak == idle.peak <= rss.peak_rss_bytes()
     assert spike.to_json()["step_peak_mb"] >= 250 + start.now // mib
+
+
+@pytest.mark.skipif(
+    __import__("platform").libc_ver()[0] != "glibc", reason="glibc's heap and malloc_trim"
+)
+def test_freed_tensors_left_on_the_heap_go_back_to_the_os():
+    """Model-sized sets of mid-sized tensors, freed, stay resident in glibc's heap until
+    return_freed_memory (what the search's cache eviction and the compare's release call)."""
+    import torch
+
+    mib = 2**20
+    pins = []
+    for _ in range(3):  # after the first round glibc serves these sizes from its heap
+        tensors = [torch.ones(576 * 1536) for _ in range(100)]  # 3.5 MB each, 350 MB
+        pins.append(torch.ones(1024))  # a live block above them: free() cannot trim the top
+        del tensors
+    before = rss.rss_bytes()
+    rss.return_freed_memory()
+    after = rss.rss_bytes()
+    assert after < before - 200 * mib, (before // mib, after // mib)

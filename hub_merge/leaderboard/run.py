@@ -31,7 +31,7 @@ from ..comparison import ComparisonRow
 from ..comparison import compare as compare_tree
 from ..errors import SearchStateError
 from ..lineage import FamilyTree
-from ..rss import mark
+from ..rss import mark, return_freed_memory
 from .alternatives import moa_row, moe_row
 from .board import BoardRow, Leaderboard, SeedResult
 from .config import CompareConfig, RunSpec, row_title
@@ -105,6 +105,7 @@ class _Engine:
 
         self.backend.release()
         gc.collect()  # the in-place model and the backend refer to each other: free it now
+        return_freed_memory()
 
     def close(self) -> None:
         if self.pool is not None:

@@ -27,6 +27,7 @@ from ..errors import ConfigError
 from ..evaluate import Evaluator
 from ..merge.recipe import MergeRecipe
 from ..merge.registry import MergeInputs, method_for
+from ..rss import return_freed_memory
 
 StateDict = dict[str, torch.Tensor]
 
@@ -112,12 +113,16 @@ class EngineBackend:
 
     def _evict(self, room: int = 0) -> None:
         """Drop least-recently used states until ``room`` more bytes fit in the budget."""
+        dropped = False
         while self._lru and (
             (self.keep_models is not None and len(self._lru) >= self.keep_models)
             or (self.max_memory is not None and self.cached_bytes + room > self.max_memory)
         ):
             key, _ = self._lru.popitem(last=False)
             self.cached_bytes -= self._sizes.pop(key, 0)
+            dropped = True
+        if dropped:
+            return_freed_memory()  # else the heap keeps the evicted tensors' pages resident
 
     def _remember(self, key: str, state: StateDict) -> StateDict:
         if key in self._lru:
@@ -287,6 +292,7 @@ class EngineBackend:
             )
             for i, c in enumerate(group, start=1):
                 values[c.recipe_hash()] = float(result.pair(0, i))
+        return_freed_memory()  # the pass's merged tensors
         return [values[c.recipe_hash()] for c in others]
 
     def release(self) -> None:
@@ -303,6 +309,7 @@ class EngineBackend:
         self._adapters.clear()
         self._inplace = None
         self.session.release_model()
+        return_freed_memory()
 
     # -- output ------------------------------------------------------------------------------
 

@@ -74,7 +74,10 @@ class DamStrategy(Strategy):
         )
         import gc
 
+        from ...rss import return_freed_memory
+
         gc.collect()  # the trained module and its optimizer, before the core scores the merge
+        return_freed_memory()
         self.recipe = dam_recipe(
             self.ctx.base,
             [e.source for e in self.ctx.experts],
