@@ -42,9 +42,11 @@ def test_freed_tensors_left_on_the_heap_go_back_to_the_os():
 
     mib = 2**20
     pins = []
-    for _ in range(3):  # after the first round glibc serves these sizes from its heap
-        tensors = [torch.ones(576 * 1536) for _ in range(100)]  # 3.5 MB each, 350 MB
-        pins.append(torch.ones(1024))  # a live block above them: free() cannot trim the top
+    for _ in range(2):  # after the first round glibc serves these sizes from its heap
+        tensors = []
+        for _ in range(100):  # 3.5 MB each, 350 MB, each with a live block above it
+            tensors.append(torch.ones(576 * 1536))
+            pins.append(torch.ones(1024))
         del tensors
     before = rss.rss_bytes()
     rss.return_freed_memory()
