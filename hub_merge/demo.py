@@ -37,6 +37,7 @@ from .demo_board import (
     answer_test_prompts,
     compare_settings,
     comparison_table,
+    generate_answers,
     held_out_table,
     row_label,
 )
@@ -164,33 +165,6 @@ def _pick_experts(zoo: Zoo, found: list[hub.Candidate]) -> dict[str, str]:
                 if task in zoo.tasks and task not in chosen:
                     chosen[task] = cand.id
     return dict(sorted(chosen.items()))
-
-
-def _generate(folder: Path, zoo: Zoo, tasks: list[str], device: str) -> dict[str, tuple]:
-    """Greedy answers of the pulled-back merge to the first dev example of each task."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .evaluate import load_tasks
-    from .tensors import resolve_device
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    model.to(resolve_device(device))
-    out: dict[str, tuple[str, str, str]] = {}
-    for task in load_tasks([str(zoo.tasks[t]) for t in tasks], limit=1):
-        ex = task.examples[0]
-        ids = tok(ex.prompt, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            gen = model.generate(
-                **ids,
-                max_new_tokens=len(tok(ex.answer)["input_ids"]) + 2,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id,
-            )
-        text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        out[task.name] = (ex.prompt, ex.answer, text.strip())
-    return out
 
 
 def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> DemoResult:
@@ -356,7 +330,7 @@ def _run_demo(config: DemoConfig, echo: Callable[[Any], None] | None, log: RssLo
 
         echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub and generate")
         back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **hub_kw)
-        generated = _generate(back.path, zoo, list(experts), config.device)
+        generated = generate_answers(back.path, zoo.tasks, list(experts), config.device)
         log.mark("8 pull back, generate")
 
     return DemoResult(

@@ -26,6 +26,7 @@ __all__ = [
     "Answers",
     "answer_test_prompts",
     "compare_settings",
+    "generate_answers",
     "comparison_table",
     "peak_rss_bytes",
     "row_label",
@@ -139,6 +140,35 @@ def answer_test_prompts(
         text = tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         examples[task.name] = (ex.prompt, ex.answer, text.strip())
     return Answers(per_task=per_task, examples=examples)
+
+
+def generate_answers(
+    folder: Path, task_files: Mapping[str, Any], tasks: list[str], device: str
+) -> dict[str, tuple]:
+    """Greedy answers of the pulled-back merge to the first dev example of each task."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import load_tasks
+    from .tensors import resolve_device
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model.to(resolve_device(device))
+    out: dict[str, tuple[str, str, str]] = {}
+    for task in load_tasks([str(task_files[t]) for t in tasks], limit=1):
+        ex = task.examples[0]
+        ids = tok(ex.prompt, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            gen = model.generate(
+                **ids,
+                max_new_tokens=len(tok(ex.answer)["input_ids"]) + 2,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        out[task.name] = (ex.prompt, ex.answer, text.strip())
+    return out
 
 
 def _answering_model(model_folder: Path, base_folder: Path, device: str) -> tuple[Any, Any]:
