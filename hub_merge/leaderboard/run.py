@@ -139,9 +139,12 @@ class _Compare:
         for i, spec in enumerate(self.runs, 1):
             self._say(f"[{i}/{total}] {row_title(spec.row)}, seed {spec.seed}")
             self._strategy(spec, first=i == 1)
+            # nothing of a finished row is held while the leaderboard scores its model or the
+            # next row runs
+            self.engine.release()
             mark(f"compare: {spec.folder}")
             self.board().write(self.root)
-            self.engine.release()  # nothing of a finished row is held while the next one runs
+            self.engine.release()  # the leaderboard's exact-match model
             mark(f"compare: leaderboard after {spec.folder}")
         extra = [(self.config.moe, "moe", moe_row), (self.config.moa, "moa", moa_row)]
         done = len(self.runs)
@@ -249,6 +252,7 @@ class _Compare:
             device=self.engine.session.device,
         )
         scores = evaluator.score(load())
+        return_freed_memory()  # the loaded model's weights and the activations
         self.evaluations += 1
         self.em_cache.put(key, scores)
         return scores

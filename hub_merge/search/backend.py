@@ -206,6 +206,7 @@ class EngineBackend:
         )
         state = method_for(recipe.method).state_dict(recipe, inputs)
         self.merges += 1
+        return_freed_memory()  # the merge's temporaries (a lazy parent's tensors, a kernel's)
         return self._remember(key, state)
 
     def _kinship_input(self, recipe: MergeRecipe) -> Any:
@@ -249,7 +250,9 @@ class EngineBackend:
 
     def evaluate(self, recipe: MergeRecipe) -> dict[str, float]:
         with self._scoring(recipe) as model:
-            return self.evaluator.score(model)
+            scores = self.evaluator.score(model)
+        return_freed_memory()  # the forward passes' activations, before the next merge
+        return scores
 
     @property
     def has_test(self) -> bool:
@@ -259,7 +262,9 @@ class EngineBackend:
         if self.test_evaluator is None:
             raise ConfigError("This search has no test rows.")
         with self._scoring(recipe) as model:
-            return self.test_evaluator.score(model)
+            scores = self.test_evaluator.score(model)
+        return_freed_memory()
+        return scores
 
     def kinship(self, a: MergeRecipe, b: MergeRecipe) -> float:
         return self.kinship_many(a, [b])[0]
