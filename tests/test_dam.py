@@ -394,3 +394,25 @@ def test_dam_on_a_sessions_base_shares_it_and_trains_the_same(tiny_zoo, adapters
         torch.testing.assert_close(merged[n], t, rtol=0, atol=0)
     for n, t in before.items():
         assert torch.equal(session.base.state[n], t), f"{n}: DAM wrote to the session's base"
+
+
+def test_a_float16_teacher_cache_is_half_the_size_and_trains_alike(tiny_zoo, adapters):
+    """teacher_dtype float16 (the smol demo's): half the cache, the KL still in float32, the
+    losses within float16's rounding of float32's; float32 stays the default and out of the
+    recipe (recipes made before the setting keep their digests)."""
+    prompts = _prompts(tiny_zoo, adapters)
+    runs = {}
+    for dtype in ("float32", "float16"):
+        dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters))
+        trainer = DamTrainer(dam, prompts, DamSettings(steps=3, teacher_dtype=dtype, **FAST))
+        assert trainer.cache_teacher()
+        cached = [t for rows in trainer._teacher for t in rows]
+        assert {t.dtype for t in cached} == {getattr(torch, dtype)}
+        trainer.fit(progress=False)
+        runs[dtype] = (sum(t.numel() * t.element_size() for t in cached), trainer.history)
+    assert runs["float16"][0] * 2 == runs["float32"][0]
+    assert runs["float16"][1] == pytest.approx(runs["float32"][1], rel=1e-3)
+    assert "teacher_dtype" not in DamSettings().recipe_settings()
+    assert DamSettings(teacher_dtype="float16").recipe_settings()["teacher_dtype"] == "float16"
+    with pytest.raises(ConfigError, match="teacher_dtype"):
+        DamSettings(teacher_dtype="int8")

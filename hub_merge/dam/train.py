@@ -146,14 +146,15 @@ class DamTrainer:
             for r in rows
         )
         vocab = int(self.model.model.config.get_text_config().vocab_size)
-        if positions * vocab * 4 > s.teacher_cache_mb * 2**20:
+        dtype = torch.float16 if s.teacher_dtype == "float16" else torch.float32
+        if positions * vocab * dtype.itemsize > s.teacher_cache_mb * 2**20:
             return False
         cache: list[list[torch.Tensor]] = []
         for k, rows in enumerate(self.rows):
             per_row: list[torch.Tensor] = []
             for start in range(0, len(rows), s.train_batch_size):
                 chunk = rows[start : start + s.train_batch_size]
-                logp = self._teacher_logp(k, chunk)
+                logp = self._teacher_logp(k, chunk).to(dtype)
                 counts = collate(chunk, self.pad_id, s.positions, torch.device("cpu"))
                 per_row += list(logp.split(counts.loss_mask.sum(1).tolist()))
             cache.append(per_row)
@@ -175,7 +176,7 @@ class DamTrainer:
         for k, rows in enumerate(per_expert):
             part: Batch = batch.slice(start, start + len(rows))
             if self._teacher is not None and index is not None:
-                teacher = torch.cat([self._teacher[k][i] for i in index[k]])
+                teacher = torch.cat([self._teacher[k][i] for i in index[k]]).float()
             else:
                 teacher = self._teacher_logp(k, rows)
             mine = student[start : start + len(rows)][part.loss_mask].float() / s.temperature
