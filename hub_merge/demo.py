@@ -37,8 +37,8 @@ from .demo_board import (
     answer_test_prompts,
     compare_settings,
     comparison_table,
+    generate_answers,
     held_out_table,
-    peak_rss_bytes,
     row_label,
 )
 from .errors import ConfigError, SearchStateError
@@ -46,6 +46,7 @@ from .kinship import KinshipResult, kinship_matrix
 from .leaderboard import CompareConfig, Leaderboard, compare_strategies
 from .localhub import LocalHub
 from .publish import PublishResult, publish, publish_row
+from .rss import RssLog, RssStep, mark, peak_rss_bytes, return_freed_memory
 from .search import SearchConfig, SearchResult, search
 from .zoo import Zoo, build_smol_zoo, build_tiny_zoo, upload_zoo
 
@@ -64,7 +65,8 @@ __all__ = [
 
 ZOO_USER = "hub-merge-zoo"  # owner of the seeded experts (zoo.REPO_OWNER)
 DEMO_USER = "demo"  # the user who merges and publishes
-DEMO_CACHE_BYTES = 1_200_000_000  # two fp32 SmolLM2-135M state dicts (see the search call)
+# One fp32 SmolLM2-135M state dict (see the search call): the demo's goal is a peak of 3 GB.
+DEMO_CACHE_BYTES = 600_000_000
 
 
 @dataclass
@@ -130,6 +132,7 @@ class DemoResult:
     resumed: bool = False
     seconds: float = 0.0
     peak_rss: int = 0  # bytes: the most memory this process held (the goal is <= 3 GB)
+    memory: list[RssStep] = field(default_factory=list)  # RSS at the end of each step
 
     def comparison(self) -> Comparison:
         """The shorter path's winner against each baseline and the oracle router.
@@ -164,39 +167,22 @@ def _pick_experts(zoo: Zoo, found: list[hub.Candidate]) -> dict[str, str]:
     return dict(sorted(chosen.items()))
 
 
-def _generate(folder: Path, zoo: Zoo, tasks: list[str], device: str) -> dict[str, tuple]:
-    """Greedy answers of the pulled-back merge to the first dev example of each task."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .evaluate import load_tasks
-    from .tensors import resolve_device
-
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    model.to(resolve_device(device))
-    out: dict[str, tuple[str, str, str]] = {}
-    for task in load_tasks([str(zoo.tasks[t]) for t in tasks], limit=1):
-        ex = task.examples[0]
-        ids = tok(ex.prompt, return_tensors="pt").to(model.device)
-        with torch.no_grad():
-            gen = model.generate(
-                **ids,
-                max_new_tokens=len(tok(ex.answer)["input_ids"]) + 2,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id,
-            )
-        text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
-        out[task.name] = (ex.prompt, ex.answer, text.strip())
-    return out
-
-
 def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> DemoResult:
     """Run the end-to-end demo; ``echo`` receives step headings and rich tables (default: rich).
+
+    ``DemoResult.memory`` holds the resident memory at the end of each step (and of the
+    compare's phases), so a peak over the demo's 3 GB goal names the step that reached it.
 
     Raises:
         Any HubMergeError of the steps it runs (the message says which step and what to do).
     """
+    with RssLog() as log:
+        result = _run_demo(config, echo, log)
+    result.memory = list(log.steps)
+    return result
+
+
+def _run_demo(config: DemoConfig, echo: Callable[[Any], None] | None, log: RssLog) -> DemoResult:
     if echo is None:
         from rich.console import Console
 
@@ -219,6 +205,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
     echo(
         f"   {zoo.name}: base + {len(zoo.experts)} experts + {len(zoo.adapters)} adapters in {zoo.root}"
     )
+    log.mark("1 zoo")
 
     with LocalHub(out / "hub", tokens=tokens) as server:
         endpoint = server.endpoint
@@ -229,6 +216,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             f"   {len(seeded.repo_ids)} repos of {ZOO_USER}, each with its own card "
             f"({len(seeded.created)} uploaded now, {len(seeded.repo_ids) - len(seeded.created)} kept)"
         )
+        log.mark("2 local Hub, zoo uploaded")
 
         echo(f"[bold]3. Discover[/bold] experts of {base_repo} through the Hub's model tree")
         found = hub.discover(
@@ -244,6 +232,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
                 f"{out / 'hub'} and run the demo again to re-seed it."
             )
 
+        log.mark("3 discover")
         echo("[bold]4. Pull[/bold] what a merge needs, pinned to exact commits")
         hub_kw = {"endpoint": endpoint, "token": user_token, "cache_dir": cache_dir}
         base = hub.pull(base_repo, **hub_kw)
@@ -251,6 +240,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         for p in pulled.values():
             echo(f"   {p.repo_id}@{p.revision[:10]}  {p.kind}  -> {p.path}")
 
+        log.mark("4 pull")
         echo("[bold]5. Kinship[/bold]: how related are the experts? (one pass over the weights)")
         kin = kinship_matrix(
             {task: p.path for task, p in pulled.items()},
@@ -262,6 +252,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         from .plots import plot_kinship
 
         plot_kinship(kin, out / "kinship.png")
+        log.mark("5 kinship")
 
         if config.leaderboard:
             return _leaderboard_demo(
@@ -304,7 +295,9 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             cache_dir=str(cache_dir),
             # The state cache's default (a quarter of free memory) filled 5+ GB on a 24 GB box
             # for a 0.5 GB model: the demo's peak RSS was 7.4 GiB. A cache miss only costs
-            # re-merging a node (about a second here), so the demo keeps two state dicts.
+            # re-merging a node (about a second here), so the demo keeps one state dict (with
+            # the base, the scoring model, DAM's training and torch itself that is its 3 GB;
+            # two state dicts put greedy's phase alone at 3.7 GiB).
             max_memory=DEMO_CACHE_BYTES,
         )
         try:
@@ -318,6 +311,7 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
             shutil.rmtree(run_dir)
             search_config.resume, resume = False, False
             result = search(search_config)
+        log.mark("6 search")
         echo(
             f"   winner {result.winner} after {result.generations} generation(s) "
             f"({result.stop_reason}); {result.evaluations} evaluations"
@@ -332,10 +326,12 @@ def run_demo(config: DemoConfig, echo: Callable[[Any], None] | None = None) -> D
         parent = base_models(result.tree, result.winner)[0][0]
         tree_list = hub.discover(parent, ("merge",), endpoint=endpoint, token=user_token)
         listed = any(c.id == repo_id for c in tree_list)
+        log.mark("7 card and push")
 
         echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub and generate")
         back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **hub_kw)
-        generated = _generate(back.path, zoo, list(experts), config.device)
+        generated = generate_answers(back.path, zoo.tasks, list(experts), config.device)
+        log.mark("8 pull back, generate")
 
     return DemoResult(
         out=out,
@@ -425,6 +421,7 @@ def _leaderboard_demo(
         shutil.rmtree(compare_dir)
         compare_config.resume = resumed = False
         board = compare_strategies(compare_config)
+    mark("6 compare: done")
     rec = board.recommended()
     if rec is None:
         raise SearchStateError(f"No row of {compare_dir} can be published; see leaderboard.md.")
@@ -447,8 +444,13 @@ def _leaderboard_demo(
     parent = base_models(tree, node)[0][0]
     tree_list = hub.discover(parent, ("merge",), endpoint=stage.endpoint, token=stage.token)
     listed = any(c.id == repo_id for c in tree_list)
+    mark("7 card and push")
 
     echo(f"[bold]8. Pull[/bold] {repo_id} back from the Hub; it answers the held-out test prompts")
+    import gc
+
+    gc.collect()  # nothing of the compare (its session, backend, models) is held from here on
+    return_freed_memory()
     back = hub.pull(f"{repo_id}@{published.push.commit_sha}", **stage.hub_kw)
     split = split_tasks(
         compare_config.tasks,
@@ -458,6 +460,7 @@ def _leaderboard_demo(
     )
     answers = answer_test_prompts(back.path, stage.base_path, split, device=config.device)
     echo(f"   {repo_id} {answers.sentence()}")
+    mark("8 pull back, answer the test prompts")
     return DemoResult(
         out=out,
         endpoint=stage.endpoint,

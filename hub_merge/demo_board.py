@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .comparison import Comparison, ComparisonRow, format_score
+from .rss import peak_rss_bytes  # noqa: F401 - re-exported: the demo's peak, as before
 from .search.strategies.dam import DamStrategy  # its name, without naming the method here
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "Answers",
     "answer_test_prompts",
     "compare_settings",
+    "generate_answers",
     "comparison_table",
     "peak_rss_bytes",
     "row_label",
@@ -44,8 +46,10 @@ DEMO_STRATEGIES: tuple[str, ...] = ("greedy", DamStrategy.name)
 # gave 0.61x the uniform average's loss, 60 steps of 8 rows 0.53x, so 30 steps of 4 sits between
 # (not yet measured at these exact settings). The tiny zoo learns nothing from merging: a few
 # steps show the row at no cost.
+# The smol demo keeps the teachers' distributions in float16 (0.15 GB instead of 0.3 GB: with
+# it DAM's training step is the demo's peak, 2.85 GiB in float32, over its 3 GB goal).
 DAM_SETTINGS = {
-    "smol": {"steps": 30, "train_batch_size": 4},
+    "smol": {"steps": 30, "train_batch_size": 4, "teacher_dtype": "float16"},
     "tiny": {"steps": 5, "train_batch_size": 4},
 }
 
@@ -115,26 +119,19 @@ def answer_test_prompts(
     from transformers import AutoTokenizer
 
     from .evaluate import Evaluator
-    from .merge import MergeSession
 
-    session = MergeSession(base_folder, device=device)
-    handle = session.load(model_folder)
-    if handle.state is not None:
-        state = handle.state
-    else:
-        state = {k: handle.tensor(k, session.device) for k in session.names}
-    model = session.to_model(state).eval()
+    model, on = _answering_model(model_folder, base_folder, device)
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     tasks = [t for t in split.test if t.examples]
     scores = Evaluator(
-        tasks, tokenizer, metric="exact_match", batch_size=batch_size, device=session.device
+        tasks, tokenizer, metric="exact_match", batch_size=batch_size, device=on
     ).score(model)
     per_task = {t.name: (round(scores[t.name] * len(t.examples)), len(t.examples)) for t in tasks}
     examples: dict[str, tuple[str, str, str]] = {}
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for task in tasks:
         ex = task.examples[0]
-        ids = tokenizer(ex.prompt, return_tensors="pt").to(session.device)
+        ids = tokenizer(ex.prompt, return_tensors="pt").to(on)
         with torch.no_grad():
             gen = model.generate(
                 **ids,
@@ -145,6 +142,59 @@ def answer_test_prompts(
         text = tokenizer.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
         examples[task.name] = (ex.prompt, ex.answer, text.strip())
     return Answers(per_task=per_task, examples=examples)
+
+
+def generate_answers(
+    folder: Path, task_files: Mapping[str, Any], tasks: list[str], device: str
+) -> dict[str, tuple]:
+    """Greedy answers of the pulled-back merge to the first dev example of each task."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .evaluate import load_tasks
+    from .tensors import resolve_device
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    model.to(resolve_device(device))
+    out: dict[str, tuple[str, str, str]] = {}
+    for task in load_tasks([str(task_files[t]) for t in tasks], limit=1):
+        ex = task.examples[0]
+        ids = tok(ex.prompt, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            gen = model.generate(
+                **ids,
+                max_new_tokens=len(tok(ex.answer)["input_ids"]) + 2,
+                do_sample=False,
+                pad_token_id=tok.pad_token_id or tok.eos_token_id,
+            )
+        text = tok.decode(gen[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+        out[task.name] = (ex.prompt, ex.answer, text.strip())
+    return out
+
+
+def _answering_model(model_folder: Path, base_folder: Path, device: str) -> tuple[Any, Any]:
+    """The model to answer with, and its device: one copy of its weights in memory.
+
+    A full model is read as it is (the base is not loaded beside it: the demo's last step
+    must not hold two models); an adapter is applied to its base through a ``MergeSession``.
+    """
+    import torch
+
+    from .tensors import is_adapter_folder, resolve_device
+
+    if not is_adapter_folder(model_folder):
+        from transformers import AutoModelForCausalLM
+
+        on = resolve_device(device)
+        model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.float32)
+        return model.to(on).eval(), on
+    from .merge import MergeSession
+
+    session = MergeSession(base_folder, device=device)
+    handle = session.load(model_folder)
+    state = {k: handle.tensor(k, session.device) for k in session.names}
+    return session.to_model(state).eval(), session.device
 
 
 _KEY = (
@@ -240,18 +290,6 @@ def board_rows_json(board: Any) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (and of finished children), in bytes."""
-    import resource
-    import sys
-
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    usage = [
-        resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-    ]
-    return max(usage) * scale
 
 
 def row_label(row: ComparisonRow) -> str:

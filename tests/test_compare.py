@@ -339,3 +339,42 @@ def test_a_row_over_seeds_shows_mean_and_spread_and_publishes_its_best_seed_on_d
     chosen = row_model(tmp_path, "evolve")
     assert (chosen.run.name, chosen.node) == ("evolve-seed1", "g1-1")  # the seed best on dev
     assert "(seed 1, the best of 2 on dev)" in chosen.section
+
+
+def test_each_row_starts_with_nothing_of_the_previous_row_held(tiny_zoo, tmp_path, monkeypatch):
+    """One backend serves every row, but a finished row's state dicts, scoring model and DAM
+    module are freed before the next row runs, and after the compare: the compare's memory is
+    its largest row's, not one model per strategy."""
+    import gc
+
+    import hub_merge.search.api as api
+    from hub_merge.dam import DamModel
+
+    seen = []
+    real = api.run_checked
+
+    def spy(cfg, checked, models, session, backend, evaluators, **kw):
+        seen.append(
+            (cfg.strategy, backend.cached_bytes, len(backend._lru), backend._inplace is None)
+        )
+        result = real(cfg, checked, models, session, backend, evaluators, **kw)
+        seen.append((cfg.strategy, backend.cached_bytes, len(backend._lru), None))
+        spy.backend = backend
+        return result
+
+    monkeypatch.setattr(api, "run_checked", spy)
+    inputs = tiny_compare_inputs(
+        tiny_zoo,
+        tmp_path / "cmp",
+        strategies=["greedy", "dam"],
+        settings={k: SMALL_SETTINGS[k] for k in ("greedy", "dam")},
+    )
+    board = compare_strategies(CompareConfig(**inputs))
+    assert [r.name for r in board.rows if r.kind == "strategy"] == ["greedy", "dam"]
+    greedy_start, greedy_end, dam_start, _ = seen
+    assert greedy_end[1] > 0 and greedy_end[2] > 0  # greedy filled the cache...
+    assert dam_start == ("dam", 0, 0, True)  # ...and DAM started without any of it
+    backend = spy.backend
+    assert (backend.cached_bytes, len(backend._lru), backend._inplace) == (0, 0, None)
+    gc.collect()
+    assert not [o for o in gc.get_objects() if type(o) is DamModel], "DAM's module is held"

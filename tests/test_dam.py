@@ -355,3 +355,64 @@ def test_bias_coefficients_start_at_one_as_in_the_reference(tmp_path):
     torch.testing.assert_close(
         uniform.merged_state_dict()[name], (states[0][name] + states[1][name]) / 2
     )
+
+
+def test_dam_on_a_sessions_base_shares_it_and_trains_the_same(tiny_zoo, adapters, tmp_path):
+    """A search hands DAM its session's base (Workspace.base_state): the module then holds no
+    second base, never writes to the session's tensors, and trains exactly as from disk."""
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    before = {n: t.clone() for n, t in session.base.state.items()}
+    ptrs = {t.data_ptr() for t in session.base.state.values()}
+    settings = DamSettings(steps=3, **FAST)
+    prompts = _prompts(tiny_zoo, adapters)
+    runs = {}
+    for name, state in (("disk", None), ("shared", session.base.state)):
+        runs[name] = train_dam(
+            adapters,
+            prompts,
+            tmp_path / name,
+            base=tiny_zoo.base,
+            settings=settings,
+            device="cpu",
+            progress=False,
+            base_state=state,
+        )
+    assert runs["shared"].history == runs["disk"].history
+    shared, _ = read_coefficients(runs["shared"].coefficients)
+    disk, _ = read_coefficients(runs["disk"].coefficients)
+    assert shared.keys() == disk.keys()
+    for n, t in disk.items():  # the same coefficients, bit for bit
+        assert torch.equal(shared[n], t), n
+    dam = load_dam(
+        adapters, runs["shared"].coefficients, base=tiny_zoo.base, base_state=session.base.state
+    )
+    own = [p.data_ptr() for p in dam.model.parameters()]
+    assert own and all(p in ptrs for p in own), "the module copied the session's base"
+    merged = dam.merged_state_dict()
+    from_disk = load_dam(adapters, runs["disk"].coefficients, base=tiny_zoo.base)
+    for n, t in from_disk.merged_state_dict().items():
+        torch.testing.assert_close(merged[n], t, rtol=0, atol=0)
+    for n, t in before.items():
+        assert torch.equal(session.base.state[n], t), f"{n}: DAM wrote to the session's base"
+
+
+def test_a_float16_teacher_cache_is_half_the_size_and_trains_alike(tiny_zoo, adapters):
+    """teacher_dtype float16 (the smol demo's): half the cache, the KL still in float32, the
+    losses within float16's rounding of float32's; float32 stays the default and out of the
+    recipe (recipes made before the setting keep their digests)."""
+    prompts = _prompts(tiny_zoo, adapters)
+    runs = {}
+    for dtype in ("float32", "float16"):
+        dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=list(adapters))
+        trainer = DamTrainer(dam, prompts, DamSettings(steps=3, teacher_dtype=dtype, **FAST))
+        assert trainer.cache_teacher()
+        cached = [t for rows in trainer._teacher for t in rows]
+        assert {t.dtype for t in cached} == {getattr(torch, dtype)}
+        trainer.fit(progress=False)
+        runs[dtype] = (sum(t.numel() * t.element_size() for t in cached), trainer.history)
+    assert runs["float16"][0] * 2 == runs["float32"][0]
+    assert runs["float16"][1] == pytest.approx(runs["float32"][1], rel=1e-3)
+    assert "teacher_dtype" not in DamSettings().recipe_settings()
+    assert DamSettings(teacher_dtype="float16").recipe_settings()["teacher_dtype"] == "float16"
+    with pytest.raises(ConfigError, match="teacher_dtype"):
+        DamSettings(teacher_dtype="int8")

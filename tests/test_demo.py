@@ -94,6 +94,14 @@ def test_quick_demo_shows_the_leaderboard_and_publishes_the_row_best_on_dev(
     for task, (exact, n) in answers["per_task"].items():
         assert exact == round(em[task] * n), (task, exact, n, em)
 
+    # the memory at each step, so a peak over the 3 GB goal names the step that reached it
+    steps = [s["step"] for s in first["memory"]]
+    assert steps[0] == "1 zoo" and steps[-1].startswith("8 pull back")
+    assert "compare: greedy-seed0" in steps and "dam: training" in steps
+    peaks = [s["peak_mb"] for s in first["memory"]]
+    assert peaks == sorted(peaks) and peaks[-1] <= first["peak_rss_mb"] + 1
+    assert all(s["step_peak_mb"] >= s["rss_mb"] for s in first["memory"])
+
     again = _demo(capsys, "--quick", "--out", str(out))
     assert again["resumed"] and again["row"] == first["row"]
     assert again["evaluations"] == 0  # the compare resumed its finished runs
@@ -109,6 +117,7 @@ def test_quick_demo_shows_the_leaderboard_and_publishes_the_row_best_on_dev(
     assert "published" in final and "uniform average" in final
     assert f"answers {answers['exact']} of {answers['total']} test prompts exactly" in plain
     assert "Published" in plain and f"row {first['row']}" in plain
+    assert "Resident memory (RSS) at the end of each step" in plain
 
     # --quiet prints only the result: the final table and where the merge went, no steps
     assert main(["--quiet", "demo", "--quick", "--out", str(out)]) == 0

@@ -372,7 +372,47 @@ def test_state_cache_stays_under_its_byte_budget(tiny_zoo):
         assert all(torch.equal(got[k], want[k]) for k in want)
         assert tight.cached_bytes <= 2 * size
     assert tight.peak_cached_bytes <= 2 * size < free.peak_cached_bytes
-    assert tight.merges > free.merges  # evicted ancestors were merged again, not kept
+    # evicted ancestors were merged again (tensor by tensor, as a child's inputs), not kept
+    assert tight.merges + tight.lazy_merges > free.merges + free.lazy_merges
+
+
+def test_a_child_of_merged_parents_holds_no_parent_state_dict(tiny_zoo):
+    """With room for one state dict, a third-generation child is built without building (and
+    holding) its parents' and grandparents' state dicts: they are merged tensor by tensor as
+    its inputs, with the very numbers of a full merge."""
+    from hub_merge.merge import MergeSession
+    from hub_merge.search.backend import EngineBackend
+
+    names = ["add", "reverse", "sort", "uppercase"]
+    folders = {n: tiny_zoo.experts[n] for n in names}
+    tok = AutoTokenizer.from_pretrained(tiny_zoo.base)
+    session = MergeSession(tiny_zoo.base, device="cpu")
+    tasks = load_tasks([str(tiny_zoo.tasks["add"])], limit=2)
+    one = EngineBackend(session, Evaluator(tasks, tok), folders, max_memory=1)
+
+    def slerp(a, b):
+        return MergeRecipe(
+            method="slerp", base=a, models=[ModelEntry(model=b)], parameters={"t": 0.4}
+        )
+
+    g1 = [slerp(a, b) for a, b in [("add", "reverse"), ("sort", "uppercase"), ("add", "sort")]]
+    g2 = [slerp(g1[0], g1[1]), slerp(g1[1], g1[2])]
+    g3 = slerp(g2[0], g2[1])
+    got = one.state(g3)
+    assert one.merges == 1 and one.lazy_merges == 2 + 4  # g3 built; g2 and g1 as its inputs
+    assert list(one._lru) == [g3.recipe_hash()]
+    free = EngineBackend(session, Evaluator(tasks, tok), folders, keep_models=64)
+    for r in [*g1, *g2]:  # the parents built in full first, as a roomy cache keeps them
+        free.state(r)
+    want = free.state(g3)
+    assert free.lazy_merges == 0
+    assert got.keys() == want.keys()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    # kinship of merged nodes not in the cache: read tensor by tensor, no state dict built
+    merges = one.merges
+    lazy = one.kinship_many(g1[0], [g2[0], g2[1]])
+    assert one.merges == merges
+    assert lazy == pytest.approx(free.kinship_many(g1[0], [g2[0], g2[1]]), rel=1e-9, abs=1e-12)
 
 
 def test_a_retrained_local_expert_is_scored_again_on_resume(tiny_zoo, tmp_path):

@@ -141,6 +141,14 @@ def command(
         f"{result.published.push.repo_id}{row} at {result.published.url}"
         + (" (listed on its parents' model tree as a merge)." if result.listed_as_merge else ".")
     )
+    if result.memory:
+        from rich.table import Table
+
+        head, *rows = _memory_table(result.memory)
+        table = Table(*head, title="Resident memory (RSS) at the end of each step")
+        for cells in rows:
+            table.add_row(*cells)
+        console.print(table)
     plots = f"{out / 'kinship.png'}, {run / 'fitness.png'}, {run / 'family_tree.png'}"
     lineage = f"{run / 'family_tree.json'}"
     if result.board is not None:
@@ -153,6 +161,16 @@ def command(
         f"   {'leaderboard' if result.board is not None else 'lineage    '} {lineage}\n"
         f"   the Hub     hub-merge hub serve --data {result.out / 'hub'}  (then HF_ENDPOINT=...)"
     )
+
+
+def _memory_table(steps: Any) -> list[list[str]]:
+    gib = 2**30
+    out = [["step", "RSS now GiB", "step peak GiB", "peak so far GiB", "s"]]
+    for s in steps:
+        out.append(
+            [s.step, *(f"{v / gib:.2f}" for v in (s.now, s.step_peak, s.peak)), f"{s.seconds:.0f}"]
+        )
+    return out
 
 
 def _summary(result: Any, row_label: Any, board_rows: Any) -> dict[str, Any]:
@@ -169,6 +187,7 @@ def _summary(result: Any, row_label: Any, board_rows: Any) -> dict[str, Any]:
         "out": str(result.out),
         "seconds": round(result.seconds, 1),
         "peak_rss_mb": round(result.peak_rss / 2**20),
+        "memory": [s.to_json() for s in result.memory],
     }
     if result.board is not None:
         board = result.board

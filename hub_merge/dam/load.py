@@ -19,8 +19,11 @@ def load_dam(
     *,
     base: str | Path | None = None,
     device: str | torch.device = "auto",
+    base_state: Mapping[str, torch.Tensor] | None = None,
 ) -> DamModel:
-    """A DAM module with the coefficients of a saved file (experts in the file's order)."""
+    """A DAM module with the coefficients of a saved file (experts in the file's order).
+
+    ``base_state``: the base already in memory (see :class:`DamModel`)."""
     tensors, meta = read_coefficients(coefficients)
     order = json.loads(meta.get("experts", "[]"))
     if sorted(order) != sorted(experts):
@@ -34,6 +37,7 @@ def load_dam(
         names=order,
         device=device,
         train_embeddings_norms=bool(settings.get("train_embeddings_norms", False)),
+        base_state=base_state,
     )
     model.load_coefficients(tensors, where=str(coefficients))
     return model

@@ -56,7 +56,10 @@ class DamMethod(MergeMethod):
 
         session = inputs.session
         folders = _with_base(recipe, inputs.folders, session.base_path)
-        state = dam_state_dict(recipe, folders, device=session.device)
+        # the session's base is shared, not read again: one base per process
+        state = dam_state_dict(
+            recipe, folders, device=session.device, base_state=session.base.state
+        )
         return {n: t.to(session.dtype) if t.is_floating_point() else t for n, t in state.items()}
 
     def write(
@@ -73,7 +76,10 @@ class DamMethod(MergeMethod):
         from .recipe import dam_to_folder
 
         folders = _with_base(recipe, folders, base_folder)
-        return dam_to_folder(recipe, out, folders, device=device, overwrite=overwrite)
+        base_state = (options or {}).get("base_state")  # a search backend's base in memory
+        return dam_to_folder(
+            recipe, out, folders, device=device, overwrite=overwrite, base_state=base_state
+        )
 
     def published_files(self, parameters: Mapping[str, Any]) -> dict[str, str]:
         """The run's coefficient file is ``dam_coefficients.safetensors`` in a published repo."""

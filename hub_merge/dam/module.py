@@ -13,8 +13,9 @@ commutes with the product, ``c ⊙ (L R) = L (R ⊙ c)`` and the dense delta is 
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -130,6 +131,36 @@ def _kind(module: nn.Module, leaf: str) -> tuple[Kind, int | None]:
     return "other", None
 
 
+def _on_state(
+    arch: Path, state: Mapping[str, torch.Tensor], device: torch.device
+) -> nn.Module | None:
+    """The base architecture with ``state``'s tensors as its parameters (shared, not copied).
+
+    None when ``state`` cannot be used as it is (another dtype or device, a missing tensor):
+    the caller then reads the base from disk. The module is built without initialising its
+    weights (they are replaced at once), so building it costs no model-sized memory.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    floats = [t for t in state.values() if t.is_floating_point()]
+    if not floats or any(t.dtype != torch.float32 or t.device != device for t in floats):
+        return None
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # an older layout: initialise (slower, the same result)
+        no_init_weights = contextlib.nullcontext  # type: ignore[assignment]
+    config = AutoConfig.from_pretrained(arch, trust_remote_code=False)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(dict(state), strict=False, assign=True)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    own = dict(model.named_parameters())
+    if unexpected or any(n in own and n not in state for n in missing):
+        return None  # a tensor the architecture has and the state lacks: not its base
+    return model.to(device)
+
+
 def _read_config(folder: Path) -> dict[str, Any]:
     path = folder / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -152,6 +183,10 @@ class DamModel:
             (by default they stay at 1/N, the paper's default).
         bias_init (`str`, *optional*): ``one`` (the reference's: bias coefficients start at 1)
             or ``uniform`` (1/N, so the untrained merge is exactly the uniform average).
+        base_state (`Mapping[str, Tensor]`, *optional*): the base's weights already in memory
+            (a search's ``MergeSession.base.state``), float32 on ``device``: the module uses
+            them instead of reading the base again, so the base is held once per process. They
+            are never written to.
 
     Raises:
         ConfigError: fewer than two experts, or an adapter without a base.
@@ -171,6 +206,7 @@ class DamModel:
         device: str | torch.device = "auto",
         train_embeddings_norms: bool = False,
         bias_init: str = "one",
+        base_state: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         if bias_init not in ("one", "uniform"):
             raise ConfigError(f"DAM: bias_init must be 'one' or 'uniform'; got {bias_init!r}.")
@@ -202,9 +238,13 @@ class DamModel:
         )
         # Float32 master weights: coefficients are learned in float32; on a GPU the forward runs
         # under bf16 autocast.
-        model = AutoModelForCausalLM.from_pretrained(
-            self.arch_path, dtype=torch.float32, trust_remote_code=False
-        )
+        model = None
+        if base_state is not None and self.base_path is not None:
+            model = _on_state(self.arch_path, base_state, self.device)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(
+                self.arch_path, dtype=torch.float32, trust_remote_code=False
+            )
         model.to(self.device).eval().requires_grad_(False)
         self.model = model
         self.params: dict[str, MergedParam] = {}
@@ -266,7 +306,10 @@ class DamModel:
                 if all(lora is None for lora in loras):
                     values = [d if d is not None else param for d in dense]
                     if all(torch.equal(values[0], v) for v in values[1:]):
-                        param.copy_(values[0])  # the experts agree: one copy is enough
+                        # the experts agree: one copy is enough (rebound, never written: the
+                        # base tensor may be the caller's, see base_state)
+                        if values[0] is not param:
+                            param.data = values[0]
                         if kind not in ("linear", "bias"):
                             continue  # frozen at 1/N each, Σ = 1: nothing to merge here
                         # As the reference: every linear layer (lm_head included) and bias gets

@@ -109,12 +109,18 @@ def dam_state_dict(
     folders: Mapping[str, str | Path] | None = None,
     *,
     device: Any = "auto",
+    base_state: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The merged state dict of a ``dam`` recipe (``folders``: recipe string -> local folder)."""
+    """The merged state dict of a ``dam`` recipe (``folders``: recipe string -> local folder).
+
+    ``base_state``: the base already in memory (a search session's); the tensors the merge
+    leaves as they are in the base are then those very tensors, not copies."""
     from .load import load_dam
 
     experts, base = _inputs(recipe, folders)
-    model = load_dam(experts, _coefficient_file(recipe), base=base, device=device)
+    model = load_dam(
+        experts, _coefficient_file(recipe), base=base, device=device, base_state=base_state
+    )
     return model.merged_state_dict()
 
 
@@ -125,6 +131,7 @@ def dam_to_folder(
     *,
     device: Any = "auto",
     overwrite: bool = False,
+    base_state: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a ``dam`` recipe as a model folder, with its coefficient file and their picture.
 
@@ -138,7 +145,7 @@ def dam_to_folder(
 
     experts, base = _inputs(recipe, folders)
     file = _coefficient_file(recipe)
-    model = load_dam(experts, file, base=base, device=device)
+    model = load_dam(experts, file, base=base, device=device, base_state=base_state)
     written = model.save_pretrained(
         out, metadata={"hub_merge_recipe": recipe.canonical_json()}, overwrite=overwrite
     )

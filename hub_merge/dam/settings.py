@@ -76,6 +76,14 @@ class DamSettings:
             "they fit in this many MiB (saves N teacher forwards per step); 0: never"
         },
     )
+    teacher_dtype: Literal["float32", "float16"] = field(
+        default="float32",
+        metadata={
+            "help": "dtype the cached teacher log-probabilities are kept in: 'float16' halves "
+            "the cache (the KL is still computed in float32; the coefficients then differ from "
+            "float32's in the last digits)"
+        },
+    )
     checkpoint_every: int = field(
         default=10, metadata={"help": "steps between coefficient checkpoints"}
     )
@@ -122,6 +130,10 @@ class DamSettings:
                 f"teacher_cache_mb must be >= 0; got {self.teacher_cache_mb}.",
             ),
             (
+                self.teacher_dtype in ("float32", "float16"),
+                f"teacher_dtype must be 'float32' or 'float16'; got {self.teacher_dtype!r}.",
+            ),
+            (
                 self.checkpoint_every >= 1,
                 f"checkpoint_every must be at least 1; got {self.checkpoint_every}.",
             ),
@@ -142,6 +154,8 @@ class DamSettings:
         out = self.to_dict()
         out.pop("checkpoint_every")
         out.pop("teacher_cache_mb")
+        if out["teacher_dtype"] == "float32":  # the default: recipes made before it stay valid
+            out.pop("teacher_dtype")
         return out
 
     def resume_settings(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 from ..atomic import atomic_write
 from ..errors import SearchStateError
 from ..evaluate import Example
+from ..rss import mark, return_freed_memory
 from .data import Batch, Row, assign_tasks, collate, draw, encode
 from .module import COEFFICIENTS_FORMAT, DamModel
 from .mofo import MoFOAdamW
@@ -145,14 +146,15 @@ class DamTrainer:
             for r in rows
         )
         vocab = int(self.model.model.config.get_text_config().vocab_size)
-        if positions * vocab * 4 > s.teacher_cache_mb * 2**20:
+        dtype = torch.float16 if s.teacher_dtype == "float16" else torch.float32
+        if positions * vocab * dtype.itemsize > s.teacher_cache_mb * 2**20:
             return False
         cache: list[list[torch.Tensor]] = []
         for k, rows in enumerate(self.rows):
             per_row: list[torch.Tensor] = []
             for start in range(0, len(rows), s.train_batch_size):
                 chunk = rows[start : start + s.train_batch_size]
-                logp = self._teacher_logp(k, chunk)
+                logp = self._teacher_logp(k, chunk).to(dtype)
                 counts = collate(chunk, self.pad_id, s.positions, torch.device("cpu"))
                 per_row += list(logp.split(counts.loss_mask.sum(1).tolist()))
             cache.append(per_row)
@@ -174,7 +176,7 @@ class DamTrainer:
         for k, rows in enumerate(per_expert):
             part: Batch = batch.slice(start, start + len(rows))
             if self._teacher is not None and index is not None:
-                teacher = torch.cat([self._teacher[k][i] for i in index[k]])
+                teacher = torch.cat([self._teacher[k][i] for i in index[k]]).float()
             else:
                 teacher = self._teacher_logp(k, rows)
             mine = student[start : start + len(rows)][part.loss_mask].float() / s.temperature
@@ -313,6 +315,8 @@ class DamTrainer:
         start = time.perf_counter()
         if self.step < s.steps and self._teacher is None and s.teacher_cache_mb > 0:
             self.cache_teacher()
+            return_freed_memory()  # the teachers' forward passes
+            mark("dam: teacher cache")
         bar = None
         if progress and self.step < s.steps:
             from tqdm.auto import tqdm
@@ -321,6 +325,9 @@ class DamTrainer:
         try:
             while self.step < s.steps:
                 kl = self.train_step()
+                # A step frees a model's worth of merged weights and its logits; glibc's heap
+                # kept them and grew by ~0.4 GB over 30 steps on the smol zoo.
+                return_freed_memory()
                 if not math.isfinite(kl):
                     raise SearchStateError(
                         f"DAM: the loss became {kl} at step {self.step}; lower the lr (now {s.lr})."
@@ -337,6 +344,7 @@ class DamTrainer:
         finally:
             if bar is not None:
                 bar.close()
+        mark("dam: training")
         return time.perf_counter() - start
 
 
@@ -379,12 +387,14 @@ def train_dam(
     on_step: Callable[[int, float], None] | None = None,
     model: DamModel | None = None,
     seed: int = 0,
+    base_state: Mapping[str, torch.Tensor] | None = None,
 ) -> DamResult:
     """Train DAM coefficients for ``experts`` (name -> folder) and save them in ``out_dir``.
 
     ``prompts`` maps each expert's name (or its task's name, matched as in
     :func:`~hub_merge.dam.data.assign_tasks`) to its examples: the task's training rows when
     there are any, else its dev rows. Resumes from ``out_dir/dam_checkpoint.safetensors``.
+    ``base_state``: the base already in memory (see :class:`DamModel`), so it is not held twice.
 
     Raises:
         ConfigError, TaskFileError, IncompatibleModelsError: before anything is trained.
@@ -400,7 +410,9 @@ def train_dam(
             device=device,
             train_embeddings_norms=settings.train_embeddings_norms,
             bias_init=settings.bias_init,
+            base_state=base_state,
         )
+    mark("dam: experts loaded")
     trainer = DamTrainer(model, assigned, settings, seed=seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

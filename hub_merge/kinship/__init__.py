@@ -26,7 +26,14 @@ from ..layers import layer_index
 from .groups import GROUPS, tensor_group
 from .matrix import kinship, kinship_matrix
 from .result import KinshipResult
-from .sources import AdapterSource, FolderSource, KinshipSource, StateDictSource, as_source
+from .sources import (
+    AdapterSource,
+    ComputedSource,
+    FolderSource,
+    KinshipSource,
+    StateDictSource,
+    as_source,
+)
 from .stats import METRICS, KinshipStats, Metric, self_kinship
 
 __all__ = [
@@ -37,6 +44,7 @@ __all__ = [
     "METRICS",
     "Metric",
     "StateDictSource",
+    "ComputedSource",
     "FolderSource",
     "AdapterSource",
     "as_source",

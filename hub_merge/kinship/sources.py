@@ -17,7 +17,7 @@ import torch
 from ..errors import KinshipError
 from ..tensors import LoraAdapterReader, is_adapter_folder
 from .base import KinshipBase
-from .stores import DictStore, FolderStore, TensorStore
+from .stores import ComputedStore, DictStore, FolderStore, TensorStore
 from .terms import DenseTerm, LowRankTerm, Term
 
 
@@ -66,6 +66,14 @@ class StateDictSource(_FullSource):
 
     def __init__(self, state_dict: Mapping[str, torch.Tensor], name: str = "model") -> None:
         super().__init__(DictStore(state_dict, name), name)
+
+
+class ComputedSource(_FullSource):
+    """A full model whose tensors are computed when the pass reads them (see ``ComputedStore``):
+    a merged node a search does not hold in memory costs one tensor at a time."""
+
+    def __init__(self, source: object, name: str = "model") -> None:
+        super().__init__(ComputedStore(source, name), name)
 
 
 class FolderSource(_FullSource):

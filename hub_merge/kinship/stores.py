@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -64,6 +65,36 @@ class DictStore(TensorStore):
 
     def get(self, name: str) -> torch.Tensor:
         return self._sd[name].detach()
+
+
+class ComputedStore(TensorStore):
+    """Tensors computed when read: any object with ``names``, ``shape``, ``dtype`` and ``get``
+    (e.g. a merge computed tensor by tensor, ``MergeSession.merge_lazily``'s source). The
+    tensor being read is kept until the pass releases it, so its row chunks compute it once."""
+
+    def __init__(self, source: object, label: str) -> None:
+        self._src: Any = source
+        self.label = label
+        self._last: tuple[str | None, torch.Tensor | None] = (None, None)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._src.names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._src.shape(name))
+
+    def is_float(self, name: str) -> bool:
+        return bool(self._src.dtype(name).is_floating_point)
+
+    def get(self, name: str) -> torch.Tensor:
+        if self._last[0] != name:
+            self._last = (None, None)  # the previous tensor is dropped before the next is made
+            self._last = (name, self._src.get(name))
+        return self._last[1]  # type: ignore[return-value]
+
+    def release(self) -> None:
+        self._last = (None, None)
 
 
 class FolderStore(TensorStore):

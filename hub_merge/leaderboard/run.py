@@ -31,6 +31,7 @@ from ..comparison import ComparisonRow
 from ..comparison import compare as compare_tree
 from ..errors import SearchStateError
 from ..lineage import FamilyTree
+from ..rss import mark, return_freed_memory
 from .alternatives import moa_row, moe_row
 from .board import BoardRow, Leaderboard, SeedResult
 from .config import CompareConfig, RunSpec, row_title
@@ -61,6 +62,7 @@ def compare_strategies(config: CompareConfig) -> Leaderboard:
     root = Path(config.out)
     _open_root(root, config)
     engine = _Engine(config, checked[runs[0].folder])
+    mark("compare: models, evaluators, backend")
     try:
         return _Compare(config, runs, checked, root, engine).run()
     finally:
@@ -91,9 +93,24 @@ class _Engine:
         )
         self.base_params = sum(t.numel() for t in self.session.base.state.values())
 
+    def release(self) -> None:
+        """Free what the last row held: the backend's state dicts and the scoring model.
+
+        One backend serves every row, so without this the cache a search filled (up to
+        ``max_memory``) and the scoring model would still be held while the next strategy
+        trains (DAM holds its own module and activations), and the compare's peak would grow
+        with each row instead of being the largest row's.
+        """
+        import gc
+
+        self.backend.release()
+        gc.collect()  # the in-place model and the backend refer to each other: free it now
+        return_freed_memory()
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self.release()
 
 
 class _Compare:
@@ -122,7 +139,13 @@ class _Compare:
         for i, spec in enumerate(self.runs, 1):
             self._say(f"[{i}/{total}] {row_title(spec.row)}, seed {spec.seed}")
             self._strategy(spec, first=i == 1)
+            # nothing of a finished row is held while the leaderboard scores its model or the
+            # next row runs
+            self.engine.release()
+            mark(f"compare: {spec.folder}")
             self.board().write(self.root)
+            self.engine.release()  # the leaderboard's exact-match model
+            mark(f"compare: leaderboard after {spec.folder}")
         extra = [(self.config.moe, "moe", moe_row), (self.config.moa, "moa", moa_row)]
         done = len(self.runs)
         for wanted, name, build in extra:
@@ -132,6 +155,7 @@ class _Compare:
             self._say(f"[{done}/{total}] {name}")
             self._alternative(name, build)
             self.board().write(self.root)
+            self.engine.release()
         board = self.board()
         board.write(self.root)
         return board
@@ -228,6 +252,7 @@ class _Compare:
             device=self.engine.session.device,
         )
         scores = evaluator.score(load())
+        return_freed_memory()  # the loaded model's weights and the activations
         self.evaluations += 1
         self.em_cache.put(key, scores)
         return scores

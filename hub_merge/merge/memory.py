@@ -62,6 +62,50 @@ class ModelHandle:
 ModelLike = ModelHandle | Mapping[str, torch.Tensor] | str | Path
 
 
+class _MergedSource:
+    """A merge's tensors, each computed from its inputs' when read (:meth:`MergeSession.merge_lazily`)."""
+
+    def __init__(
+        self,
+        session: MergeSession,
+        op: TensorMerge,
+        handles: list[ModelHandle],
+        base: ModelHandle | None,
+        label: str,
+    ) -> None:
+        self.session, self.op, self.handles, self.base, self.label = (
+            session,
+            op,
+            handles,
+            base,
+            label,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.session.names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.session.base.state[name].shape)
+
+    def dtype(self, name: str) -> torch.dtype:
+        ref = self.session.base.state[name]
+        return self.session.dtype if ref.is_floating_point() else ref.dtype
+
+    def get(
+        self, name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        s = self.session
+        ref = s.base.state[name]
+        if not ref.is_floating_point():
+            return ref
+        with torch.no_grad():
+            tensors = [h.tensor(name, s.device) for h in self.handles]
+            b = self.base.tensor(name, s.device) if self.base is not None else None
+            out = self.op(name, tensors, b, out_dtype=s.dtype)
+        return out.to(device=device, dtype=dtype or out.dtype)
+
+
 class MergeSession:
     """Merge models in memory against one base kept on the device.
 
@@ -178,6 +222,37 @@ class MergeSession:
             seed: seeds random methods (DARE, DELLA) per tensor, deterministically.
             exact_mergekit: mergekit's own arithmetic instead of :mod:`.kernels`' fast kernels.
         """
+        merged = self.merge_lazily(
+            method,
+            models,
+            parameters,
+            base=base,
+            model_parameters=model_parameters,
+            seed=seed,
+            exact_mergekit=exact_mergekit,
+        )
+        with torch.no_grad():
+            return {name: merged.tensor(name, self.device) for name in self.names}
+
+    def merge_lazily(
+        self,
+        method: str,
+        models: Sequence[ModelLike],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        base: ModelLike | str | None = "session",
+        model_parameters: Sequence[Mapping[str, Any]] | None = None,
+        seed: int | None = None,
+        exact_mergekit: bool = False,
+    ) -> ModelHandle:
+        """The merge of :meth:`merge` as an input that computes each tensor when it is read.
+
+        A search merging a child of two merged parents would otherwise hold both parents'
+        full state dicts beside the child's: given lazily, the parents cost one tensor each
+        at a time (and are merged again per child; the same numbers, tensor for tensor, as
+        :meth:`merge`, which is this input read once in full). Everything is checked here,
+        before any tensor is computed.
+        """
         m = get_method(method)
         params = dict(parameters or {})
         mparams = [dict(p) for p in (model_parameters or [{} for _ in models])]
@@ -202,17 +277,8 @@ class MergeSession:
         op.check(self.names)  # a bad value is one ConfigError, before any tensor is merged
         self.arithmetic.add(op.arithmetic)
         self.dare_rng = self.dare_rng or uses_philox(op.kernel)
-        out: StateDict = {}
-        with torch.no_grad():
-            for name in self.names:
-                ref = self.base.state[name]
-                if not ref.is_floating_point():
-                    out[name] = ref
-                    continue
-                tensors = [h.tensor(name, self.device) for h in handles]
-                b = base_handle.tensor(name, self.device) if base_handle is not None else None
-                out[name] = op(name, tensors, b, out_dtype=self.dtype)
-        return out
+        source = _MergedSource(self, op, handles, base_handle, f"<{method} merge>")
+        return ModelHandle(label=source.label, source=source)
 
     def merge_recipe(
         self, recipe: MergeRecipe, models: Mapping[str, ModelLike] | None = None
@@ -278,6 +344,16 @@ class MergeSession:
         if getattr(self._model.config, "tie_word_embeddings", False):
             self._model.tie_weights()
         return self._model
+
+    def release_model(self) -> None:
+        """Drop the scoring model of :meth:`to_model` and the methods' cached inputs.
+
+        A caller that runs several searches over one session (``hub-merge compare``) calls it
+        between them, so a finished search does not keep a model-sized copy while the next one
+        trains or merges; the next ``to_model`` builds the model again (a second or two).
+        """
+        self._model = None
+        self.method_cache.clear()
 
     def save(self, state_dict: Mapping[str, torch.Tensor], out: str | Path, **kwargs: Any) -> Path:
         """Write an in-memory merge as a model folder (base config and tokenizer), atomically."""

@@ -101,11 +101,18 @@ class MergeMethod:
         overwrite: bool = False,
         options: Mapping[str, Any] | None = None,
     ) -> Path:
-        """Write the merge as a folder, atomically (``options``: the streaming run's extras)."""
+        """Write the merge as a folder, atomically (``options``: the streaming run's extras; a
+        search backend passes ``base_state``, the base it holds in memory, for a method that
+        would otherwise read the base again)."""
         raise NotImplementedError
 
     def in_place(self, model: InPlaceModel, recipe: MergeRecipe) -> InPlacePlan | None:
         """How to write the merge into the scoring model in place; None: the merge path."""
+        return None
+
+    def lazy(self, recipe: MergeRecipe, inputs: MergeInputs) -> Any:
+        """The merge as an input whose tensors are computed when read (a ``ModelHandle``), for
+        a recipe nested in another; None: the caller builds the full state dict instead."""
         return None
 
     def card_step(self, recipe: MergeRecipe) -> dict[str, str]:
@@ -174,6 +181,23 @@ class MergekitMethod(MergeMethod):
 
     def in_place(self, model: InPlaceModel, recipe: MergeRecipe) -> InPlacePlan | None:
         return model.affine_plan(recipe) or model.kernel_plan(recipe)
+
+    def lazy(self, recipe: MergeRecipe, inputs: MergeInputs) -> Any:
+        """Per tensor, as :meth:`state_dict` merges: a parent costs no full state dict."""
+        if recipe.slices:
+            return None
+        session = inputs.session
+        resolve = inputs.resolve or (lambda ref: ref)
+        resolve_base = inputs.resolve_base or resolve
+        return session.merge_lazily(
+            recipe.method,
+            [resolve(e.model) for e in recipe.models],
+            recipe.parameters,
+            base=None if recipe.base is None else resolve_base(recipe.base),
+            model_parameters=[e.parameters for e in recipe.models],
+            seed=recipe.seed,
+            exact_mergekit=recipe.exact_mergekit,
+        )
 
 
 MERGEKIT = MergekitMethod()

@@ -112,6 +112,7 @@ def run_checked(
             dev_tasks=list(checked.tasks),
             train_tasks=checked.train,
             progress=config.progress,
+            base_state=session.base.state,
         ),
         split={**split.how, "description": split.describe()},
         # every merge step is stored in the session's dtype: the card's mergekit YAML says so

@@ -102,6 +102,9 @@ class Workspace:
     # training strategy (DAM) prefers them to the dev rows
     train_tasks: list[Any] = field(default_factory=list)
     progress: bool = True
+    # the session's base weights (read-only): a training strategy builds on them instead of
+    # loading the base again, so the process holds one base
+    base_state: Mapping[str, Any] | None = None
 
 
 @dataclass

@@ -70,7 +70,14 @@ class DamStrategy(Strategy):
             device=ws.device,
             progress=bool(getattr(ws, "progress", True)),
             seed=self.ctx.seed,
+            base_state=getattr(ws, "base_state", None),
         )
+        import gc
+
+        from ...rss import return_freed_memory
+
+        gc.collect()  # the trained module and its optimizer, before the core scores the merge
+        return_freed_memory()
         self.recipe = dam_recipe(
             self.ctx.base,
             [e.source for e in self.ctx.experts],
