@@ -9,6 +9,7 @@ after one warm-up step. On CUDA the clock is read after ``torch.cuda.synchronize
     python benchmarks/dam_speed.py --synthetic 0.5b --device cuda    # no zoo, no download
     python benchmarks/dam_speed.py --synthetic tiny --steps 2        # a CPU smoke run
     python benchmarks/dam_speed.py --profile 2                       # + torch.profiler top ops
+    python benchmarks/dam_speed.py --peer dense                      # + the dense merge's step
 
 ``--profile N`` runs N more steps under ``torch.profiler`` after the timed ones and prints the
 operators with the most self time, and the share of a step in the forward, the backward and the
@@ -51,7 +52,14 @@ def profile_steps(trainer, steps: int, top: int = 15) -> str:
 
 
 def measure(
-    zoo_dir: Path, *, device: str, steps: int, rows: int, batch: int, profile: int = 0
+    zoo_dir: Path,
+    *,
+    device: str,
+    steps: int,
+    rows: int,
+    batch: int,
+    profile: int = 0,
+    factored: bool = True,
 ) -> dict:
     from hub_merge.dam import DamModel, DamSettings, DamTrainer
     from hub_merge.evaluate import load_tasks
@@ -66,6 +74,7 @@ def measure(
         base=zoo_dir / zoo["base"],
         names=names,
         device=device,
+        factored=factored,
     )
     settings = DamSettings(steps=steps + 1, train_batch_size=batch, max_rows=rows)
     trainer = DamTrainer(model, prompts, settings)
@@ -116,6 +125,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=16, help="prompts per expert")
     ap.add_argument("--batch", type=int, default=8, help="rows per expert in a step")
     ap.add_argument("--profile", type=int, default=0, help="profile N more steps (torch.profiler)")
+    ap.add_argument(
+        "--peer",
+        choices=["dense"],
+        help="also time the step with the merged weights formed densely (DamModel(factored="
+        "False), the pre-factored step), in the same process, and print the ratio",
+    )
     args = ap.parse_args()
     work = None
     try:
@@ -132,10 +147,26 @@ def main() -> None:
             batch=args.batch,
             profile=args.profile,
         )
+        if args.peer:
+            peer = measure(
+                args.zoo,
+                device=args.device,
+                steps=args.steps,
+                rows=args.rows,
+                batch=args.batch,
+                factored=False,
+            )
+            result["peer_dense_step_s"] = peer["step_s"]
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     profiled = result.pop("profile", None)
+    if "peer_dense_step_s" in result:
+        print(
+            f"dense merge: {result['peer_dense_step_s']:.3f} s/step; factored: "
+            f"{result['step_s']:.3f} s/step = {result['peer_dense_step_s'] / result['step_s']:.2f}x"
+            " faster"
+        )
     print(json.dumps(result, indent=2))
     if profiled:
         print(profiled)

@@ -416,3 +416,38 @@ def test_a_float16_teacher_cache_is_half_the_size_and_trains_alike(tiny_zoo, ada
     assert DamSettings(teacher_dtype="float16").recipe_settings()["teacher_dtype"] == "float16"
     with pytest.raises(ConfigError, match="teacher_dtype"):
         DamSettings(teacher_dtype="int8")
+
+
+@pytest.mark.parametrize("kind", ["adapters", "experts"])
+def test_the_factored_forward_gives_the_dense_merges_logits_and_gradients(tiny_zoo, kind):
+    # LoRA experts apply their merge without forming the merged weight; full experts cannot
+    experts = getattr(tiny_zoo, kind)
+    names = sorted(experts)
+    folders = [experts[n] for n in names]
+
+    def run(factored: bool):
+        dam = DamModel(folders, base=tiny_zoo.base, names=names, device="cpu", factored=factored)
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # coefficients away from 1/N, so each expert's terms matter
+            for c in dam.trainable():
+                c.copy_(torch.rand(c.shape, generator=g) + 0.2)
+        ids, mask = _inputs()
+        logits = dam.logits(ids, mask)
+        (logits.float().pow(2).mean()).backward()
+        return dam, logits.detach(), {n: c.grad.clone() for n, c in dam.coefficients.items()
+                                      if isinstance(c, torch.nn.Parameter)}  # fmt: skip
+
+    fast, logits, grads = run(True)
+    dense, want_logits, want_grads = run(False)
+    assert not dense.factored
+    if kind == "adapters":  # every linear layer, lm_head included, is factored
+        linears = [n for n, p in fast.params.items() if p.kind == "linear"]
+        assert sorted(fast.factored) == sorted(linears) and "lm_head.weight" in fast.factored
+    else:
+        assert not fast.factored
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
+    assert grads.keys() == want_grads.keys()
+    for name in grads:
+        scale = float(want_grads[name].abs().max())  # float32 round-off in another order
+        torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-3, atol=1e-4 * scale)
+    assert all("forward" not in vars(m) for m in fast.factored.values())  # restored

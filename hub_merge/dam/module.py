@@ -207,6 +207,7 @@ class DamModel:
         train_embeddings_norms: bool = False,
         bias_init: str = "one",
         base_state: Mapping[str, torch.Tensor] | None = None,
+        factored: bool = True,
     ) -> None:
         if bias_init not in ("one", "uniform"):
             raise ConfigError(f"DAM: bias_init must be 'one' or 'uniform'; got {bias_init!r}.")
@@ -258,6 +259,20 @@ class DamModel:
             c = torch.full((n, *p.coefficient_shape()), init, device=self.device)
             self.coefficients[name] = nn.Parameter(c) if p.trainable else c
         self._frozen: dict[str, torch.Tensor] = {}
+        # Linear layers whose merge is applied without forming the merged weight (see logits)
+        self.factored: dict[str, nn.Linear] = {}
+        if factored:
+            for name, p in self.params.items():
+                module = self.model.get_submodule(name.rpartition(".")[0])
+                if (
+                    p.trainable
+                    and p.kind == "linear"
+                    and p.axis == 1
+                    and isinstance(module, nn.Linear)
+                    and module.weight is p.base
+                    and all(d is None for d in p.dense)
+                ):
+                    self.factored[name] = module
 
     # --- loading -------------------------------------------------------------------------------
 
@@ -381,12 +396,16 @@ class DamModel:
         """The coefficients that train (everything else in the module is frozen)."""
         return [c for c in self.coefficients.values() if isinstance(c, nn.Parameter)]
 
-    def weights(self, select: int | None = None) -> dict[str, torch.Tensor]:
+    def weights(
+        self, select: int | None = None, *, skip: Sequence[str] | dict = ()
+    ) -> dict[str, torch.Tensor]:
         """The tensors to run the model with: the merge, or pure expert ``select``."""
         if select is not None:
             return {name: p.expert(select) for name, p in self.params.items()}
         out: dict[str, torch.Tensor] = {}
         for name, p in self.params.items():
+            if name in skip:
+                continue
             if p.trainable:
                 out[name] = p.merged(self.coefficients[name])
             else:  # frozen at its coefficients: computed once
@@ -403,12 +422,47 @@ class DamModel:
         *,
         select: int | None = None,
     ) -> torch.Tensor:
-        """Logits of the merged model (or of expert ``select``) through ``functional_call``."""
+        """Logits of the merged model (or of expert ``select``) through ``functional_call``.
+
+        The merge's linear layers whose experts are all the base plus an optional LoRA
+        (``self.factored``) never form their merged weight: ``W = base · Σ_k c_k + L (R ⊙ c)``
+        with column coefficients gives ``x Wᵀ = (x ⊙ Σ_k c_k) baseᵀ + (x (R ⊙ c)ᵀ) Lᵀ``. The
+        backward then needs the input's gradient (``g · base``, wanted anyway) and low-rank
+        terms, never the full weight gradient nor the per-step dense merge: the step's largest
+        costs on CPU (benchmarks/RESULTS.md §12). Written here: no library applies a
+        column-scaled merge this way. ``factored=False`` keeps the dense merge (the benchmark's
+        peer, and the test's reference).
+        """
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask, "use_cache": False}
-        out = torch.func.functional_call(
-            self.model, self.weights(select), args=(), kwargs=kwargs, strict=False
-        )
+        routed = self.factored if select is None else {}
+        weights = self.weights(select, skip=routed)
+        for name, module in routed.items():
+            module.forward = self._factored_forward(module, name)  # undone below
+        try:
+            out = torch.func.functional_call(
+                self.model, weights, args=(), kwargs=kwargs, strict=False
+            )
+        finally:
+            for module in routed.values():
+                del module.forward  # back to nn.Linear.forward
         return out.logits
+
+    def _factored_forward(self, module: nn.Linear, name: str) -> Any:
+        p, c = self.params[name], self.coefficients[name]
+        fn = torch.nn.functional.linear
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            # module.bias is the merged bias here: functional_call has put it in place
+            y = fn(x * c.sum(0), p.base, module.bias)
+            if p._fused is not None:
+                left, right, owner = p._fused
+                return y + fn(fn(x, right * c[owner]), left)
+            for k, lora in enumerate(p.lora):
+                if lora is not None:
+                    y = y + fn(fn(x, lora.right * c[k]), lora.left)
+            return y
+
+        return forward
 
     def similarity(self) -> torch.Tensor:
         """Σ over trainable vector coefficients of the mean pairwise cosine similarity of experts.
