@@ -59,8 +59,10 @@ def measure(
     rows: int,
     batch: int,
     profile: int = 0,
-    factored: bool = True,
+    peer: bool = False,
 ) -> dict:
+    """Time DAM's steps; with ``peer``, the dense merge's steps too, alternating step by step
+    with the factored ones in this process, so both see the same load."""
     from hub_merge.dam import DamModel, DamSettings, DamTrainer
     from hub_merge.evaluate import load_tasks
 
@@ -68,29 +70,40 @@ def measure(
     names = list(zoo["adapters"])
     tasks = load_tasks([zoo_dir / p for p in zoo["tasks"].values()], limit=rows)
     prompts = {t.name: list(t.examples) for t in tasks}
-    t0 = time.perf_counter()
-    model = DamModel(
-        [zoo_dir / zoo["adapters"][n] for n in names],
-        base=zoo_dir / zoo["base"],
-        names=names,
-        device=device,
-        factored=factored,
-    )
-    settings = DamSettings(steps=steps + 1, train_batch_size=batch, max_rows=rows)
-    trainer = DamTrainer(model, prompts, settings)
-    setup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cached = trainer.cache_teacher()
-    _sync(model.device)
-    teacher = time.perf_counter() - t0
-    trainer.train_step()  # warm-up: allocator, kernels, optimizer state
-    times = []
-    for _ in range(steps):
-        _sync(model.device)
+
+    def build(factored: bool) -> tuple[DamTrainer, float, float, bool]:
         t0 = time.perf_counter()
-        trainer.train_step()
+        model = DamModel(
+            [zoo_dir / zoo["adapters"][n] for n in names],
+            base=zoo_dir / zoo["base"],
+            names=names,
+            device=device,
+            factored=factored,
+        )
+        settings = DamSettings(steps=steps + 1, train_batch_size=batch, max_rows=rows)
+        trainer = DamTrainer(model, prompts, settings)
+        setup = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cached = trainer.cache_teacher()
         _sync(model.device)
-        times.append(time.perf_counter() - t0)
+        teacher = time.perf_counter() - t0
+        trainer.train_step()  # warm-up: allocator, kernels, optimizer state
+        return trainer, setup, teacher, cached
+
+    trainer, setup, teacher, cached = build(True)
+    model = trainer.model
+    dense = build(False)[0] if peer else None
+    times: list[float] = []
+    dense_times: list[float] = []
+    for _ in range(steps):
+        for t, into in ((trainer, times), (dense, dense_times)):
+            if t is None:
+                continue
+            _sync(model.device)
+            t0 = time.perf_counter()
+            t.train_step()
+            _sync(model.device)
+            into.append(time.perf_counter() - t0)
     step = statistics.median(times)
     profiled = profile_steps(trainer, profile) if profile else None
     out = {
@@ -109,6 +122,8 @@ def measure(
     }
     if profiled is not None:
         out["profile"] = profiled
+    if dense_times:
+        out["peer_dense_step_s"] = statistics.median(dense_times)
     if model.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
     return out
@@ -129,7 +144,7 @@ def main() -> None:
         "--peer",
         choices=["dense"],
         help="also time the step with the merged weights formed densely (DamModel(factored="
-        "False), the pre-factored step), in the same process, and print the ratio",
+        "False), the pre-factored step), alternating steps in the same process; print the ratio",
     )
     args = ap.parse_args()
     work = None
@@ -146,17 +161,8 @@ def main() -> None:
             rows=args.rows,
             batch=args.batch,
             profile=args.profile,
+            peer=args.peer == "dense",
         )
-        if args.peer:
-            peer = measure(
-                args.zoo,
-                device=args.device,
-                steps=args.steps,
-                rows=args.rows,
-                batch=args.batch,
-                factored=False,
-            )
-            result["peer_dense_step_s"] = peer["step_s"]
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
