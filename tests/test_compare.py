@@ -47,6 +47,10 @@ def test_compare_runs_every_strategy_moe_and_moa_on_one_split_and_cache(tiny_com
     moa = rows["moa"].seeds[0]
     assert set(moa.test) == tasks and all(v > 0 for v in moa.test.values())
     assert moa.test_fitness is not None and not moa.dev
+    # the compare's MoA settings reach it: 4 calls a query, each at most 6 new tokens
+    assert "at most 6 new tokens" in rows["moa"].note
+    report = json.loads((folder / "moa" / "moa.json").read_text())
+    assert 0 < report["generated_tokens_per_query"] <= 6 * rows["moa"].calls_per_query
     assert rows["moe"].params > rows["moe"].active_params >= rows["greedy"].params
     assert rows["dam"].seeds[0].train_steps == 3
     # which rows each read: searches dev rows only, DAM the task-to-expert mapping too
@@ -215,6 +219,18 @@ def _compare_args(zoo, out: Path, *extra: str) -> list[str]:
         (
             ["--strategies", "greedy", "--settings", '{"dam": {"steps": 2}}'],
             "Settings given for dam",
+        ),
+        (
+            ["--strategies", "greedy", "--settings", '{"moa": {"max_new_tokens": 8}}'],
+            "Settings given for moa, which is not among --strategies (greedy) or --moa",
+        ),
+        (
+            ["--strategies", "greedy", "--moa", "--settings", '{"moa": {"max_tokens": 8}}'],
+            "Unknown MoA setting(s) max_tokens",
+        ),
+        (
+            ["--strategies", "greedy", "--moa", "--settings", '{"moa": {"temperature": -1}}'],
+            "--temperature must be >= 0",
         ),
     ],
 )

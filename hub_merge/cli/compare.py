@@ -31,7 +31,9 @@ from .search import ManyValues, ManyValuesCommand, parse_json
     "--settings",
     "settings_json",
     default=None,
-    help='Each strategy\'s own settings as JSON, e.g. \'{"evolve": {"population": 8}}\'.',
+    help='Each strategy\'s own settings as JSON, e.g. \'{"evolve": {"population": 8}}\'; '
+    "with --moa, MoA's too (default: the reference's sampling, temperature 0.7 and up to 2048 "
+    'new tokens), e.g. \'{"moa": {"max_new_tokens": 64}}\'.',
 )
 @click.option("--seeds", type=int, default=1, show_default=True, help="Seeds per strategy.")
 @click.option("--seed", type=int, default=0, show_default=True, help="The first seed.")

@@ -89,12 +89,13 @@ def moe_row(cmp: Any, folder: Path) -> BoardRow:
 
 def moa_row(cmp: Any, folder: Path) -> BoardRow:
     """Run MoA (every expert proposes, the base aggregates) on the test rows: EM and loss."""
-    from ..moa import MoaSettings, ModelPool, run_moa
+    from ..moa import ModelPool, run_moa
 
     t0 = time.perf_counter()
     folders, _ = _expert_rows(cmp)
     pool = ModelPool(Path(cmp.engine.models.base.path), folders, cmp.config.device)
-    report = run_moa(pool, cmp.split.test, list(folders), "base", MoaSettings(layers=1))
+    settings = cmp.config.moa_settings()
+    report = run_moa(pool, cmp.split.test, list(folders), "base", settings)
     folder.mkdir(parents=True, exist_ok=True)
     from ..atomic import atomic_write_json
 
@@ -120,5 +121,7 @@ def moa_row(cmp: Any, folder: Path) -> BoardRow:
             )
         ],
         calls_per_query=float(report.calls_per_query),
-        note=f"{report.generated_tokens_per_query:.1f} generated tokens per query",
+        note=f"{report.generated_tokens_per_query:.1f} generated tokens per query; sampling at "
+        f"temperature {settings.temperature:g}, at most "
+        f"{settings.max_new_tokens or 'the longest answer + 2'} new tokens",
     )

@@ -141,12 +141,15 @@ class CompareConfig:
                 raise ConfigError(
                     "--moe and --moa score task files (JSONL rows); with lm-eval tasks, drop them."
                 )
-        unknown = sorted(set(self.settings) - set(names))
+        rows = set(names) | ({MOA} if self.moa else set())
+        unknown = sorted(set(self.settings) - rows)
         if unknown:
             raise ConfigError(
                 f"Settings given for {', '.join(unknown)}, which is not among --strategies "
-                f"({', '.join(names)})."
+                f"({', '.join(names)}){' or --moa' if not self.moa else ''}."
             )
+        if self.moa:
+            self.moa_settings().check()
         from ..search.strategy import get_strategy
 
         budgets = self.budgets()
@@ -170,6 +173,20 @@ class CompareConfig:
                     )
                 )
         return runs
+
+    def moa_settings(self) -> Any:
+        """MoA's settings: one proposer round, and the reference's sampling unless ``settings``
+        names others (``{"moa": {"max_new_tokens": 32}}``). Raises ConfigError on unknown keys."""
+        from ..moa import MoaSettings
+
+        given = dict(self.settings.get(MOA) or {})
+        known = {f.name for f in dataclasses.fields(MoaSettings)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown MoA setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}."
+            )
+        return MoaSettings(**{"layers": 1, **given})
 
     def search_config(self, run: RunSpec | None = None, *, resume: bool = False) -> Any:
         """The ``SearchConfig`` of one run (or, without one, of the shared inputs alone)."""
