@@ -172,7 +172,11 @@ def main() -> None:
                 out=str(out / "compare"),
                 strategies=strategies,
                 budget={s: args.budget for s in ("evolve", "swarm") if s in strategies},
-                settings={k: v for k, v in settings(args).items() if k in strategies},
+                settings={
+                    k: v
+                    for k, v in settings(args).items()
+                    if k in strategies or (k == "moa" and args.moa)
+                },
                 seeds=args.seeds,
                 seed=args.first_seed,
                 moe=args.moe,
