@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -19,6 +20,9 @@ def test_a_step_that_allocated_and_freed_shows_its_peak_not_just_its_end():
         log.mark("start")
         buf = bytearray(300 * mib)  # zero-filled: every page touched, resident
         buf[::4096] = b"x" * len(buf[::4096])
+        # held for several sampling intervals: the sampler is a thread, and the allocation
+        # above holds the GIL, so a buffer freed at once may never be sampled under load
+        time.sleep(0.3)
         del buf
         rss.mark("allocate and free")  # the module-level mark writes to the running log
         log.mark("idle")
