@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,6 +115,25 @@ class MergedParam:
         if out is None:  # unreachable: N >= 2 experts each add a term
             raise ConfigError(f"DAM: no expert contributes to {self.name!r}.")
         return out
+
+    def linear(
+        self, x: torch.Tensor, coef: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x · merged(coef)ᵀ + bias`` without forming the merged weight.
+
+        For a linear weight (column coefficients, ``axis`` 1) whose experts are all the base
+        plus an optional LoRA: ``(x ⊙ Σ_k c_k) baseᵀ + (x (R ⊙ c)ᵀ) Lᵀ``, the same terms as
+        :meth:`merged`, applied to ``x``.
+        """
+        fn = torch.nn.functional.linear
+        y = fn(x * coef.sum(0), self.base, bias)
+        if self._fused is not None:
+            left, right, owner = self._fused
+            return y + fn(fn(x, right * coef[owner]), left)
+        for k, lora in enumerate(self.lora):
+            if lora is not None:
+                y = y + fn(fn(x, lora.right * coef[k]), lora.left)
+        return y
 
 
 def _kind(module: nn.Module, leaf: str) -> tuple[Kind, int | None]:
@@ -397,7 +416,7 @@ class DamModel:
         return [c for c in self.coefficients.values() if isinstance(c, nn.Parameter)]
 
     def weights(
-        self, select: int | None = None, *, skip: Sequence[str] | dict = ()
+        self, select: int | None = None, *, skip: Collection[str] = ()
     ) -> dict[str, torch.Tensor]:
         """The tensors to run the model with: the merge, or pure expert ``select``."""
         if select is not None:
@@ -449,18 +468,10 @@ class DamModel:
 
     def _factored_forward(self, module: nn.Linear, name: str) -> Any:
         p, c = self.params[name], self.coefficients[name]
-        fn = torch.nn.functional.linear
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             # module.bias is the merged bias here: functional_call has put it in place
-            y = fn(x * c.sum(0), p.base, module.bias)
-            if p._fused is not None:
-                left, right, owner = p._fused
-                return y + fn(fn(x, right * c[owner]), left)
-            for k, lora in enumerate(p.lora):
-                if lora is not None:
-                    y = y + fn(fn(x, lora.right * c[k]), lora.left)
-            return y
+            return p.linear(x, c, module.bias)
 
         return forward
 
