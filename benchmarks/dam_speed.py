@@ -41,14 +41,19 @@ def _sync(device: torch.device) -> None:
 
 
 def profile_steps(trainer, steps: int, top: int = 15) -> str:
-    """The top operators by self CPU time over ``steps`` training steps, as the profiler's table."""
+    """The top operators by self CPU time over ``steps`` training steps, as the profiler's table,
+    then the same split by input shapes (which tensors a costly operator works on)."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
             with record_function("dam_step"):
                 trainer.train_step()
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_op = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top)
+    by_shape = prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=top
+    )
+    return f"{by_op}\nby input shapes:\n{by_shape}"
 
 
 def measure(

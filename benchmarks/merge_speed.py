@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,12 @@ def main() -> None:
     ap.add_argument("--cuda", action="store_true")
     ap.add_argument("--methods", default="linear,ties,dare_ties")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run the three tools N times in turn and report each one's median",
+    )
     args = ap.parse_args()
     dims = (
         dict(hidden=256, layers=4, vocab=8000, inter=1024)
@@ -162,8 +169,8 @@ def main() -> None:
         (work / f"{method}.yaml").write_text(recipe.to_yaml())
         (work / f"{method}.mk.yaml").write_text(recipe.to_mergekit_yaml(input_dtype="bfloat16"))
         inputs = ([] if method == "linear" else [base]) + experts
-        results = {}
-        for tool, cmd in (
+        runs: dict[str, list[dict]] = {}
+        tools = (
             (
                 "mergekit",
                 [
@@ -199,10 +206,18 @@ def main() -> None:
                     "cuda" if args.cuda else "cpu",
                 ],
             ),
-        ):
+        )
+        for tool, cmd in [t for _ in range(args.repeat) for t in tools]:
             for d in work.glob(f"out-*-{method}*"):
                 shutil.rmtree(d) if d.is_dir() else d.unlink()
-            results[tool] = measure(cmd)
+            runs.setdefault(tool, []).append(measure(cmd))
+        results = {
+            tool: {
+                "wall": statistics.median(r["wall"] for r in rs),
+                "rss_kb": max(r["rss_kb"] for r in rs),
+            }
+            for tool, rs in runs.items()
+        }
         for tool, r in results.items():
             line = (
                 f"{method:10} {tool:10} {r['wall']:8.2f} {r['rss_kb'] / 1024:12.0f} "

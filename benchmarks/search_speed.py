@@ -123,6 +123,35 @@ def in_memory(session: MergeSession, ev: Evaluator, recipes: list[MergeRecipe], 
     return total, merge, got
 
 
+def profile_floor(ev: Evaluator, model, top: int = 12) -> str:
+    """What the floor's scoring is made of: torch.profiler's top operators over one scoring
+    pass, the share of that pass its operators account for (the rest is Python: batching,
+    padding, reading the answers' log-probabilities) and cProfile's top Python functions."""
+    import cProfile
+    import io
+    import pstats
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall, _ = timed(lambda: ev.score(model))
+    events = prof.key_averages()
+    ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    lines = [
+        f"floor profile: one scoring pass {wall:.3f} s under torch.profiler; its operators' "
+        f"self time {ops:.3f} s ({ops / wall:.0%} of the pass)",
+        events.table(sort_by="self_cpu_time_total", row_limit=top),
+    ]
+    pr = cProfile.Profile()
+    pr.enable()
+    ev.score(model)
+    pr.disable()
+    buf = io.StringIO()
+    pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(top)
+    lines.append(buf.getvalue())
+    return "\n".join(lines)
+
+
 def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
@@ -147,6 +176,9 @@ def main() -> None:
     ap.add_argument("--lora-cache", type=Path, help="mergekit's --lora-merge-cache (reused)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--profile", action="store_true", help="profile one scoring pass of the floor (row 4)"
+    )
     ap.add_argument(
         "--methods",
         default="ties,dare_ties",
@@ -197,6 +229,8 @@ def run(args: argparse.Namespace) -> None:
 
     # (4) the floor: forward passes only, nothing applied
     floor = [timed(lambda: ev.score(model))[0] for _ in recipes]
+    if args.profile:
+        print(profile_floor(ev, model), flush=True)
 
     # (3) in place: apply, score, restore; apply + restore timed apart from scoring
     ip_total, ip_apply, ip_scores = in_place(inplace, ev, recipes, args.device)

@@ -143,6 +143,29 @@ def test_bf16_same_kept_except_ties_and_same_count(ours, theirs, kw):
     assert differ.any()  # the test does exercise ties (bf16 deltas tie at the threshold)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("n", [1, 3])
+def test_fast_linear_gives_mergekits_linear(dtype, normalize, n):
+    """The linear kernel without mergekit's zero-filled accumulator: mergekit's values."""
+    _, *experts = _inputs((64, 48), n, dtype=dtype, seed=n)
+    ids = [f"m{i}" for i in range(n)]
+    params = {
+        "weight": {i: w for i, w in zip(ids, [0.7, -0.2, 0.45][:n], strict=True)},
+        "normalize": normalize,
+    }
+    mk = merge_methods.get("linear")
+    assert fast_method(mk) is not mk
+    ours, theirs = (
+        merge_methods.merge_tensors(
+            experts, m, parameters=params, ids=ids, dtype=torch.float32, out_dtype=dtype
+        )
+        for m in (fast_method(mk), mk)
+    )
+    assert ours.dtype == theirs.dtype == dtype
+    assert torch.equal(ours, theirs)
+
+
 def test_ties_broken_by_element_index():
     w = torch.tensor([1.0, 3.0, 2.0, 2.0, 2.0, 5.0, 2.0])
     # top 4: 5, 3, then two of the four 2s: the lowest indices (2 and 3)
