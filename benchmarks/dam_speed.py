@@ -25,6 +25,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -56,6 +57,30 @@ def profile_steps(trainer, steps: int, top: int = 15) -> str:
     return f"{by_op}\nby input shapes:\n{by_shape}"
 
 
+def floor_step(trainer) -> Callable[[], None]:
+    """The floor under a DAM step on the same rows: the base model's forward over one step's
+    batch (the first ``train_batch_size`` rows of each expert) and a backward that reaches every
+    layer (one trainable scalar scales the input embeddings), with the KL-shaped loss at the
+    same positions and temperature. Any method that trains something in every layer pays this;
+    it has no coefficient, no merge, no teacher and no optimizer step."""
+    from hub_merge.dam.data import collate
+
+    s = trainer.settings
+    hf = trainer.model.model  # frozen (requires_grad False): no weight gradients
+    rows = [r for rows in trainer.rows for r in rows[: s.train_batch_size]]
+    batch = collate(rows, trainer.pad_id, s.positions, trainer.model.device)
+    scale = torch.ones((), device=trainer.model.device, requires_grad=True)
+
+    def step() -> None:
+        embeds = hf.get_input_embeddings()(batch.input_ids) * scale
+        logits = hf(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
+        logp = torch.log_softmax(logits.logits[batch.loss_mask].float() / s.temperature, dim=-1)
+        (-(logp.detach().exp() * logp).sum()).backward()
+        scale.grad = None
+
+    return step
+
+
 def measure(
     zoo_dir: Path,
     *,
@@ -64,10 +89,11 @@ def measure(
     rows: int,
     batch: int,
     profile: int = 0,
-    peer: bool = False,
+    peer: str | None = None,
 ) -> dict:
-    """Time DAM's steps; with ``peer``, the dense merge's steps too, alternating step by step
-    with the factored ones in this process, so both see the same load."""
+    """Time DAM's steps; with ``peer`` (``dense``: the dense merge's steps; ``floor``: see
+    :func:`floor_step`) the peer's too, alternating step by step with DAM's in this process, so
+    both see the same load."""
     from hub_merge.dam import DamModel, DamSettings, DamTrainer
     from hub_merge.evaluate import load_tasks
 
@@ -97,16 +123,19 @@ def measure(
 
     trainer, setup, teacher, cached = build(True)
     model = trainer.model
-    dense = build(False)[0] if peer else None
+    dense = build(False)[0].train_step if peer == "dense" else None
+    floor = floor_step(trainer) if peer == "floor" else None
+    if floor is not None:
+        floor()  # warm-up
     times: list[float] = []
-    dense_times: list[float] = []
+    peer_times: list[float] = []
     for _ in range(steps):
-        for t, into in ((trainer, times), (dense, dense_times)):
-            if t is None:
+        for fn, into in ((trainer.train_step, times), (dense or floor, peer_times)):
+            if fn is None:
                 continue
             _sync(model.device)
             t0 = time.perf_counter()
-            t.train_step()
+            fn()
             _sync(model.device)
             into.append(time.perf_counter() - t0)
     step = statistics.median(times)
@@ -127,8 +156,8 @@ def measure(
     }
     if profiled is not None:
         out["profile"] = profiled
-    if dense_times:
-        out["peer_dense_step_s"] = statistics.median(dense_times)
+    if peer_times:
+        out[f"peer_{peer}_step_s"] = statistics.median(peer_times)
     if model.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(model.device) / 2**20
     return out
@@ -147,9 +176,10 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile N more steps (torch.profiler)")
     ap.add_argument(
         "--peer",
-        choices=["dense"],
-        help="also time the step with the merged weights formed densely (DamModel(factored="
-        "False), the pre-factored step), alternating steps in the same process; print the ratio",
+        choices=["dense", "floor"],
+        help="also time, alternating steps in the same process, and print the ratio: dense = "
+        "the step with the merged weights formed densely (DamModel(factored=False), the "
+        "pre-factored step); floor = the base model's forward and backward on the same rows",
     )
     args = ap.parse_args()
     work = None
@@ -166,7 +196,7 @@ def main() -> None:
             rows=args.rows,
             batch=args.batch,
             profile=args.profile,
-            peer=args.peer == "dense",
+            peer=args.peer,
         )
     finally:
         if work is not None:
@@ -177,6 +207,12 @@ def main() -> None:
             f"dense merge: {result['peer_dense_step_s']:.3f} s/step; factored: "
             f"{result['step_s']:.3f} s/step = {result['peer_dense_step_s'] / result['step_s']:.2f}x"
             " faster"
+        )
+    if "peer_floor_step_s" in result:
+        print(
+            f"floor (base forward + backward, same rows): {result['peer_floor_step_s']:.3f} s; "
+            f"DAM step: {result['step_s']:.3f} s = {result['step_s'] / result['peer_floor_step_s']:.2f}x"
+            " the floor"
         )
     print(json.dumps(result, indent=2))
     if profiled:
