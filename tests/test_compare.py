@@ -9,6 +9,7 @@ import pytest
 
 from hub_merge.cli import main
 from hub_merge.comparison import compare
+from hub_merge.dam.data import draw
 from hub_merge.errors import ConfigError, SearchStateError
 from hub_merge.leaderboard import CompareConfig, compare_strategies
 from tests.fixtures.compare import SMALL_SETTINGS, TINY_COMPARE_TASKS, tiny_compare_inputs
@@ -61,7 +62,13 @@ def test_compare_runs_every_strategy_moe_and_moa_on_one_split_and_cache(tiny_com
         False,
     )
     assert (rows["dam"].train_rows, rows["dam"].task_map) == (0, True)
-    assert rows["dam+train"].train_rows == 8 * len(TINY_COMPARE_TASKS)  # max_rows per expert
+    # the training rows DAM's 3 steps of 4 rows drew (of max_rows 8 per expert), not all 8
+    drawn = [
+        {i for step in range(3) for i in draw(8, 4, seed=0, expert=k, step=step, micro=0)}
+        for k in range(len(TINY_COMPARE_TASKS))
+    ]
+    assert rows["dam+train"].train_rows == sum(map(len, drawn))
+    assert rows["dam+train"].train_rows < 8 * len(TINY_COMPARE_TASKS)
     text = board.text()
     assert "dam+train (dam + train rows)" in text and "recommended (best on dev)" in text
     assert "never on the test rows" in text

@@ -29,6 +29,7 @@ from typing import Any
 from ..atomic import atomic_write_json
 from ..comparison import ComparisonRow
 from ..comparison import compare as compare_tree
+from ..dam.data import rows_drawn
 from ..errors import SearchStateError
 from ..lineage import FamilyTree
 from ..rss import mark, return_freed_memory
@@ -197,10 +198,21 @@ class _Compare:
         tree = result.tree
         steps = sum(int(g.stats.get("gradient_steps") or 0) for g in tree.generations)
         train_rows = 0
-        if spec.train:  # DAM reads at most max_rows prompts per expert
-            cap = getattr(self.checked[spec.folder].settings, "max_rows", None)
+        if spec.train:  # the training rows DAM's steps drew, of at most max_rows per expert
+            settings = self.checked[spec.folder].settings
+            cap = getattr(settings, "max_rows", None)
             sizes = [len(t.examples) for t in self.checked[spec.folder].train]
-            train_rows = sum(n if cap is None else min(n, cap) for n in sizes)
+            train_rows = sum(
+                rows_drawn(
+                    n if cap is None else min(n, cap),
+                    settings.train_batch_size,
+                    seed=spec.seed,
+                    expert=k,
+                    steps=steps,
+                    grad_accum=settings.grad_accum,
+                )
+                for k, n in enumerate(sizes)
+            )
         atomic_write_json(
             folder / ROW_RECORD,
             {
