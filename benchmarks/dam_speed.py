@@ -64,6 +64,7 @@ def floor_step(trainer) -> Callable[[], None]:
     same positions and temperature. Any method that trains something in every layer pays this;
     it has no coefficient, no merge, no teacher and no optimizer step."""
     from hub_merge.dam.data import collate
+    from hub_merge.evaluate.scoring import kept_logits
 
     s = trainer.settings
     hf = trainer.model.model  # frozen (requires_grad False): no weight gradients
@@ -73,10 +74,30 @@ def floor_step(trainer) -> Callable[[], None]:
 
     def step() -> None:
         embeds = hf.get_input_embeddings()(batch.input_ids) * scale
-        logits = hf(inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False)
-        logp = torch.log_softmax(logits.logits[batch.loss_mask].float() / s.temperature, dim=-1)
+        logits = kept_logits(
+            hf, type(hf), batch.loss_mask, inputs_embeds=embeds, attention_mask=batch.attention_mask
+        )
+        logp = torch.log_softmax(logits.float() / s.temperature, dim=-1)
         (-(logp.detach().exp() * logp).sum()).backward()
         scale.grad = None
+
+    return step
+
+
+def all_logits_step(trainer) -> Callable[[], None]:
+    """DAM's step as it was before it projected only the loss positions: every position's
+    logits, then the loss positions picked out (the path a model without a boolean
+    ``logits_to_keep`` takes). It shares the trainer, so it also advances the training."""
+    from hub_merge.evaluate.scoring import KEEPS_LOGITS
+
+    cls = type(trainer.model.model)
+
+    def step() -> None:
+        KEEPS_LOGITS[cls] = False
+        try:
+            trainer.train_step()
+        finally:
+            KEEPS_LOGITS[cls] = True
 
     return step
 
@@ -127,6 +148,8 @@ def measure(
     floor = floor_step(trainer) if peer == "floor" else None
     if floor is not None:
         floor()  # warm-up
+    if peer == "all-logits":
+        floor = all_logits_step(trainer)
     times: list[float] = []
     peer_times: list[float] = []
     for _ in range(steps):
@@ -176,10 +199,11 @@ def main() -> None:
     ap.add_argument("--profile", type=int, default=0, help="profile N more steps (torch.profiler)")
     ap.add_argument(
         "--peer",
-        choices=["dense", "floor"],
+        choices=["dense", "floor", "all-logits"],
         help="also time, alternating steps in the same process, and print the ratio: dense = "
         "the step with the merged weights formed densely (DamModel(factored=False), the "
-        "pre-factored step); floor = the base model's forward and backward on the same rows",
+        "pre-factored step); floor = the base model's forward and backward on the same rows; "
+        "all-logits = the step projecting every position onto the vocabulary",
     )
     args = ap.parse_args()
     work = None
@@ -207,6 +231,12 @@ def main() -> None:
             f"dense merge: {result['peer_dense_step_s']:.3f} s/step; factored: "
             f"{result['step_s']:.3f} s/step = {result['peer_dense_step_s'] / result['step_s']:.2f}x"
             " faster"
+        )
+    if "peer_all-logits_step_s" in result:
+        print(
+            f"every position's logits: {result['peer_all-logits_step_s']:.3f} s/step; the loss "
+            f"positions' only: {result['step_s']:.3f} s/step = "
+            f"{result['peer_all-logits_step_s'] / result['step_s']:.2f}x faster"
         )
     if "peer_floor_step_s" in result:
         print(

@@ -451,3 +451,34 @@ def test_the_factored_forward_gives_the_dense_merges_logits_and_gradients(tiny_z
         scale = float(want_grads[name].abs().max())  # float32 round-off in another order
         torch.testing.assert_close(grads[name], want_grads[name], rtol=1e-3, atol=1e-4 * scale)
     assert all("forward" not in vars(m) for m in fast.factored.values())  # restored
+
+
+def test_only_the_loss_positions_are_projected_and_training_is_unchanged(tiny_zoo, adapters):
+    """With ``keep`` the merge (and each expert) projects only the kept positions: the same
+    logits as projecting every position and picking them, and the same training."""
+    from hub_merge.evaluate.scoring import KEEPS_LOGITS
+
+    names = list(adapters)
+    ids, mask = _inputs()
+    keep = mask.bool().clone()
+    keep[:, :3] = False  # the prompt's positions do not count
+    runs = []
+    for kept in (True, False):
+        dam = DamModel(list(adapters.values()), base=tiny_zoo.base, names=names, device="cpu")
+        cls = type(dam.model)
+        KEEPS_LOGITS[cls] = kept  # False: the fallback, every position projected then picked
+        try:
+            with torch.no_grad():
+                for select in (None, 0):
+                    picked = dam.logits(ids, mask, select=select, keep=keep)
+                    assert picked.shape == (int(keep.sum()), dam.model.config.vocab_size)
+                    full = dam.logits(ids, mask, select=select)[keep]
+                    torch.testing.assert_close(picked, full, rtol=0, atol=1e-5)
+            assert KEEPS_LOGITS[cls] is kept  # the cheap path ran where the model takes it
+            trainer = DamTrainer(
+                dam, _prompts(tiny_zoo, names), DamSettings(steps=3, **FAST), seed=0
+            )
+            runs.append([trainer.train_step() for _ in range(3)])
+        finally:
+            KEEPS_LOGITS.pop(cls, None)
+    assert runs[0] == pytest.approx(runs[1], rel=1e-5)

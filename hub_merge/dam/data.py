@@ -91,13 +91,6 @@ class Batch:
     attention_mask: torch.Tensor  # (B, T)
     loss_mask: torch.Tensor  # (B, T) bool: logits that count in the KL
 
-    def slice(self, start: int, stop: int) -> Batch:
-        return Batch(
-            self.input_ids[start:stop],
-            self.attention_mask[start:stop],
-            self.loss_mask[start:stop],
-        )
-
 
 def collate(rows: Sequence[Row], pad_id: int, positions: str, device: torch.device) -> Batch:
     """Right-padded batch; the loss counts every logit that predicts a real token.

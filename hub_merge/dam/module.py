@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, IncompatibleModelsError
+from ..evaluate.scoring import kept_logits
 from ..tensors import CheckpointReader, LoraAdapterReader, is_adapter_folder, resolve_device
 
 Kind = Literal["linear", "bias", "embedding", "norm", "other"]
@@ -440,8 +441,12 @@ class DamModel:
         attention_mask: torch.Tensor,
         *,
         select: int | None = None,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits of the merged model (or of expert ``select``) through ``functional_call``.
+        """Logits of the merged model (or of expert ``select``) through ``functional_call``;
+        with ``keep`` (a boolean (batch, length) mask) only the kept positions', flattened row by
+        row, (number kept, vocab), as :func:`~hub_merge.evaluate.scoring.kept_logits` projects
+        them.
 
         The merge's linear layers whose experts are all the base plus an optional LoRA
         (``self.factored``) never form their merged weight: ``W = base · Σ_k c_k + L (R ⊙ c)``
@@ -457,14 +462,17 @@ class DamModel:
         weights = self.weights(select, skip=routed)
         for name, module in routed.items():
             module.forward = self._factored_forward(module, name)  # undone below
+
+        def forward(**kw: Any) -> Any:
+            return torch.func.functional_call(self.model, weights, args=(), kwargs=kw, strict=False)
+
         try:
-            out = torch.func.functional_call(
-                self.model, weights, args=(), kwargs=kwargs, strict=False
-            )
+            if keep is not None:
+                return kept_logits(forward, type(self.model), keep, **kwargs)
+            return forward(**kwargs).logits
         finally:
             for module in routed.values():
                 del module.forward  # back to nn.Linear.forward
-        return out.logits
 
     def _factored_forward(self, module: nn.Linear, name: str) -> Any:
         p, c = self.params[name], self.coefficients[name]

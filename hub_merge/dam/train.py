@@ -29,7 +29,7 @@ from ..atomic import atomic_write
 from ..errors import SearchStateError
 from ..evaluate import Example
 from ..rss import mark, return_freed_memory
-from .data import Batch, Row, assign_tasks, collate, draw, encode
+from .data import Row, assign_tasks, collate, draw, encode
 from .module import COEFFICIENTS_FORMAT, DamModel
 from .mofo import MoFOAdamW
 from .settings import DamSettings
@@ -131,8 +131,10 @@ class DamTrainer:
         s = self.settings
         part = collate(rows, self.pad_id, s.positions, self.model.device)
         with torch.no_grad(), self._autocast():
-            teacher = self.model.logits(part.input_ids, part.attention_mask, select=k)
-        return torch.log_softmax(teacher[part.loss_mask].float() / s.temperature, dim=-1)
+            teacher = self.model.logits(
+                part.input_ids, part.attention_mask, select=k, keep=part.loss_mask
+            )
+        return torch.log_softmax(teacher.float() / s.temperature, dim=-1)
 
     def cache_teacher(self) -> bool:
         """Compute every training row's teacher distribution once, when it fits the budget.
@@ -170,18 +172,20 @@ class DamTrainer:
             [r for rows in per_expert for r in rows], self.pad_id, s.positions, self.model.device
         )
         with self._autocast():
-            student = self.model.logits(batch.input_ids, batch.attention_mask)
+            # (kept positions, vocab): expert k's rows' positions are one contiguous run
+            student = self.model.logits(batch.input_ids, batch.attention_mask, keep=batch.loss_mask)
+        kept = batch.loss_mask.sum(1).tolist()
         total = torch.zeros((), device=self.model.device)
-        start = 0
+        start = at = 0
         for k, rows in enumerate(per_expert):
-            part: Batch = batch.slice(start, start + len(rows))
             if self._teacher is not None and index is not None:
                 teacher = torch.cat([self._teacher[k][i] for i in index[k]]).float()
             else:
                 teacher = self._teacher_logp(k, rows)
-            mine = student[start : start + len(rows)][part.loss_mask].float() / s.temperature
+            n = sum(kept[start : start + len(rows)])
+            mine = student[at : at + n].float() / s.temperature
             total = total + kl_from_logp(teacher, torch.log_softmax(mine, dim=-1))
-            start += len(rows)
+            start, at = start + len(rows), at + n
         return total
 
     def objective(self, kl: torch.Tensor) -> torch.Tensor:

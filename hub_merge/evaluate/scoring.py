@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,6 +43,30 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 # model class -> whether its forward takes a boolean ``logits_to_keep`` mask (transformers >= 5)
 KEEPS_LOGITS: dict[type, bool] = {}
+
+
+def kept_logits(
+    forward: Callable[..., Any], cls: type, keep: torch.Tensor, **kwargs: Any
+) -> torch.Tensor:
+    """Logits at the ``keep`` positions of a (batch, length) boolean mask, flattened row by row:
+    (number kept, vocab).
+
+    Only those positions are projected onto the vocabulary when the forward of ``cls`` takes a
+    boolean ``logits_to_keep`` (transformers >= 5; remembered per class in ``KEEPS_LOGITS``):
+    on a 49k-word vocabulary the projection of padding and prompt positions, and the
+    logits-sized gradient of selecting from them, are a tenth of a training step. Otherwise
+    (an older or custom model) every position is projected and the kept ones selected.
+    """
+    if KEEPS_LOGITS.get(cls, True):
+        try:
+            logits = forward(**{**kwargs, "use_cache": False, "logits_to_keep": keep}).logits
+            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+                KEEPS_LOGITS[cls] = True
+                return logits
+        except (TypeError, ValueError, IndexError, RuntimeError):
+            pass
+        KEEPS_LOGITS[cls] = False
+    return forward(**kwargs).logits[keep]
 
 
 class Evaluator:
@@ -185,18 +209,14 @@ class Evaluator:
         self, model: Any, ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor
     ) -> torch.Tensor:
         """Logits at the ``keep`` positions, flattened row by row: (number kept, vocab)."""
-        kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": _positions(mask)}
-        cls = type(model)
-        if KEEPS_LOGITS.get(cls, True):
-            try:
-                logits = model(**kwargs, use_cache=False, logits_to_keep=keep).logits
-                if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-                    KEEPS_LOGITS[cls] = True
-                    return logits
-            except (TypeError, ValueError, IndexError, RuntimeError):
-                pass
-            KEEPS_LOGITS[cls] = False  # an older or custom model: project every position
-        return model(**kwargs).logits[keep]
+        return kept_logits(
+            model,
+            type(model),
+            keep,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=_positions(mask),
+        )
 
     def _rows_per_batch(self, model: Any, longest: int) -> int:
         """The configured batch size, or with ``batch_size="auto"`` one chosen from free memory.
