@@ -349,3 +349,19 @@ def test_discover_refuses_offline_mode(monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
         discover("org/base")
+
+
+def test_xet_is_off_for_other_endpoints_and_back_on_for_the_public_hub(monkeypatch):
+    """One process that talks to a local Hub and then to the Hub keeps Xet for the Hub, unless
+    the user's HF_HUB_DISABLE_XET turned it off."""
+    from huggingface_hub import constants
+
+    from hub_merge.hub import client
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)
+    for off_by_user in (False, True):
+        monkeypatch.setattr(client, "_XET_OFF_BY_USER", off_by_user)
+        client.get_api("http://127.0.0.1:1")
+        assert constants.HF_HUB_DISABLE_XET is True
+        client.get_api(client.PUBLIC_ENDPOINT)
+        assert constants.HF_HUB_DISABLE_XET is off_by_user

@@ -40,16 +40,22 @@ def is_public_hub(endpoint: str | None = None) -> bool:
     return resolve_endpoint(endpoint) == PUBLIC_ENDPOINT
 
 
+# HF_HUB_DISABLE_XET as the user's environment set it when hub-merge was imported.
+_XET_OFF_BY_USER = bool(constants.HF_HUB_DISABLE_XET)
+
+
 def configure_transfers(endpoint: str | None = None) -> None:
-    """Switch Xet transfers off for any endpoint that is not the public Hub.
+    """Switch Xet transfers off for any endpoint that is not the public Hub, and back on (unless
+    the user's ``HF_HUB_DISABLE_XET`` turned them off) for the public Hub.
 
     ``hf_xet`` is a dependency of huggingface_hub and is used whenever importable, but only the
     public Hub (and the local Hub, which takes either) is sure to serve Xet; other servers then
     fail uploads at ``/xet-write-token/`` (a 404).
-    The client reads ``constants.HF_HUB_DISABLE_XET`` at call time, so setting it here suffices.
+    The client reads ``constants.HF_HUB_DISABLE_XET`` at call time, so setting it here suffices;
+    setting it on every call, not only off, lets one process publish to a local Hub and then to
+    the Hub without losing Xet there.
     """
-    if not is_public_hub(endpoint):
-        constants.HF_HUB_DISABLE_XET = True
+    constants.HF_HUB_DISABLE_XET = _XET_OFF_BY_USER or not is_public_hub(endpoint)
 
 
 def get_api(endpoint: str | None = None, token: str | None = None) -> HfApi:
