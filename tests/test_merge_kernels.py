@@ -177,6 +177,28 @@ def test_ties_broken_by_element_index():
     assert magnitude(x, 0.5).tolist() == [-2.0, 2.0, 0.0, -2.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("density", [0.3, 0.5, 0.9])
+def test_ties_trimming_keeps_the_top_k_by_magnitude_then_index_on_heavy_ties(density):
+    """TIES's trimming on a tensor large enough for the sampled bracket (420k elements) and
+    tied many times at the threshold (bf16 values): a stable descending sort's first k."""
+    gen = torch.Generator().manual_seed(5)
+    delta = (torch.randn(600 * 700, generator=gen) * 1e-3).to(torch.bfloat16).float()
+    k = max(1, int(density * delta.numel()))
+    w = delta.abs()
+    top = torch.argsort(-w, stable=True)[:k]
+    assert int((w >= w[top[-1]]).sum()) > k  # surplus ties at the threshold to drop by index
+    expected = torch.zeros_like(delta)
+    expected[top] = delta[top]
+    # one expert over a zero base, weight 1: the merge is the trimmed task vector itself
+    ours = _merge(
+        "ties",
+        [torch.zeros_like(delta), delta],
+        {"weight": {"m0": 1.0}, "density": {"m0": density}},
+        fast=True,
+    )
+    assert torch.equal(ours, expected)
+
+
 def test_rank_mask_is_a_stable_descending_sort():
     gen = torch.Generator().manual_seed(1)
     for n, levels in ((1000, 7), (300_000, 50), (300_000, 10**6)):
