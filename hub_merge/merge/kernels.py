@@ -351,7 +351,7 @@ def _trim_by_magnitude_(delta: torch.Tensor, density: float) -> None:
         if ties is None:
             ties = (w == v).nonzero().squeeze(1)
         delta[ties[ties.numel() - (count - k) :]] = 0
-    delta.masked_fill_(w < v, 0)
+    delta.mul_(w >= v)  # as mergekit's ``tensor * mask``: a dropped negative becomes -0.0
 
 
 _FAST: dict[str, FastTaskArithmetic] = {}
