@@ -129,8 +129,17 @@ def build_compare_handlers(
                 runner=_token_checked_compare,
             ).start()
             progress(0, desc="pulling models and scoring the experts")
-        delivered = False
         try:
+            # Hand the session to Gradio at once, so an early cancel finds the running compare.
+            yield (
+                session,
+                "Running: pulling models.",
+                _frame(*leaderboard_rows(folder)[:2]),
+                None,
+                "",
+                [],
+            )
+            # Gradio holds the session from here on, and deletes it with the tab (or the TTL).
             while not run.wait(POLL_SECONDS):
                 run.heartbeat()
                 done = compare_progress(folder, runs)
@@ -138,7 +147,6 @@ def build_compare_handlers(
                 head, rows, notes = leaderboard_rows(folder)
                 status = f"Running: {done} of {runs} strategies finished."
                 yield session, status, _frame(head, rows), None, notes, []
-                delivered = True  # Gradio holds the session now, and deletes it with the tab
         finally:
             if run.running:
                 run.cancel("the request was cancelled or its page closed")
@@ -155,8 +163,6 @@ def build_compare_handlers(
             )
             return
         if run.error is not None:
-            if new and not delivered:
-                session.close()  # the first call failed: no tab will ever end this session
             raise _error(run.error, token, session)
         board = run.result
         rec = board.recommended()

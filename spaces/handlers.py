@@ -298,8 +298,20 @@ def build_handlers(
                 runner=_token_checked_search,
             ).start()
             progress(0, desc="pulling models and scoring the experts")
-        shown, delivered = None, False
+        shown = None
         try:
+            # Hand the session to Gradio at once, so a cancel sent while the models are still
+            # being pulled finds the running search (before this, it answered "Nothing is running").
+            yield (
+                session,
+                "Running: pulling models and scoring the experts.",
+                [],
+                None,
+                None,
+                "",
+                [],
+            )
+            # Gradio holds the session from here on, and deletes it with the tab (or the TTL).
             # Yield at every poll, not only on news: Gradio can stop a generator only between
             # two yields, so this is what lets a cancel or a closed tab land within a second.
             while not run.wait(POLL_SECONDS):
@@ -308,7 +320,6 @@ def build_handlers(
                 rows = generation_table(run_dir)
                 done = f"generation {rows[-1][0]} done" if rows else "scoring"
                 yield session, f"Running: {done}.", rows, shown, None, "", []
-                delivered = True  # Gradio holds the session now, and deletes it with the tab
         finally:
             # Gradio closes this generator when the user cancels or leaves: stop the search too.
             if run.running:
@@ -327,8 +338,6 @@ def build_handlers(
             )
             return
         if run.error is not None:
-            if new and not delivered:
-                session.close()  # the first call failed: no tab will ever end this session
             raise _error(run.error, token, session)
         result = run.result
         node = result.winner_node

@@ -238,7 +238,8 @@ def test_a_huge_search_is_capped_and_a_cancel_frees_the_worker(space_app):
     job = client.submit(
         *common, "evolve", '{"population": 32, "generations": 50}', 200, api_name="/search"
     )
-    assert _wait_for(lambda: set(_session_states(space_app)) - set(before), 300)
+    # The tab has its first "Running" update, and the search has started scoring.
+    assert _wait_for(lambda: job.outputs() and set(_session_states(space_app)) - set(before), 300)
     assert client.predict(api_name="/cancel").startswith("Cancelling")
     with contextlib.suppress(Exception):
         job.result(timeout=60)
